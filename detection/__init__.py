@@ -1,0 +1,1 @@
+"""fbnet_zoo.detection: detectron2 and torchvision adapters for FBNet backbones."""

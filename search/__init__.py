@@ -1,0 +1,1 @@
+"""fbnet_zoo.search: the Neural Architecture-Recipe Search (NARS) of FBNetV3."""
