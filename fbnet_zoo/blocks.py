@@ -183,7 +183,11 @@ class InvertedResidual(nn.Module):
                             norm_layer=norm_layer)
         self.se = SqueezeExcite(mid, _se_hidden(row, c_in, mid, divisor), row.act, row.se_gate) if row.se else None
         self.pwl = ConvBNAct(mid, c_out, 1, norm_layer=norm_layer)
-        self.residual = stride == 1 and c_in == c_out and not (first and row.upsample != 1)
+        # A residual needs the input's shape: stride 1, same channels, a size-preserving
+        # depthwise padding and no upsampling in front.
+        padding = _dw_padding(row, first)
+        keeps_size = padding is None or padding == (row.kernel // 2, row.kernel // 2)
+        self.residual = stride == 1 and c_in == c_out and keeps_size and not (first and row.upsample != 1)
         self.drop_path = DropPath(drop_path) if (self.residual and drop_path > 0) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -87,17 +87,17 @@ class FBNet(nn.Module):
             x = stage(x)
         return x
 
+    @torch.jit.export
     def forward_stages(self, x: torch.Tensor, names: Optional[List[str]] = None) -> Dict[str, torch.Tensor]:
         """Outputs of the named stages (default: every spatial stage); stops after the last one asked."""
         wanted = self.feature_names if names is None else names
         out: Dict[str, torch.Tensor] = {}
         for i, stage in enumerate(self.stages):
-            if len(out) == len(wanted):
-                break
-            x = stage(x)
-            name = self.stage_names[i]
-            if name in wanted:
-                out[name] = x
+            if len(out) < len(wanted):  # TorchScript unrolls this loop: no `break`
+                x = stage(x)
+                name = self.stage_names[i]
+                if name in wanted:
+                    out[name] = x
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

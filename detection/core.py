@@ -1,0 +1,376 @@
+"""Framework-neutral pieces of the detection adapters (torch only).
+
+How a backbone is split for detection (the authors' d2go convention, nars_facts.md):
+
+* C4: the *trunk* is the stem and every stage up to the last stride-16 stage; the RPN
+  head is the trunk's last row repeated; the RoI box head runs the stride-32 stages on
+  RoI-pooled features (the role of ResNet's res5 in detectron2's C4 models).
+* FPN: every spatial stage feeds the pyramid.
+
+Feature names follow detectron2's ResNet convention so configs read the same for every
+arch: the output of the last stage with cumulative stride 2**k is ``res{k}`` (``res4`` is
+the C4 feature, ``res2``..``res5`` feed an FPN).
+
+Both the detectron2 registrations (``fbnet_zoo.detection.d2``) and the torchvision path
+(``fbnet_zoo.detection.torchvision``) are built from the modules here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from fbnet_zoo.blocks import build_block
+from fbnet_zoo.model import FBNet
+from fbnet_zoo.registry import UnknownModelError, normalize_name
+from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
+
+NormLayer = Callable[[int], nn.Module]
+VARIANTS = ("c4", "fpn")
+
+
+class DetectionError(ValueError):
+    """A backbone/head configuration that cannot work; the message names the option and value."""
+
+
+# --------------------------------------------------------------------------- arch + heads
+@dataclass(frozen=True)
+class DetectionArch:
+    """A backbone spec plus optional head rows (the authors' d2go variants carry their own).
+
+    ``rpn`` / ``mask``: per variant ("c4" / "fpn"), a tuple of BlockSpec rows, or absent for
+    the defaults (RPN: the trunk's last row; mask: ``DEFAULT_MASK_ROWS`` with the arch's act).
+    """
+
+    spec: ArchSpec
+    rpn: Mapping[str, Tuple[BlockSpec, ...]]
+    mask: Mapping[str, Tuple[BlockSpec, ...]]
+
+
+def _default_mask_rows(act: str) -> Tuple[BlockSpec, ...]:
+    """Light mask head on 14x14 RoI features -> 28x28 (the shape of the authors' FBNetV3-A head)."""
+    return (BlockSpec("ir", 128, stride=2, kernel=3, expansion=4, act=act),
+            BlockSpec("ir", 128, repeats=2, kernel=3, expansion=6, act=act),
+            BlockSpec("ir", 128, kernel=3, expansion=6, act=act, upsample=2),
+            BlockSpec("ir", 64, kernel=3, expansion=3, act=act, upsample=2))
+
+
+_HEAD_PRESETS: Dict[str, Dict[str, Dict[str, Tuple[BlockSpec, ...]]]] = {}
+_PRESETS_LOADED = False
+
+
+def _d2go_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(os.path.dirname(here), "model_configs", "detection", "d2go"),
+                      os.path.join(here, "..", "model_configs", "detection", "d2go")):
+        if os.path.isdir(candidate):
+            return candidate
+    from importlib.resources import files
+
+    return str(files("fbnet_zoo.model_configs") / "detection" / "d2go")
+
+
+def register_d2go_archs() -> List[str]:
+    """Register the authors' detection variants (model_configs/detection/d2go/*.yaml) as zoo
+    specs (``FBNetV3-A-d2go`` ...) and remember their RPN / mask head rows. Idempotent."""
+    global _PRESETS_LOADED
+    import glob
+
+    import yaml
+
+    from fbnet_zoo.registry import register_arch
+
+    names = []
+    for path in sorted(glob.glob(os.path.join(_d2go_dir(), "*.yaml"))):
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+        spec = ArchSpec.from_dict(data["backbone"])
+        register_arch(spec, overwrite=True)
+        heads: Dict[str, Dict[str, Tuple[BlockSpec, ...]]] = {"rpn": {}, "mask": {}}
+        for part in ("rpn", "mask"):
+            for variant, rows in (data.get(part) or {}).items():
+                parsed = ArchSpec.from_dict({"name": f"{spec.name}.{part}.{variant}", "input_size": 224,
+                                             "stages": [rows]})
+                heads[part][variant] = parsed.stages[0]
+        _HEAD_PRESETS[normalize_name(spec.name)] = heads
+        names.append(spec.name)
+    _PRESETS_LOADED = True
+    return names
+
+
+def resolve_arch(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any], DetectionArch],
+                 width_divisor: Optional[int] = None, width_multiplier: float = 1.0) -> DetectionArch:
+    """Zoo name, YAML path, dict or spec -> DetectionArch (unknown names raise DetectionError)."""
+    if isinstance(arch, DetectionArch):
+        return arch
+    if not _PRESETS_LOADED:
+        register_d2go_archs()
+    if isinstance(arch, (str, os.PathLike)) and not os.fspath(arch).strip():
+        raise DetectionError("MODEL.FBNET.ARCH: '' is empty; give a zoo name (e.g. 'FBNetV3-A') or a YAML path")
+    try:
+        spec = load_spec(arch)
+    except UnknownModelError as e:
+        raise DetectionError(f"MODEL.FBNET.ARCH: {e}") from None
+    except SpecError as e:
+        raise DetectionError(f"MODEL.FBNET.ARCH: {arch!r}: {e}") from None
+    if width_multiplier != 1.0:
+        from fbnet_zoo.scaling import scale
+
+        spec = scale(spec, width=width_multiplier, name=f"{spec.name}_w{width_multiplier:g}")
+    if width_divisor:
+        spec = spec.replace(width_divisor=int(width_divisor))
+    heads = _HEAD_PRESETS.get(normalize_name(spec.name), {"rpn": {}, "mask": {}})
+    return DetectionArch(spec, heads["rpn"], heads["mask"])
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class Feature:
+    name: str       # "res{k}"
+    stage: int      # index of the producing stage
+    stride: int
+    channels: int
+
+
+def feature_layout(spec: ArchSpec) -> List[Feature]:
+    """The named features of a spec: for each cumulative stride 2**k, the last stage with it."""
+    strides, channels = spec.stage_strides(), spec.stage_channels()
+    by_stride: Dict[int, int] = {}
+    for si in spec.feature_stages:
+        by_stride[strides[f"stage{si}"]] = si
+    out = []
+    for stride, si in sorted(by_stride.items()):
+        k = int(round(math.log2(stride)))
+        if 2 ** k != stride:
+            continue
+        out.append(Feature(f"res{k}", si, stride, channels[f"stage{si}"]))
+    return out
+
+
+def c4_split(spec: ArchSpec) -> Tuple[List[int], List[int]]:
+    """(trunk stage indices, box-head stage indices) for a C4 model; clear errors otherwise."""
+    strides = spec.stage_strides()
+    desc = ", ".join(f"{k}={v}" for k, v in strides.items())
+    s16 = [si for si in spec.feature_stages if strides[f"stage{si}"] == 16]
+    if not s16:
+        raise DetectionError(f"MODEL.FBNET.ARCH: {spec.name!r} has no stride-16 stage, which the C4 trunk "
+                             f"ends with (stage strides: {desc})")
+    last = s16[-1]
+    box = [si for si in spec.feature_stages if si > last and strides[f"stage{si}"] == 32]
+    if not box:
+        raise DetectionError(f"MODEL.FBNET.ARCH: {spec.name!r} has no stride-32 stage after its stride-16 stage "
+                             f"for the RoI box head (stage strides: {desc})")
+    return list(range(last + 1)), box
+
+
+def check_fpn_features(spec: ArchSpec, in_features: Sequence[str]) -> List[Feature]:
+    """The features an FPN asks for, in order; DetectionError when one is missing or the
+    strides do not double from one to the next (what an FPN needs)."""
+    layout = {f.name: f for f in feature_layout(spec)}
+    if not in_features:
+        raise DetectionError("MODEL.FPN.IN_FEATURES: [] is empty; available: " + str(list(layout)))
+    missing = [n for n in in_features if n not in layout]
+    if missing:
+        raise DetectionError(f"MODEL.FPN.IN_FEATURES: {missing[0]!r} is not a feature of {spec.name!r}; "
+                             f"available: {list(layout)} (strides {[f.stride for f in layout.values()]})")
+    feats = [layout[n] for n in in_features]
+    for a, b in zip(feats, feats[1:]):
+        if b.stride != 2 * a.stride:
+            raise DetectionError(f"MODEL.FPN.IN_FEATURES: {list(in_features)} must have strides doubling from one "
+                                 f"to the next; got {a.name}={a.stride} then {b.name}={b.stride}")
+    return feats
+
+
+# --------------------------------------------------------------------------- modules
+def init_weights(module: nn.Module) -> None:
+    """The zoo's init (kaiming fan-out convs, BN 1/0) for freshly built head blocks."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_rows(c_in: int, rows: Sequence[BlockSpec], divisor: int, norm_layer: NormLayer) -> Tuple[nn.Sequential, int]:
+    """Blocks for a list of rows (head bodies); returns (module, output channels)."""
+    blocks, c = [], c_in
+    for row in rows:
+        for k in range(row.repeats):
+            blocks.append(build_block(c, row, k == 0, divisor, norm_layer))
+            c = make_divisible(row.out_channels, divisor)
+    body = nn.Sequential(*blocks)
+    init_weights(body)
+    return body, c
+
+
+def build_fbnet(arch: DetectionArch, norm_layer: Optional[NormLayer] = None,
+                pretrained: Union[bool, str] = False) -> FBNet:
+    """The whole backbone network (no classifier), optionally with pretrained weights."""
+    model = FBNet(arch.spec, num_classes=0, norm_layer=norm_layer)
+    if pretrained:
+        from fbnet_zoo.checkpoints import load_pretrained  # written by the checkpoints helper
+
+        load_pretrained(model, pretrained, name=arch.spec.name)
+    return model
+
+
+class FBNetTrunk(nn.Module):
+    """Stages 0..k of an FBNet (modules ``stage{i}``) returning the named features asked for."""
+
+    def __init__(self, model: FBNet, out_features: Sequence[str]):
+        super().__init__()
+        layout = {f.name: f for f in feature_layout(model.spec)}
+        unknown = [n for n in out_features if n not in layout]
+        if unknown:
+            raise DetectionError(f"out_features: {unknown[0]!r} is not a feature of {model.spec.name!r}; "
+                                 f"available: {list(layout)}")
+        self.features = [layout[n] for n in out_features]
+        self.out_features = list(out_features)
+        last = max(f.stage for f in self.features)
+        self._stage_to_name = {f.stage: f.name for f in self.features}
+        for i in range(last + 1):
+            self.add_module(f"stage{i}", model.stages[i])
+        self.num_stages = last + 1
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = OrderedDict()
+        for i in range(self.num_stages):
+            x = getattr(self, f"stage{i}")(x)
+            if i in self._stage_to_name:
+                out[self._stage_to_name[i]] = x
+        return out
+
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze stages 0..freeze_at-1 (no grads; BN -> FrozenBatchNorm where available)."""
+        for i in range(min(freeze_at, self.num_stages)):
+            stage = getattr(self, f"stage{i}")
+            for p in stage.parameters():
+                p.requires_grad_(False)
+            setattr(self, f"stage{i}", _freeze_bn(stage))
+
+
+def _freeze_bn(module: nn.Module) -> nn.Module:
+    try:
+        from detectron2.layers import FrozenBatchNorm2d
+
+        return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+    except ImportError:
+        from torchvision.ops.misc import FrozenBatchNorm2d as TvFrozen
+
+        def convert(m: nn.Module) -> nn.Module:
+            if isinstance(m, nn.BatchNorm2d):
+                f = TvFrozen(m.num_features, eps=m.eps)
+                f.weight.copy_(m.weight.detach()); f.bias.copy_(m.bias.detach())
+                f.running_mean.copy_(m.running_mean); f.running_var.copy_(m.running_var)
+                return f
+            for name, child in m.named_children():
+                setattr(m, name, convert(child))
+            return m
+
+        return convert(module)
+
+
+class LightRPNHead(nn.Module):
+    """RPN head fitted to FBNet trunks: FBNet blocks (shared over levels), then 1x1 convs for
+    objectness and box deltas. ``forward(list of maps) -> (logits list, deltas list)``, the
+    contract of both detectron2's and torchvision's RPN."""
+
+    def __init__(self, in_channels: int, rows: Sequence[BlockSpec], num_anchors: int, box_dim: int = 4,
+                 divisor: int = 8, norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self.rpn_feature, c = build_rows(in_channels, rows, divisor, norm_layer)
+        self.objectness_logits = nn.Conv2d(c, num_anchors, 1)
+        self.anchor_deltas = nn.Conv2d(c, num_anchors * box_dim, 1)
+        for layer in (self.objectness_logits, self.anchor_deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: List[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        logits, deltas = [], []
+        for x in features:
+            t = self.rpn_feature(x)
+            logits.append(self.objectness_logits(t))
+            deltas.append(self.anchor_deltas(t))
+        return logits, deltas
+
+
+class StagesBoxHead(nn.Module):
+    """RoI box head: FBNet stages on pooled RoI features, then global average pooling.
+    Output: N x out_channels."""
+
+    def __init__(self, body: nn.Module, out_channels: int):
+        super().__init__()
+        self.roi_box_conv = body
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.roi_box_conv(x)), 1)
+
+
+def box_head_from_model(model: FBNet, stages: Sequence[int]) -> StagesBoxHead:
+    body = nn.Sequential(OrderedDict((f"stage{i}", model.stages[i]) for i in stages))
+    return StagesBoxHead(body, model.spec.stage_channels()[f"stage{stages[-1]}"])
+
+
+def box_head_from_rows(in_channels: int, spec: ArchSpec, stages: Sequence[int],
+                       norm_layer: NormLayer = nn.BatchNorm2d) -> StagesBoxHead:
+    """The stride-32 stages rebuilt for other input channels (FPN box heads)."""
+    rows = [row for si in stages for row in spec.stages[si]]
+    body, c = build_rows(in_channels, rows, spec.width_divisor, norm_layer)
+    return StagesBoxHead(body, c)
+
+
+def rpn_rows(arch: DetectionArch, variant: str, trunk_last_stage: int, repeats: int = -1) -> Tuple[BlockSpec, ...]:
+    """The RPN head rows: the variant's preset, else the trunk's last row (repeats as in the
+    arch, or ``repeats`` when >= 1) at stride 1."""
+    import dataclasses
+
+    if variant in arch.rpn and repeats < 1:
+        return arch.rpn[variant]
+    row = arch.spec.stages[trunk_last_stage][-1]
+    if row.type != "ir":
+        raise DetectionError(f"MODEL.FBNET.ARCH: the trunk of {arch.spec.name!r} ends with a {row.type!r} row; "
+                             "the RPN head repeats an 'ir' row")
+    n = row.repeats if repeats < 1 else repeats
+    return (dataclasses.replace(row, repeats=n, stride=1, dw_padding=None, upsample=1),)
+
+
+def mask_rows(arch: DetectionArch, variant: str) -> Tuple[BlockSpec, ...]:
+    if variant in arch.mask:
+        return arch.mask[variant]
+    acts = [row.act for _, _, _, row in arch.spec.blocks() if row.type == "ir"]
+    return _default_mask_rows(acts[-1] if acts else "relu")
+
+
+class MaskBody(nn.Module):
+    """Mask head body (FBNet rows on 14x14 RoI features, upsampling to 28x28) + 1x1 predictor."""
+
+    def __init__(self, in_channels: int, rows: Sequence[BlockSpec], num_classes: int, divisor: int = 8,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self.mask_feature, c = build_rows(in_channels, rows, divisor, norm_layer)
+        self.out_channels = c
+        self.predictor = nn.Conv2d(c, num_classes, 1)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.mask_feature(x))
+
+
+def mask_scale(rows: Sequence[BlockSpec]) -> float:
+    """Output size / input size of a mask body (e.g. 14 -> 28 gives 2)."""
+    s = 1.0
+    for row in rows:
+        s = s * row.upsample / row.stride
+    return s

@@ -1,0 +1,80 @@
+"""A small synthetic COCO-format data set: images of coloured shapes on noise, with boxes,
+polygons, categories and semantic masks. For tests and smoke runs (tools/make_toy_coco.py).
+
+Layout written under ``root``::
+
+    images/000000.png ...          RGB images
+    sem_seg/000000.png ...         semantic masks (0 = background, k = category k, 255 = ignore none)
+    annotations.json               COCO instances (bbox xywh, polygon segmentation, area, iscrowd)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+CATEGORIES = [
+    {"id": 1, "name": "square", "supercategory": "shape"},
+    {"id": 2, "name": "disc", "supercategory": "shape"},
+    {"id": 3, "name": "triangle", "supercategory": "shape"},
+]
+_COLOURS = {1: (230, 40, 40), 2: (40, 200, 60), 3: (50, 80, 230)}
+
+
+def _polygon(cat: int, x0: float, y0: float, w: float, h: float) -> List[float]:
+    if cat == 1:
+        pts = [(x0, y0), (x0 + w, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+    elif cat == 2:
+        t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+        pts = list(zip(x0 + w / 2 + w / 2 * np.cos(t), y0 + h / 2 + h / 2 * np.sin(t)))
+    else:
+        pts = [(x0 + w / 2, y0), (x0 + w, y0 + h), (x0, y0 + h)]
+    return [round(float(v), 2) for p in pts for v in p]
+
+
+def make_toy_coco(root: str, num_images: int = 16, image_size: Tuple[int, int] = (128, 128),
+                  max_objects: int = 3, seed: int = 0) -> Dict[str, str]:
+    """Write the data set; returns {"json": ..., "images": ..., "sem_seg": ...} paths."""
+    from PIL import Image, ImageDraw
+
+    from fbnet_zoo.io_utils import atomic_write_text
+
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    img_dir, sem_dir = os.path.join(root, "images"), os.path.join(root, "sem_seg")
+    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(sem_dir, exist_ok=True)
+    images, annotations = [], []
+    ann_id = 1
+    for i in range(num_images):
+        base = rng.integers(60, 140, size=(h, w, 3), dtype=np.uint8)
+        img = Image.fromarray(base, "RGB")
+        sem = Image.new("L", (w, h), 0)
+        draw, sem_draw = ImageDraw.Draw(img), ImageDraw.Draw(sem)
+        for _ in range(int(rng.integers(1, max_objects + 1))):
+            cat = int(rng.integers(1, len(CATEGORIES) + 1))
+            bw, bh = float(rng.uniform(0.2, 0.45) * w), float(rng.uniform(0.2, 0.45) * h)
+            x0, y0 = float(rng.uniform(0, w - bw - 1)), float(rng.uniform(0, h - bh - 1))
+            poly = _polygon(cat, x0, y0, bw, bh)
+            xy = list(zip(poly[::2], poly[1::2]))
+            draw.polygon(xy, fill=_COLOURS[cat])
+            sem_draw.polygon(xy, fill=cat)
+            xs, ys = poly[::2], poly[1::2]
+            bx, by = min(xs), min(ys)
+            box = [round(bx, 2), round(by, 2), round(max(xs) - bx, 2), round(max(ys) - by, 2)]
+            area = 0.5 * abs(sum(xs[j] * ys[j - 1] - xs[j - 1] * ys[j] for j in range(len(xs))))
+            annotations.append({"id": ann_id, "image_id": i + 1, "category_id": cat, "bbox": box,
+                                "segmentation": [poly], "area": round(area, 2), "iscrowd": 0})
+            ann_id += 1
+        name = f"{i:06d}.png"
+        img.save(os.path.join(img_dir, name))
+        sem.save(os.path.join(sem_dir, name))
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+    data = {"info": {"description": "fbnet_zoo toy COCO"}, "images": images, "annotations": annotations,
+            "categories": CATEGORIES, "licenses": []}
+    json_path = os.path.join(root, "annotations.json")
+    atomic_write_text(json_path, json.dumps(data))
+    return {"json": json_path, "images": img_dir, "sem_seg": sem_dir}

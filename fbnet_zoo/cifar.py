@@ -1,0 +1,182 @@
+"""CIFAR-10 variants of zoo and searched architectures (FBNetV3 paper, Sec. 4.3).
+
+The paper transfers its ImageNet models to CIFAR-10 with two changes and no distillation:
+
+1. **Stride.** "The second stride-2 block is replaced by stride 1." Precisely: walk the
+   network's blocks in forward order (``ArchSpec.blocks()``: the stem conv first, then every
+   block of every row, the pooled head last) and take the *second* block whose stride is 2.
+   Only the first block of a row carries the row's stride, so that block is the first block
+   of a row; ``cifar_variant`` sets that row's stride to 1. For every FBNetV3 zoo model it is
+   the first block of stages[2] (the stem is the first stride-2 block), so the network's
+   output stride drops from 32 to 16 and a 32x32 image leaves a 2x2 final feature map
+   instead of 1x1. Channels, kernels, expansions, repeats and SE are untouched. If that row
+   overrides its depthwise padding (``dw_padding``, reference archs) the override is dropped,
+   because a padding chosen for stride 2 would shrink the map at stride 1; the block then
+   pads ``kernel // 2`` ("same"), like every other stride-1 block.
+
+2. **Resolution.** "The base input resolution is kept at 32x32 and scaled up for larger
+   models by their scaling." Rule, with ``base_resolution = 32``::
+
+       ratio = spec.input_size / base.input_size
+       size  = max(base_resolution, round(base_resolution * ratio / multiple) * multiple)
+
+   ``base`` is the model the spec was scaled from: FBNetV3-A was scaled down from FBNetV3-B,
+   F and G were scaled up from E (``FAMILY_BASES``; their input sizes are read from the
+   registry, not copied here); the searched models B, C, D, E and any other spec (a searched
+   arch YAML, a user spec) are their own base, i.e. 32x32, unless ``base=`` names the spec
+   they were scaled from. Models scaled *down* keep 32 ("scaled up for larger models"), so
+   with ``multiple=1``: A-E -> 32, F -> 33 (272/264), G -> 39 (320/264).
+
+FLOPs of a variant come from the zoo's analytic counter,
+``count_flops(variant, num_classes=10)`` (at ``variant.input_size``), in fvcore's convention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Tuple, Union
+
+from .registry import normalize_name
+from .spec import ArchSpec, SpecError, load_spec
+
+SpecLike = Union[ArchSpec, Mapping[str, Any], str]
+
+CIFAR_BASE_RESOLUTION = 32
+CIFAR_NUM_CLASSES = 10
+CIFAR_SUFFIX = "-CIFAR"
+
+# Which zoo model each compound-scaled zoo model was derived from (nars_facts.md: "A and F/G
+# come from scaling B and E down/up"). Keys and values are zoo names.
+FAMILY_BASES = {"FBNetV3-A": "FBNetV3-B", "FBNetV3-F": "FBNetV3-E", "FBNetV3-G": "FBNetV3-E"}
+_FAMILY_BASES_NORM = {normalize_name(k): v for k, v in FAMILY_BASES.items()}
+
+
+def stride2_blocks(spec: SpecLike) -> Tuple[Tuple[int, int], ...]:
+    """(stage, row) of every stride-2 block, in forward order (the stem first)."""
+    spec = load_spec(spec)
+    return tuple((si, ri) for si, ri, k, row in spec.blocks() if k == 0 and row.stride == 2)
+
+
+def unstrided_block(spec: SpecLike, which: int = 2) -> Tuple[int, int]:
+    """(stage, row) of the ``which``-th (1-based) stride-2 block, the one the CIFAR variant
+    sets to stride 1. ``which=2``: the paper's "second stride-2 block"."""
+    spec = load_spec(spec)
+    if isinstance(which, bool) or not isinstance(which, int) or which < 1:
+        raise SpecError(f"which: {which!r} is not a positive integer (1 = the first stride-2 block)")
+    found = stride2_blocks(spec)
+    if len(found) < which:
+        raise SpecError(f"{spec.name}: has {len(found)} stride-2 block(s), so there is no stride-2 block "
+                        f"number {which} to set to stride 1")
+    return found[which - 1]
+
+
+def family_base(spec: SpecLike) -> ArchSpec:
+    """The spec this one was compound-scaled from (itself unless it is a scaled zoo model)."""
+    spec = load_spec(spec)
+    base_name = _FAMILY_BASES_NORM.get(normalize_name(spec.name))
+    return load_spec(base_name) if base_name else spec
+
+
+def cifar_resolution(spec: SpecLike, base: Optional[SpecLike] = None,
+                     base_resolution: int = CIFAR_BASE_RESOLUTION, multiple: int = 1) -> int:
+    """Input size of ``spec``'s CIFAR variant (rule in the module docstring).
+
+    ``base``: the spec (or its input size, an int) that ``spec`` was scaled from; default
+    ``family_base(spec)``.
+    """
+    spec = load_spec(spec)
+    for field_name, value in (("base_resolution", base_resolution), ("multiple", multiple)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SpecError(f"{field_name}: {value!r} is not a positive integer")
+    if base is None:
+        base_size = family_base(spec).input_size
+    elif isinstance(base, int) and not isinstance(base, bool):
+        if base < 1:
+            raise SpecError(f"base: {base!r} is not a positive input size")
+        base_size = base
+    else:
+        base_size = load_spec(base).input_size
+    ratio = spec.input_size / base_size
+    scaled = int(round(base_resolution * ratio / multiple)) * multiple
+    return max(base_resolution, scaled)
+
+
+def cifar_variant(spec_or_name: SpecLike, *, base: Optional[SpecLike] = None, resolution: Optional[int] = None,
+                  base_resolution: int = CIFAR_BASE_RESOLUTION, which: int = 2, multiple: int = 1,
+                  name: Optional[str] = None) -> ArchSpec:
+    """The CIFAR-10 variant of a zoo name, arch YAML path, dict or ArchSpec.
+
+    Sets the ``which``-th stride-2 block (default: the second, see the module docstring) to
+    stride 1 and ``input_size`` to ``resolution`` (default: ``cifar_resolution(spec, base,
+    base_resolution, multiple)``). Everything else, channels included, is kept. The name is
+    ``name`` or ``"<name>-CIFAR"``. Build it with ``build_model(variant, num_classes=10)``.
+    """
+    spec = load_spec(spec_or_name)
+    si, ri = unstrided_block(spec, which)
+    row = spec.stages[si][ri]
+    new_row = dataclasses.replace(row, stride=1, dw_padding=None)
+    stage = spec.stages[si][:ri] + (new_row,) + spec.stages[si][ri + 1:]
+    stages = spec.stages[:si] + (stage,) + spec.stages[si + 1:]
+    if resolution is None:
+        resolution = cifar_resolution(spec, base, base_resolution, multiple)
+    elif isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
+        raise SpecError(f"resolution: {resolution!r} is not an integer >= 8")
+    return spec.replace(name=name or f"{spec.name}{CIFAR_SUFFIX}", stages=stages, input_size=resolution)
+
+
+# --------------------------------------------------------------------------- baselines
+# EfficientNet's own compound-scaling resolutions (Tan & Le 2019, Table/code: b0..b3), so the
+# baselines follow the same resolution rule with efficientnet_b0 as the family base.
+EFFICIENTNET_RESOLUTIONS = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260,
+                            "efficientnet_b3": 300}
+
+
+def is_baseline(name: Any) -> bool:
+    return isinstance(name, str) and name.strip().lower().replace("-", "_") in EFFICIENTNET_RESOLUTIONS
+
+
+def unstride_module(model: Any, which: int = 2) -> str:
+    """Set the ``which``-th stride-2 ``nn.Conv2d`` of ``model`` (registration order, which is
+    forward order for timm's and torchvision's EfficientNets; the stem conv is the first) to
+    stride 1, in place. Returns its module name. Only convs whose padding is "same" for
+    stride 1 (``(kernel - 1) // 2``, or timm's dynamically padded ``Conv2dSame``) qualify,
+    so the map keeps its size."""
+    import torch.nn as nn
+
+    seen = []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d) and tuple(module.stride) == (2, 2):
+            seen.append((mod_name, module))
+    if len(seen) < which:
+        raise ValueError(f"{type(model).__name__}: has {len(seen)} stride-2 conv(s), none is number {which}")
+    mod_name, conv = seen[which - 1]
+    same = tuple((k - 1) // 2 for k in conv.kernel_size)
+    dynamic = type(conv).__name__ == "Conv2dSame"
+    if not dynamic and tuple(conv.padding) != same:
+        raise ValueError(f"{mod_name}: padding {tuple(conv.padding)} is not 'same' {same} for stride 1")
+    conv.stride = (1, 1)
+    return mod_name
+
+
+def cifar_baseline(name: str, num_classes: int = CIFAR_NUM_CLASSES, which: int = 2,
+                   base_resolution: int = CIFAR_BASE_RESOLUTION, drop_path_rate: float = 0.0,
+                   drop_rate: Optional[float] = None) -> Tuple[Any, int, str]:
+    """timm's EfficientNet ``name`` (random init) adapted to CIFAR the same way as the FBNets:
+    the second stride-2 conv (the first block of its second stage, after the stem) becomes
+    stride 1, and the input size is 32 for b0, grown by EfficientNet's own resolution scaling
+    (b1 240/224 -> 34, b2 -> 37, b3 -> 43). Returns (model, input size, unstrided module name)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in EFFICIENTNET_RESOLUTIONS:
+        raise ValueError(f"baseline: {name!r} is not one of {sorted(EFFICIENTNET_RESOLUTIONS)}")
+    try:
+        import timm
+    except ImportError:  # pragma: no cover - timm is in the test extras
+        raise ImportError("EfficientNet baselines need timm: pip install timm") from None
+    kwargs: dict = {"pretrained": False, "num_classes": num_classes, "drop_path_rate": drop_path_rate}
+    if drop_rate is not None:
+        kwargs["drop_rate"] = drop_rate
+    model = timm.create_model(key, **kwargs)
+    changed = unstride_module(model, which)
+    ratio = EFFICIENTNET_RESOLUTIONS[key] / EFFICIENTNET_RESOLUTIONS["efficientnet_b0"]
+    size = max(base_resolution, int(round(base_resolution * ratio)))
+    return model, size, changed

@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""Accuracy vs FLOPs on CIFAR-10 (like Fig. 7 of the FBNetV3 paper) from the results JSONs
+written by tools/train_cifar10.py.
+
+    python tools/plot_cifar10.py runs/cifar10 --out cifar10.png --table cifar10.md
+
+Arguments are results files or folders (searched recursively for ``results.json``). One
+line per family (FBNetV3 variants, EfficientNet baselines, ...), points sorted by FLOPs,
+each labelled with its model. Failed or unfinished runs are listed in the table but not
+plotted. Prints the table (markdown) and writes it with ``--table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+logger = logging.getLogger("plot_cifar10")
+
+RESULTS_NAME = "results.json"
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read or is not a train_cifar10 results file."""
+
+
+def find_results(paths: Sequence[str]) -> List[str]:
+    found: List[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for root, _dirs, files in sorted(os.walk(p)):
+                if RESULTS_NAME in files:
+                    found.append(os.path.join(root, RESULTS_NAME))
+        elif os.path.isfile(p):
+            found.append(p)
+        else:
+            raise ResultsError(f"{p}: no such results file or folder")
+    return sorted(dict.fromkeys(found))
+
+
+def load_results(paths: Sequence[str]) -> List[Dict[str, Any]]:
+    rows = []
+    for path in find_results(paths):
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResultsError(f"{path}: cannot read results JSON ({e})") from None
+        missing = [k for k in ("arch", "flops", "status", "top1") if k not in (data if isinstance(data, dict) else {})]
+        if missing:
+            raise ResultsError(f"{path}: not a train_cifar10 results file (missing {missing})")
+        data["_path"] = path
+        rows.append(data)
+    return rows
+
+
+def _final(row: Dict[str, Any]) -> Optional[float]:
+    return row.get("final_top1") if row.get("status") == "ok" else None
+
+
+def results_table(rows: Sequence[Dict[str, Any]]) -> str:
+    """The markdown table the README shows: one line per run, sorted by family then FLOPs."""
+    lines = ["| model | family | input | MFLOPs | params (M) | epochs | top-1 (%) | best top-1 (%) | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r.get("family", ""), r["flops"], r["arch"])):
+        final, best = _final(r), r.get("best_top1")
+        done = len(r.get("top1") or [])
+        lines.append(
+            f"| {r['arch']} | {r.get('family', '?')} | {r.get('input_size', '?')} | {r['flops'] / 1e6:.1f} | "
+            f"{r.get('params', 0) / 1e6:.2f} | {done}/{r.get('epochs_planned', done)} | "
+            f"{'-' if final is None else f'{final:.2f}'} | {'-' if best is None else f'{best:.2f}'} | "
+            f"{r['status']}{'' if not r.get('error') else ': ' + str(r['error'])[:60]} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "CIFAR-10 transfer") -> int:
+    """Write the accuracy-vs-MFLOPs figure; returns the number of points plotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        if _final(r) is not None:
+            families.setdefault(r.get("family", "other"), []).append(r)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    markers = ["o", "s", "^", "D", "v", "P"]
+    n = 0
+    for i, (family, members) in enumerate(sorted(families.items())):
+        members.sort(key=lambda r: r["flops"])
+        xs = [r["flops"] / 1e6 for r in members]
+        ys = [_final(r) for r in members]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family)
+        for r, x, y in zip(members, xs, ys):
+            ax.annotate(r.get("label") or r["arch"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        n += len(members)
+    ax.set_xlabel("MFLOPs (fvcore, at the CIFAR input size)")
+    ax.set_ylabel("CIFAR-10 top-1 (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    if families:
+        ax.legend()
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = os.path.join(out_dir, f".{os.path.basename(out)}.tmp{os.getpid()}{os.path.splitext(out)[1]}")
+    fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, out)
+    return n
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results.json files or folders holding them")
+    parser.add_argument("--out", default="cifar10_accuracy_vs_flops.png", help="figure path (.png/.pdf/.svg)")
+    parser.add_argument("--table", default=None, help="also write the markdown table here")
+    parser.add_argument("--title", default="CIFAR-10 transfer")
+    args = parser.parse_args(argv)
+    try:
+        rows = load_results(args.results)
+    except ResultsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: no {RESULTS_NAME} found under {args.results}", file=sys.stderr)
+        return 2
+    table = results_table(rows)
+    print(table)
+    if args.table:
+        from fbnet_zoo.io_utils import atomic_write_text
+
+        atomic_write_text(args.table, table + "\n")
+    n = plot(rows, args.out, args.title)
+    print(f"plotted {n} finished run(s) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
