@@ -213,13 +213,23 @@ def build_rows(c_in: int, rows: Sequence[BlockSpec], divisor: int, norm_layer: N
 
 
 def build_fbnet(arch: DetectionArch, norm_layer: Optional[NormLayer] = None,
-                pretrained: Union[bool, str] = False) -> FBNet:
-    """The whole backbone network (no classifier), optionally with pretrained weights."""
-    model = FBNet(arch.spec, num_classes=0, norm_layer=norm_layer)
+                pretrained: Union[bool, str] = False, norm: str = "BN") -> FBNet:
+    """The whole backbone network (no classifier), optionally with pretrained weights.
+
+    With ``pretrained``, BN-family norms ("FrozenBN", "SyncBN", "naiveSyncBN") are built as
+    BatchNorm, loaded, then converted (statistics and affine kept); other norms build with
+    ``norm_layer`` directly."""
+    convert_after = bool(pretrained) and norm in ("FrozenBN", "SyncBN", "naiveSyncBN")
+    model = FBNet(arch.spec, num_classes=0, norm_layer=None if convert_after else norm_layer)
     if pretrained:
         from fbnet_zoo.checkpoints import load_pretrained  # written by the checkpoints helper
 
         load_pretrained(model, pretrained, name=arch.spec.name)
+    if convert_after:
+        if norm == "FrozenBN":
+            model.stages = _freeze_bn(model.stages)
+        else:
+            model.stages = nn.SyncBatchNorm.convert_sync_batchnorm(model.stages)
     return model
 
 
@@ -374,3 +384,16 @@ def mask_scale(rows: Sequence[BlockSpec]) -> float:
     for row in rows:
         s = s * row.upsample / row.stride
     return s
+
+
+def same_padding(arch: DetectionArch) -> DetectionArch:
+    """The arch with every depthwise padding at k // 2 (drops ``dw_padding``). An FPN needs
+    each level to be exactly half the one below (detectron2's FPN upsamples by 2); some
+    reference archs pad a stride-2 depthwise conv by less, which breaks that. Parameters and
+    weights are unchanged, so pretrained checkpoints still load."""
+    import dataclasses
+
+    if not any(row.dw_padding is not None for _, _, _, row in arch.spec.blocks()):
+        return arch
+    stages = tuple(tuple(dataclasses.replace(row, dw_padding=None) for row in stage) for stage in arch.spec.stages)
+    return DetectionArch(arch.spec.replace(stages=stages), arch.rpn, arch.mask)

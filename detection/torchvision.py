@@ -15,9 +15,7 @@ stage into torchvision's FeaturePyramidNetwork.
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections import OrderedDict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,9 +28,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .core import (VARIANTS, DetectionArch, DetectionError, FBNetTrunk, LightRPNHead, MaskBody,
+from .core import (VARIANTS, DetectionError, FBNetTrunk, LightRPNHead, MaskBody,
                    box_head_from_model, box_head_from_rows, build_fbnet, c4_split, check_fpn_features,
-                   feature_layout, mask_rows, mask_scale, resolve_arch, rpn_rows)
+                   feature_layout, mask_rows, resolve_arch, rpn_rows, same_padding)
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +94,11 @@ def _build(arch: Union[str, Any], variant: str, num_classes: int, masks: bool, p
     darch = resolve_arch(arch, width_divisor, width_multiplier)
     spec = darch.spec
     norm_layer = _norm_layer(norm)
-    model = build_fbnet(darch, norm_layer=norm_layer, pretrained=pretrained_backbone)
     divisor = spec.width_divisor
     head_norm = nn.BatchNorm2d if norm_layer is None else norm_layer
     if variant == "c4":
         trunk_stages, box_stages = c4_split(spec)
+        model = build_fbnet(darch, norm_layer=norm_layer, pretrained=pretrained_backbone, norm=norm)
         feat = [f for f in feature_layout(spec) if f.stage == trunk_stages[-1]]
         trunk = FBNetTrunk(model, [feat[0].name])
         backbone: nn.Module = _C4Backbone(trunk)
@@ -114,6 +112,7 @@ def _build(arch: Union[str, Any], variant: str, num_classes: int, masks: bool, p
         _, box_stages = c4_split(spec)
         wanted = list(fpn_features) if fpn_features else [f.name for f in feature_layout(spec) if f.stride >= 4]
         check_fpn_features(spec, wanted)
+        model = build_fbnet(same_padding(darch), norm_layer=norm_layer, pretrained=pretrained_backbone, norm=norm)
         trunk = FBNetTrunk(model, wanted)
         backbone = _FPNBackbone(trunk, fpn_channels)
         names = wanted

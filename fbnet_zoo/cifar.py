@@ -29,6 +29,14 @@ The paper transfers its ImageNet models to CIFAR-10 with two changes and no dist
 
 FLOPs of a variant come from the zoo's analytic counter,
 ``count_flops(variant, num_classes=10)`` (at ``variant.input_size``), in fvcore's convention.
+
+Baselines: ``cifar_baseline("efficientnet_b0")`` is timm's EfficientNet, randomly initialised,
+adapted the same way (its second stride-2 conv, ``blocks.1.0.conv_dw``, set to stride 1; input
+32 for b0, grown by EfficientNet's own resolution scaling). ``load_results`` / ``results_table``
+read the results files of tools/train_cifar10.py.
+
+Note: FBNetV3-A is FBNetV3-B at a lower ImageNet resolution, so with this rule their CIFAR
+variants are the same network (``base=`` / ``resolution=`` choose another reading).
 """
 
 from __future__ import annotations
@@ -180,3 +188,66 @@ def cifar_baseline(name: str, num_classes: int = CIFAR_NUM_CLASSES, which: int =
     ratio = EFFICIENTNET_RESOLUTIONS[key] / EFFICIENTNET_RESOLUTIONS["efficientnet_b0"]
     size = max(base_resolution, int(round(base_resolution * ratio)))
     return model, size, changed
+
+
+# --------------------------------------------------------------------------------------------
+# results files (written by tools/train_cifar10.py, read by tools/plot_cifar10.py)
+RESULTS_NAME = "results.json"
+RESULTS_SCHEMA = "fbnet_zoo.cifar10.results/v1"
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read or is not a CIFAR-10 results file."""
+
+
+def find_results(paths: Any) -> list:
+    """``results.json`` files among ``paths`` (files, or folders searched recursively)."""
+    import os
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                if RESULTS_NAME in files:
+                    found.append(os.path.join(root, RESULTS_NAME))
+        elif os.path.isfile(p):
+            found.append(p)
+        else:
+            raise ResultsError(f"{p}: no such results file or folder")
+    return sorted(dict.fromkeys(found))
+
+
+def load_results(paths: Any) -> list:
+    """The parsed results files among ``paths`` (see ``find_results``)."""
+    import json
+
+    rows = []
+    for path in find_results(paths):
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ResultsError(f"{path}: cannot read results JSON ({e})") from None
+        if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
+            raise ResultsError(f"{path}: not a CIFAR-10 results file (expected schema {RESULTS_SCHEMA!r})")
+        data["path"] = path
+        rows.append(data)
+    return rows
+
+
+def results_table(rows: Any) -> str:
+    """Markdown table of results rows, by family then FLOPs (the README's table)."""
+    lines = ["| model | family | input | MFLOPs | params (M) | epochs | top-1 (%) | best top-1 (%) | status |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (str(r.get("family")), r.get("flops", 0), str(r.get("arch")))):
+        final, best = r.get("final_top1"), r.get("best_top1")
+        status = r.get("status", "?") + (f": {str(r['error'])[:60]}" if r.get("error") else "")
+        lines.append(
+            f"| {r.get('arch')} | {r.get('family')} | {r.get('input_size')} | {r.get('flops', 0) / 1e6:.1f} | "
+            f"{r.get('params', 0) / 1e6:.2f} | {len(r.get('top1') or [])}/{r.get('epochs_planned')} | "
+            f"{'-' if final is None else f'{final:.2f}'} | {'-' if best is None else f'{best:.2f}'} | {status} |")
+    return "\n".join(lines)

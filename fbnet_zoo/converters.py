@@ -27,6 +27,7 @@ Model-level converters built on them:
     ours_to_mobile_cv(state_dict, arch)       ours -> mobile_cv classification names
     detect_format(state_dict) -> "ours" | "timm" | "mobile_cv"
     CONVERTERS: {"timm": timm_to_ours, "mobile_cv": mobile_cv_to_ours, "ours": identity}
+    register_converter(name, fn)              adds one (e.g. the detection package's d2go converter)
 
 ``arch`` is an FBNet model, an ArchSpec or anything ``load_spec`` accepts (a zoo name, a
 YAML path); only module names and types are used, so a spec is built on the meta device.
@@ -280,17 +281,26 @@ CONVERTERS: Dict[str, Callable[..., "OrderedDict[str, torch.Tensor]"]] = {
 }
 
 
+def register_converter(name: str, fn: Callable[..., "OrderedDict[str, torch.Tensor]"], overwrite: bool = False) -> None:
+    """Make ``fn(state_dict, arch) -> our-keyed state dict`` available as converter ``name``
+    (the name a checkpoint source's ``converter:`` field uses)."""
+    if name in CONVERTERS and CONVERTERS[name] is not fn and not overwrite:
+        raise CheckpointError(f"converter: {name!r} is already registered; pass overwrite=True to replace it")
+    CONVERTERS[name] = fn
+
+
 def convert_to_ours(state_dict: StateDict, arch, fmt: str = "auto") -> "OrderedDict[str, torch.Tensor]":
     """Convert a state dict in format ``fmt`` ("auto" detects it) into our key names for ``arch``."""
     if fmt == "auto":
         fmt = detect_format(state_dict)
     if fmt not in CONVERTERS:
-        raise CheckpointError(f"converter: {fmt!r} is not one of {sorted(CONVERTERS)}")
+        raise CheckpointError(f"converter: {fmt!r} is not one of {sorted(CONVERTERS)} (others can be added with "
+                              "fbnet_zoo.converters.register_converter)")
     return CONVERTERS[fmt](state_dict, arch)
 
 
 __all__ = [
     "CONVERTERS", "CheckpointError", "as_model", "convert_to_ours", "detect_format", "mobile_cv_block_keys",
     "mobile_cv_key_map", "mobile_cv_stage_block_name", "mobile_cv_to_ours", "ours_to_mobile_cv",
-    "rename_state_dict", "strip_prefix", "timm_key_map", "timm_to_ours",
+    "register_converter", "rename_state_dict", "strip_prefix", "timm_key_map", "timm_to_ours",
 ]

@@ -87,7 +87,8 @@ DEFAULTS: Dict[str, Any] = {
     },
     "family": {"enabled": False, "down": {"width": 0.9, "depth": 0.9, "resolution": 0.9},
                "up": {"width": 1.1, "depth": 1.1, "resolution": 1.1}},
-    "executor": {"kind": "local", "ray_address": None},
+    "executor": {"kind": "local", "ray_address": None, "num_cpus_per_candidate": 1.0,
+                 "num_gpus_per_candidate": 0.0, "max_retries": 2},
     "train": {},
     "oracle": {"seed": 0, "hidden": 32, "noise": 0.6, "delay_s": 0.0},
     "output": {"install_dir": None},
@@ -261,6 +262,12 @@ def _validate(cfg: Dict[str, Any]) -> None:
         raise _fail("stage2.early_stop.method", es["method"], f"is not one of {list(RANK_METHODS)}")
     if not -1 <= es["threshold"] <= 1:
         raise _fail("stage2.early_stop.threshold", es["threshold"], "is outside [-1, 1]")
+    budget = cfg["stage2"]["rounds"] * cfg["stage2"]["m"]
+    if cfg["pool"]["n"] < budget:
+        raise _fail("pool.n", cfg["pool"]["n"], f"is below stage2.rounds x stage2.m = {budget} (candidates to train)")
+    for key in ("executor.num_cpus_per_candidate", "executor.num_gpus_per_candidate"):
+        if get(cfg, key) < 0:
+            raise _fail(key, get(cfg, key), "is negative")
     if cfg["stage3"]["top_k"] > cfg["stage3"]["population"]:
         raise _fail("stage3.top_k", cfg["stage3"]["top_k"], f"exceeds stage3.population ({cfg['stage3']['population']})")
     for k in ("k1", "k2", "k3", "k4"):
@@ -315,7 +322,7 @@ def apply_overrides(raw: Dict[str, Any], overrides: Iterable[str]) -> Dict[str, 
         schema: Any = DEFAULTS
         for i, part in enumerate(parts[:-1]):
             path = ".".join(parts[: i + 1])
-            free = path in _FREE or (isinstance(schema, dict) and parts[0] in _FREE)
+            free = parts[0] in _FREE  # free-form sections validate themselves
             if not free and (not isinstance(schema, dict) or part not in schema):
                 raise SearchConfigError(f"{path}: unknown key in override {item!r}")
             if part not in node or node[part] is None:

@@ -33,6 +33,7 @@ points produce valid specs and recipes, so every decoded candidate is valid by c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -55,6 +56,12 @@ RECIPE_FIELDS = tuple(f for f in Recipe.__dataclass_fields__)
 
 def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:
     return SearchConfigError(f"{key}: {value!r} {allowed}")
+
+
+@functools.lru_cache(maxsize=65536)
+def _row(*args: Any, **kw: Any) -> BlockSpec:
+    """BlockSpec rows repeat across candidates: build (and validate) each distinct one once."""
+    return BlockSpec(*args, **kw)
 
 
 def _is_num(v: Any) -> bool:
@@ -403,15 +410,25 @@ class SearchSpace:
         out = np.where(np.isnan(exact), (lo + hi) / 2, exact)
         return out
 
+    def resolution_of(self, values: Mapping[str, Any]) -> int:
+        if "resolution" in self.recipe_dims:
+            return int(values[self.recipe_dims["resolution"]])
+        return int(self.recipe_fixed["resolution"])
+
     def build(self, values: Mapping[str, Any], name: str = "candidate") -> Tuple[ArchSpec, Recipe]:
         recipe_kw = dict(self.recipe_fixed)
         for field, dname in self.recipe_dims.items():
             recipe_kw[field] = values[dname]
         recipe = Recipe.from_dict(recipe_kw)
-        resolution = recipe.resolution
+        return self.build_arch(values, name, recipe.dropout), recipe
+
+    def build_arch(self, values: Mapping[str, Any], name: str = "candidate",
+                   dropout: Optional[float] = None) -> ArchSpec:
+        if dropout is None:
+            dropout = values.get(self.recipe_dims.get("dropout", ""), self.recipe_fixed.get("dropout", 0.2))
+        resolution = self.resolution_of(values)
         if self.fixed_arch is not None:
-            arch = self.fixed_arch.replace(name=name, input_size=resolution, dropout=recipe.dropout)
-            return arch, recipe
+            return self.fixed_arch.replace(name=name, input_size=resolution, dropout=dropout)
         stages: List[List[BlockSpec]] = []
         for g in self.groups:
             def val(key: str) -> Any:
@@ -422,28 +439,53 @@ class SearchSpace:
             common = {k: g.fixed[k] for k in ("se", "act", "se_gate", "se_from", "se_ratio") if k in g.fixed}
             stride = g.fixed.get("stride", 1)
             if g.type == "conv":
-                rows = [BlockSpec("conv", ch, repeats=depth, stride=stride, kernel=int(val("kernel.first")),
-                                  act=common.get("act", "hswish"), bias=g.fixed.get("bias", False))]
+                rows = [_row("conv", ch, repeats=depth, stride=stride, kernel=int(val("kernel.first")),
+                             act=common.get("act", "hswish"), bias=g.fixed.get("bias", False))]
             elif g.type == "ir_pool":
-                rows = [BlockSpec("ir_pool", ch, expansion=val("expansion.first"), act=common.get("act", "hswish"))]
+                rows = [_row("ir_pool", ch, expansion=val("expansion.first"), act=common.get("act", "hswish"))]
             else:
-                rows = [BlockSpec("ir", ch, 1, stride, int(val("kernel.first")), val("expansion.first"), **common)]
+                rows = [_row("ir", ch, 1, stride, int(val("kernel.first")), val("expansion.first"), **common)]
                 if depth > 1:
-                    rows.append(BlockSpec("ir", ch, depth - 1, 1, int(val("kernel.other")), val("expansion.other"),
-                                          **common))
+                    rows.append(_row("ir", ch, depth - 1, 1, int(val("kernel.other")), val("expansion.other"),
+                                     **common))
             if g.stage == len(stages):
                 stages.append([])
             stages[g.stage].extend(rows)
-        arch = ArchSpec(name=name, input_size=resolution, stages=tuple(tuple(s) for s in stages),
-                        width_divisor=self.width_divisor, dropout=recipe.dropout)
-        return arch, recipe
+        return ArchSpec(name=name, input_size=resolution, stages=tuple(tuple(st) for st in stages),
+                        width_divisor=self.width_divisor, dropout=dropout)
+
+    def decode_batch(self, units: np.ndarray) -> Tuple[List[Dict[str, Any]], np.ndarray]:
+        """Vectorised decode of (N, ndim) points: (values per point, canonical points)."""
+        units = np.atleast_2d(np.asarray(units, dtype=np.float64))
+        n = units.shape[0]
+        lo = np.zeros_like(units)
+        hi = np.ones_like(units)
+        exact = np.full_like(units, np.nan)
+        columns = []
+        for d, c in zip(self.dims, self.dim_coord):
+            u = np.clip(units[:, c], 0.0, 1.0)
+            levels = d.levels
+            if levels is None:
+                vals = d.low + u * (d.high - d.low)
+                exact[:, c] = u
+                columns.append([float(v) for v in vals])
+                continue
+            idx = np.minimum((u * levels).astype(np.int64), levels - 1)
+            lo[:, c] = np.maximum(lo[:, c], idx / levels)
+            hi[:, c] = np.minimum(hi[:, c], (idx + 1) / levels)
+            table = [d.value_at(i) for i in range(levels)]
+            columns.append([table[i] for i in idx])
+        names = [d.name for d in self.dims]
+        values = [dict(zip(names, row)) for row in zip(*columns)] if columns else [{} for _ in range(n)]
+        canon = np.where(np.isnan(exact), (lo + hi) / 2, exact)
+        return values, canon
 
     def decode_point(self, u: Sequence[float], name: str = "candidate") -> Tuple[ArchSpec, Recipe]:
         return self.build(self.decode(u), name)
 
     def key(self, values: Mapping[str, Any]) -> str:
         """Stable id of a candidate (its decoded values)."""
-        blob = json.dumps({k: values[k] for k in sorted(values)}, sort_keys=True)
+        blob = repr(tuple((d.name, values[d.name]) for d in self.dims))
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ extremes

@@ -13,68 +13,18 @@ plotted. Prints the table (markdown) and writes it with ``--table``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from fbnet_zoo.cifar import ResultsError, load_results, results_table
+
 logger = logging.getLogger("plot_cifar10")
-
-RESULTS_NAME = "results.json"
-
-
-class ResultsError(ValueError):
-    """A results file that cannot be read or is not a train_cifar10 results file."""
-
-
-def find_results(paths: Sequence[str]) -> List[str]:
-    found: List[str] = []
-    for p in paths:
-        if os.path.isdir(p):
-            for root, _dirs, files in sorted(os.walk(p)):
-                if RESULTS_NAME in files:
-                    found.append(os.path.join(root, RESULTS_NAME))
-        elif os.path.isfile(p):
-            found.append(p)
-        else:
-            raise ResultsError(f"{p}: no such results file or folder")
-    return sorted(dict.fromkeys(found))
-
-
-def load_results(paths: Sequence[str]) -> List[Dict[str, Any]]:
-    rows = []
-    for path in find_results(paths):
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ResultsError(f"{path}: cannot read results JSON ({e})") from None
-        missing = [k for k in ("arch", "flops", "status", "top1") if k not in (data if isinstance(data, dict) else {})]
-        if missing:
-            raise ResultsError(f"{path}: not a train_cifar10 results file (missing {missing})")
-        data["_path"] = path
-        rows.append(data)
-    return rows
 
 
 def _final(row: Dict[str, Any]) -> Optional[float]:
     return row.get("final_top1") if row.get("status") == "ok" else None
-
-
-def results_table(rows: Sequence[Dict[str, Any]]) -> str:
-    """The markdown table the README shows: one line per run, sorted by family then FLOPs."""
-    lines = ["| model | family | input | MFLOPs | params (M) | epochs | top-1 (%) | best top-1 (%) | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r.get("family", ""), r["flops"], r["arch"])):
-        final, best = _final(r), r.get("best_top1")
-        done = len(r.get("top1") or [])
-        lines.append(
-            f"| {r['arch']} | {r.get('family', '?')} | {r.get('input_size', '?')} | {r['flops'] / 1e6:.1f} | "
-            f"{r.get('params', 0) / 1e6:.2f} | {done}/{r.get('epochs_planned', done)} | "
-            f"{'-' if final is None else f'{final:.2f}'} | {'-' if best is None else f'{best:.2f}'} | "
-            f"{r['status']}{'' if not r.get('error') else ': ' + str(r['error'])[:60]} |")
-    return "\n".join(lines)
 
 
 def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "CIFAR-10 transfer") -> int:
@@ -128,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not rows:
-        print(f"error: no {RESULTS_NAME} found under {args.results}", file=sys.stderr)
+        print(f"error: no results.json found under {args.results}", file=sys.stderr)
         return 2
     table = results_table(rows)
     print(table)

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""CPU latency: our FBNetV3-B/D/G (timm-variant archs, timm's weights layout) vs timm's same models.
+
+For each model and batch size, timm eager, ours eager and ours in deploy mode are timed
+interleaved (round-robin, so machine noise hits all alike); the median per-iteration time
+is reported with ratios timm / ours (> 1: ours faster). Deploy mode = BN folded into convs
+and identity placeholders dropped (fbnet_zoo.deploy.prepare_for_deploy), in NCHW or
+channels_last, or that model TorchScript-ed (frozen + optimize_for_inference): whichever is
+fastest on a first, separate timing round (the mode used is recorded).
+
+    nice -n 10 python benchmarks/latency.py                     # B, D, G; batch 1 and 32
+    nice -n 10 python benchmarks/latency.py --models b --iters 5 --threads 2
+
+Writes benchmarks/results/latency.json. Goals: ours eager no slower than timm eager
+(ratio >= ~1), deploy >= 1.25x faster than timm eager.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+
+import fbnet_zoo
+from fbnet_zoo.converters import timm_to_ours
+from fbnet_zoo.deploy import fold_bn, prepare_for_deploy
+from fbnet_zoo.io_utils import atomic_write_text
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latency.json")
+
+
+def _time(fn, x, iters):
+    out = []
+    with torch.inference_mode():
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn(x)
+            out.append(time.perf_counter() - t)
+    return out
+
+
+def _deploy_candidates(model, x):
+    cands = {"fold": prepare_for_deploy(model), "fold+channels_last": prepare_for_deploy(model, channels_last=True)}
+    with torch.no_grad():
+        ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(prepare_for_deploy(model)).eval()))
+        ts(x)
+        ts(x)
+    cands["fold+torchscript(freeze,optimize_for_inference)"] = ts
+    return cands
+
+
+def bench(variant, batch, iters, warmup):
+    import timm
+
+    ref = timm.create_model(f"fbnetv3_{variant}").eval()
+    ours = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm").eval()
+    ours.load_state_dict(timm_to_ours(ref.state_dict(), ours))
+    size = ours.spec.input_size
+    x = torch.randn(batch, 3, size, size)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.allclose(ref(x), ours(x), atol=1e-4)
+    cands = _deploy_candidates(ours, x)
+    # pick the deploy variant on a short first round
+    with torch.inference_mode():
+        for m in (ref, ours, *cands.values()):
+            for _ in range(warmup):
+                m(xcl if m is not ref and m is not ours else x)
+    pick = {name: statistics.median(_time(m, x if name == "fold" else xcl, max(2, iters // 3)))
+            for name, m in cands.items()}
+    deploy_name = min(pick, key=pick.get)
+    deploy = cands[deploy_name]
+    xd = x if deploy_name == "fold" else xcl
+    with torch.inference_mode():
+        err = (deploy(xd) - ref(x)).abs().max().item()
+    times = {"timm_eager": [], "ours_eager": [], "ours_deploy": []}
+    for _ in range(iters):  # round-robin
+        times["timm_eager"] += _time(ref, x, 1)
+        times["ours_eager"] += _time(ours, x, 1)
+        times["ours_deploy"] += _time(deploy, xd, 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "model": f"fbnetv3_{variant}", "ours_arch": ours.spec.name, "batch": batch, "input_size": size,
+        "iters": iters, "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
+        "deploy_mode": deploy_name, "deploy_candidates_ms": {k: round(v * 1e3, 2) for k, v in pick.items()},
+        "deploy_max_abs_diff_vs_timm": err,
+        "ratio_eager": round(med["timm_eager"] / med["ours_eager"], 3),
+        "ratio_deploy": round(med["timm_eager"] / med["ours_deploy"], 3),
+    }
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="b,d,g")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--iters", type=int, default=12, help="timed iterations at batch 1 (batch > 1: a third)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = []
+    print(f"{'model':<10} {'batch':>5} {'size':>4} {'timm ms':>9} {'ours ms':>9} {'deploy ms':>9} "
+          f"{'eager x':>7} {'deploy x':>8}  deploy mode")
+    for v in args.models.split(","):
+        for b in map(int, args.batches.split(",")):
+            iters = args.iters if b == 1 else max(3, args.iters // 3)
+            r = bench(v, b, iters, warmup=2 if b == 1 else 1)
+            rows.append(r)
+            m = r["median_ms"]
+            print(f"{r['model']:<10} {b:>5} {r['input_size']:>4} {m['timm_eager']:>9.1f} {m['ours_eager']:>9.1f} "
+                  f"{m['ours_deploy']:>9.1f} {r['ratio_eager']:>7.2f} {r['ratio_deploy']:>8.2f}  {r['deploy_mode']}",
+                  flush=True)
+    import timm
+
+    result = {
+        "benchmark": "latency", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
+        "timm": timm.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+        "ratio_definition": "timm eager median time / ours median time (> 1: ours faster)",
+        "goals": {"ratio_eager": ">= 1.0", "ratio_deploy": ">= 1.25"},
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""detectron2 heads fitted to FBNet (registered on import).
+
+* RPN_HEAD_REGISTRY ``FBNetRPNHead``: FBNet blocks (the trunk's last row repeated, as the
+  authors do) shared over levels, then 1x1 objectness / delta convs.
+* ROI_BOX_HEAD_REGISTRY ``FBNetBoxHead``: the arch's stride-32 stage(s) on pooled RoI
+  features (C4 "res5" role) + global average pooling; with pretrained weights when the
+  input channels are the trunk's (C4), rebuilt for other inputs (FPN).
+* ROI_MASK_HEAD_REGISTRY ``FBNetMaskHead``: FBNet blocks on 14x14 RoI features upsampling
+  to 28x28, 1x1 predictor (Mask R-CNN C4 and FPN).
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import nn
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
+
+from ..core import (DetectionError, LightRPNHead, StagesBoxHead, box_head_from_model, box_head_from_rows,
+                    build_fbnet, build_rows, c4_split, mask_rows, mask_scale, rpn_rows)
+from .backbone import arch_from_cfg, norm_layer
+
+
+def _head_norm(cfg):
+    return norm_layer(cfg.MODEL.FBNET.HEAD_NORM, "MODEL.FBNET.HEAD_NORM") or nn.BatchNorm2d
+
+
+def _variant(cfg) -> str:
+    return "fpn" if "FPN" in cfg.MODEL.BACKBONE.NAME else "c4"
+
+
+@RPN_HEAD_REGISTRY.register()
+class FBNetRPNHead(LightRPNHead):
+    @configurable
+    def __init__(self, *, in_channels: int, rows, num_anchors: int, box_dim: int = 4, divisor: int = 8,
+                 norm_layer=nn.BatchNorm2d):
+        super().__init__(in_channels, rows, num_anchors, box_dim, divisor, norm_layer)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]):
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise DetectionError(f"MODEL.RPN.IN_FEATURES: the RPN head is shared over levels, which need equal "
+                                 f"channels; got {sorted(channels)}")
+        anchors = build_anchor_generator(cfg, input_shape)
+        if len(set(anchors.num_anchors)) != 1:
+            raise DetectionError("MODEL.ANCHOR_GENERATOR: every level needs the same number of anchors")
+        darch = arch_from_cfg(cfg)
+        trunk, _ = c4_split(darch.spec)
+        variant = _variant(cfg)
+        repeats = cfg.MODEL.FBNET.RPN_REPEATS
+        if variant == "fpn" and repeats < 1 and "fpn" not in darch.rpn:
+            repeats = 1
+        return {"in_channels": channels.pop(), "rows": rpn_rows(darch, variant, trunk[-1], repeats),
+                "num_anchors": anchors.num_anchors[0], "box_dim": anchors.box_dim,
+                "divisor": darch.spec.width_divisor, "norm_layer": _head_norm(cfg)}
+
+
+@ROI_BOX_HEAD_REGISTRY.register()
+def FBNetBoxHead(cfg, input_shape: ShapeSpec) -> nn.Module:
+    """Returns a StagesBoxHead with ``output_shape`` (ShapeSpec(channels=C)) for FastRCNNOutputLayers."""
+    darch = arch_from_cfg(cfg)
+    trunk, box = c4_split(darch.spec)
+    trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
+    if input_shape.channels == trunk_channels:
+        norm = cfg.MODEL.FBNET.NORM  # the backbone's norm, as ResNet's res5 in detectron2's C4 models
+        model = build_fbnet(darch, norm_layer=norm_layer(norm), pretrained=cfg.MODEL.FBNET.PRETRAINED, norm=norm)
+        head = box_head_from_model(model, box)
+    else:
+        head = box_head_from_rows(input_shape.channels, darch.spec, box, _head_norm(cfg))
+    return _D2BoxHead(head)
+
+
+class _D2BoxHead(StagesBoxHead):
+    def __init__(self, head: StagesBoxHead):
+        super().__init__(head.roi_box_conv, head.out_channels)
+
+    @property
+    def output_shape(self) -> ShapeSpec:
+        return ShapeSpec(channels=self.out_channels)
+
+
+@ROI_MASK_HEAD_REGISTRY.register()
+class FBNetMaskHead(BaseMaskRCNNHead):
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, rows, num_classes: int, divisor: int = 8,
+                 norm_layer=nn.BatchNorm2d, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_feature, c = build_rows(input_shape.channels, rows, divisor, norm_layer)
+        self.predictor = nn.Conv2d(c, num_classes, 1)
+        nn.init.normal_(self.predictor.weight, std=0.001)
+        nn.init.zeros_(self.predictor.bias)
+        self.scale = mask_scale(rows)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        ret = super().from_config(cfg, input_shape)
+        darch = arch_from_cfg(cfg)
+        rows = mask_rows(darch, _variant(cfg))
+        ret.update(input_shape=input_shape, rows=rows, divisor=darch.spec.width_divisor,
+                   norm_layer=_head_norm(cfg),
+                   num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        return ret
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.mask_feature(x))

@@ -1,0 +1,275 @@
+"""Executors: where candidates train. One interface, several placements.
+
+    executor = make_executor("local", {"dataset": "embedded"}, run_dir)
+    executor.run(candidates, epochs, on_result)     # on_result(TrainResult) as EACH one finishes
+    executor.close()
+
+- ``local``: in this process, one candidate after another.
+- ``ray``: each candidate is a Ray task (``num_cpus`` / ``num_gpus`` per candidate) on a cluster
+  joined with ``ray.init(address=...)`` ("auto" for the cluster this machine belongs to; None
+  starts a local one, or reuses an already initialised Ray). A task whose worker dies
+  (preemption, OOM kill, node loss) is retried up to ``max_retries`` times and resumes from its
+  last epoch checkpoint; results are handed to ``on_result`` in the driver as tasks finish.
+- further kinds register with ``register_executor(kind, factory)``; ``oracle`` (the search's
+  synthetic trainer, ``fbnet_zoo.search.oracle.OracleExecutor``) is found lazily.
+
+Every candidate trains in ``<run_dir>/candidates/<key>/`` (its epoch checkpoint lives there),
+which on a cluster must be a filesystem every node can reach.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+
+from .candidate import Candidate, TrainResult
+from .trainer import TrainConfigError, TrainSettings, train_candidate
+
+log = logging.getLogger(__name__)
+
+TrainFn = Callable[..., TrainResult]
+
+
+class ExecutorError(ValueError):
+    """A bad executor choice or option; the message names it and what is allowed."""
+
+
+def candidate_dir(run_dir: str, key: str) -> str:
+    """Working directory of one candidate: ``<run_dir>/candidates/<key>``."""
+    safe = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in str(key))
+    return os.path.join(run_dir, "candidates", safe)
+
+
+class Executor:
+    """Trains batches of candidates. Subclasses implement ``run``; ``close`` frees resources.
+
+    ``run(candidates, epochs, on_result)`` returns once every candidate has been handed to
+    ``on_result`` exactly once (an ``ok`` or ``failed`` TrainResult), called in the calling
+    process as each candidate finishes. An exception raised by ``on_result`` stops the batch
+    and propagates.
+    """
+
+    def run(self, candidates: Sequence[Candidate], epochs: int, on_result: Callable[[TrainResult], None]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _check_batch(candidates: Sequence[Candidate], epochs: int) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ExecutorError(f"epochs: {epochs!r} is not an integer >= 1")
+    keys = [c.key for c in candidates]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ExecutorError(f"candidates: duplicate keys {dup[:5]} in one batch")
+
+
+class LocalExecutor(Executor):
+    """Trains candidates one after another in this process."""
+
+    def __init__(self, settings: TrainSettings, run_dir: str, progress: bool = True,
+                 train_fn: Optional[TrainFn] = None):
+        self.settings = settings
+        self.run_dir = run_dir
+        self.progress = progress
+        self.train_fn = train_fn or train_candidate
+
+    def run(self, candidates: Sequence[Candidate], epochs: int, on_result: Callable[[TrainResult], None]) -> None:
+        _check_batch(candidates, epochs)
+        for cand in candidates:
+            workdir = candidate_dir(self.run_dir, cand.key)
+            try:
+                result = self.train_fn(cand, epochs, self.settings, workdir, progress=self.progress)
+            except Exception as e:  # noqa: BLE001 - train_candidate never raises; a custom train_fn may
+                result = TrainResult(cand.key, "failed", error=f"{type(e).__name__}: {e}", epochs_planned=epochs)
+            on_result(result)
+
+
+def _ray_train(train_fn: TrainFn, cand: Candidate, epochs: int, settings: TrainSettings, workdir: str,
+               threads: int) -> Dict[str, Any]:
+    """Body of one Ray task: train and return the result as a plain dict."""
+    if settings.threads is not None and settings.device == "cpu":
+        settings = settings.replace(threads=max(1, threads))  # the cores Ray reserved for this task
+    return train_fn(cand, epochs, settings, workdir, progress=False).to_dict()
+
+
+class RayExecutor(Executor):
+    """Candidates as Ray tasks; results reach ``on_result`` in the driver as tasks finish.
+
+    ``max_retries``: how often a task is re-run when its worker process dies (the rerun resumes
+    from the candidate's last epoch checkpoint). ``max_in_flight``: cap on tasks submitted at
+    once (default: all). Python exceptions inside a task are not retried: they come back as
+    failed results (training already turns its own errors into failed results).
+    """
+
+    def __init__(self, settings: TrainSettings, run_dir: str, ray_address: Optional[str] = None,
+                 num_cpus_per_candidate: float = 1, num_gpus_per_candidate: float = 0, max_retries: int = 2,
+                 max_in_flight: Optional[int] = None, train_fn: Optional[TrainFn] = None,
+                 ray_init_kwargs: Optional[Mapping[str, Any]] = None, progress: bool = True):
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError("executor 'ray': the ray package is not installed (pip install 'ray[default]')") \
+                from None
+        for name, v in (("num_cpus_per_candidate", num_cpus_per_candidate),
+                        ("num_gpus_per_candidate", num_gpus_per_candidate)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ExecutorError(f"executor.{name}: {v!r} is not a number >= 0")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
+            raise ExecutorError(f"executor.max_retries: {max_retries!r} is not an integer >= -1 (-1: forever)")
+        if num_gpus_per_candidate > 0 and settings.device == "cpu":
+            settings = settings.replace(device="cuda")
+        self.settings = settings
+        self.run_dir = os.path.abspath(run_dir)
+        self.num_cpus = num_cpus_per_candidate
+        self.num_gpus = num_gpus_per_candidate
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+        self.train_fn = train_fn or train_candidate
+        self.progress = progress
+        self._ray = ray
+        self._owns_ray = False
+        if not ray.is_initialized():
+            kwargs = dict(ray_init_kwargs or {})
+            kwargs.setdefault("log_to_driver", False)
+            ray.init(address=ray_address, **kwargs)
+            self._owns_ray = True
+        elif ray_address not in (None, "auto"):
+            log.info("ray is already initialised; ignoring ray_address=%r", ray_address)
+        self._remote = ray.remote(_ray_train)
+
+    def run(self, candidates: Sequence[Candidate], epochs: int, on_result: Callable[[TrainResult], None]) -> None:
+        from tqdm.auto import tqdm
+
+        _check_batch(candidates, epochs)
+        ray = self._ray
+        todo = list(candidates)
+        pending: Dict[Any, Candidate] = {}
+        limit = self.max_in_flight or len(todo) or 1
+        threads = max(1, int(self.num_cpus))
+        opts = dict(num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=self.max_retries,
+                    retry_exceptions=False)
+        bar = tqdm(total=len(todo), desc="candidates", unit="cand", disable=not self.progress, leave=False)
+        try:
+            while todo or pending:
+                while todo and len(pending) < limit:
+                    cand = todo.pop(0)
+                    ref = self._remote.options(name=f"train:{cand.key}", **opts).remote(
+                        self.train_fn, cand, epochs, self.settings, candidate_dir(self.run_dir, cand.key), threads)
+                    pending[ref] = cand
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    cand = pending.pop(ref)
+                    on_result(self._collect(ref, cand, epochs))
+                    bar.update(1)
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+        finally:
+            bar.close()
+
+    def _collect(self, ref: Any, cand: Candidate, epochs: int) -> TrainResult:
+        try:
+            return TrainResult.from_dict(self._ray.get(ref))
+        except Exception as e:  # noqa: BLE001 - retries exhausted, task error, lost node ...
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            log.warning("candidate %s: ray task failed: %s: %s", cand.key, type(e).__name__, reason)
+            return TrainResult(cand.key, "failed", error=f"ray task failed ({type(e).__name__}): {reason}",
+                               epochs_planned=epochs)
+
+    def close(self) -> None:
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns_ray = False
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+
+ExecutorFactory = Callable[..., Executor]
+_EXECUTORS: Dict[str, ExecutorFactory] = {}
+# kinds implemented elsewhere, imported on first use: kind -> "module:attribute"
+_LAZY: Dict[str, str] = {"oracle": "fbnet_zoo.search.oracle:OracleExecutor"}
+
+
+def register_executor(kind: str, factory: ExecutorFactory, overwrite: bool = False) -> None:
+    """Make ``make_executor(kind, train, run_dir, **opts)`` call ``factory(train, run_dir, **opts)``."""
+    if kind in _EXECUTORS and not overwrite:
+        raise ExecutorError(f"executor kind {kind!r} is already registered")
+    _EXECUTORS[kind] = factory
+
+
+def executor_kinds() -> list:
+    return sorted(set(_EXECUTORS) | set(_LAZY))
+
+
+def _settings(train: Union[Mapping[str, Any], TrainSettings, None]) -> TrainSettings:
+    try:
+        return TrainSettings.from_dict(train)
+    except TrainConfigError:
+        raise
+    except TypeError as e:
+        raise TrainConfigError(f"train: {e}") from None
+
+
+def _local_factory(train, run_dir: str, ray_address=None, num_cpus_per_candidate=1, num_gpus_per_candidate=0,
+                   max_retries=2, **opts: Any) -> Executor:
+    return LocalExecutor(_settings(train), run_dir, **opts)
+
+
+def _ray_factory(train, run_dir: str, ray_address=None, num_cpus_per_candidate=1, num_gpus_per_candidate=0,
+                 max_retries=2, **opts: Any) -> Executor:
+    return RayExecutor(_settings(train), run_dir, ray_address=ray_address,
+                       num_cpus_per_candidate=num_cpus_per_candidate,
+                       num_gpus_per_candidate=num_gpus_per_candidate, max_retries=max_retries, **opts)
+
+
+def _lazy_factory(target: str) -> ExecutorFactory:
+    module_name, attr = target.split(":")
+
+    def factory(train, run_dir: str, **opts: Any) -> Executor:
+        import importlib
+
+        cls = getattr(importlib.import_module(module_name), attr)
+        params = inspect.signature(cls).parameters
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in opts.items() if accepts_any or k in params}
+        return cls(**kwargs)
+
+    return factory
+
+
+register_executor("local", _local_factory)
+register_executor("ray", _ray_factory)
+
+
+def make_executor(kind: str, train: Union[Mapping[str, Any], TrainSettings, None], run_dir: str,
+                  ray_address: Optional[str] = None, num_cpus_per_candidate: float = 1,
+                  num_gpus_per_candidate: float = 0, max_retries: int = 2, **opts: Any) -> Executor:
+    """An executor of ``kind`` ("local", "ray", or a registered kind such as "oracle").
+
+    ``train``: the search config's ``train:`` section (validated strictly) or a TrainSettings.
+    ``opts`` go to the executor: ``progress``, ``train_fn`` (a replacement for
+    ``train_candidate`` with the same signature), Ray's ``max_in_flight`` / ``ray_init_kwargs``;
+    for "oracle", the OracleExecutor's own arguments (``space``, ``values_of``, ...).
+    """
+    if kind not in _EXECUTORS and kind in _LAZY:
+        _EXECUTORS[kind] = _lazy_factory(_LAZY[kind])
+    if kind not in _EXECUTORS:
+        raise ExecutorError(f"executor.kind: {kind!r} is not one of {executor_kinds()}")
+    if run_dir is None:
+        raise ExecutorError("run_dir: required (candidates checkpoint under <run_dir>/candidates/<key>)")
+    return _EXECUTORS[kind](train, os.fspath(run_dir), ray_address=ray_address,
+                            num_cpus_per_candidate=num_cpus_per_candidate,
+                            num_gpus_per_candidate=num_gpus_per_candidate, max_retries=max_retries, **opts)

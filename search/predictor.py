@@ -1,0 +1,264 @@
+"""The NARS predictor: an MLP encoder shared by a proxy head (FLOPs, params) and an
+accuracy head.
+
+Stage 1 pretrains encoder + proxy head on the pool's analytic statistics (log FLOPs, log
+params, standardised; 80/20 split; validation MSE and rank correlation reported). Stage 2
+refits the accuracy head on measured candidates: first with the encoder frozen, then the
+whole model at a lower learning rate, Huber loss on standardised accuracy. Without
+pretraining both refit phases train the whole model from its random init.
+
+Every fit takes an explicit seed: the same data and seed give bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def rank_corr(a: Sequence[float], b: Sequence[float], method: str = "spearman") -> float:
+    from scipy import stats
+
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    if method == "kendall":
+        return float(stats.kendalltau(a, b).statistic)
+    return float(stats.spearmanr(a, b).statistic)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run the predictor's small matmuls on one thread: on a shared CPU, intra-op threads
+    only add synchronisation (measured 6x slower under load), and one thread makes every fit
+    bit-reproducible whatever the machine's core count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _threads(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with single_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class PredictorNet(nn.Module):
+    def __init__(self, in_features: int, hidden: Sequence[int], head_hidden: int) -> None:
+        super().__init__()
+        layers: List[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.encoder = nn.Sequential(*layers)
+        self.proxy_head = nn.Sequential(nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 2))
+        self.acc_head = nn.Sequential(nn.Linear(width, head_hidden), nn.ReLU(), nn.Linear(head_hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        z = self.encoder(x)
+        return {"proxy": self.proxy_head(z), "acc": self.acc_head(z).squeeze(-1)}
+
+
+@dataclass
+class FitReport:
+    train_loss: float
+    val_mse: Optional[float] = None
+    val_rank_corr: Optional[Dict[str, float]] = None
+    epochs: int = 0
+    samples: Dict[str, List[List[float]]] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"train_loss": self.train_loss, "val_mse": self.val_mse, "val_rank_corr": self.val_rank_corr,
+                "epochs": self.epochs, "samples": self.samples}
+
+
+class Predictor:
+    """Encoder + proxy head + accuracy head over the space's feature vectors."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), head_hidden: int = 64,
+                 seed: int = 0, settings: Optional[Dict[str, Any]] = None) -> None:
+        self.in_features = in_features
+        self.hidden = list(hidden)
+        self.head_hidden = head_hidden
+        self.settings = dict(settings or {})
+        torch.manual_seed(seed)
+        self.net = PredictorNet(in_features, self.hidden, head_hidden)
+        self.pretrained = False
+        self.proxy_stats = np.zeros((2, 2))          # mean/std of log FLOPs, log params
+        self.acc_stats = np.array([0.0, 1.0])       # mean/std of accuracy targets
+
+    @classmethod
+    def from_config(cls, in_features: int, pcfg: Dict[str, Any], seed: int) -> "Predictor":
+        return cls(in_features, pcfg["hidden"], pcfg["head_hidden"], seed, pcfg)
+
+    def _s(self, key: str, default: Any) -> Any:
+        return self.settings.get(key, default)
+
+    # ------------------------------------------------------------------ stage 1
+    @_threads
+    def pretrain(self, features: np.ndarray, flops: np.ndarray, params: np.ndarray, seed: int,
+                 epochs: Optional[int] = None, progress: bool = False) -> FitReport:
+        """Encoder + proxy head on (log FLOPs, log params); 80/20 split by default."""
+        epochs = int(epochs if epochs is not None else self._s("pretrain_epochs", 30))
+        lr = self._s("pretrain_lr", 3e-3)
+        bs = int(self._s("batch_size", 512))
+        val_fraction = self._s("val_fraction", 0.2)
+        g = np.random.default_rng(seed)
+        n = len(features)
+        order = g.permutation(n)
+        n_val = max(1, int(round(n * val_fraction))) if n > 4 else 0
+        val_idx, tr_idx = order[:n_val], order[n_val:]
+        y = np.stack([np.log(np.maximum(flops, 1.0)), np.log(np.maximum(params, 1.0))], 1)
+        mean, std = y[tr_idx].mean(0), y[tr_idx].std(0) + 1e-8
+        self.proxy_stats = np.stack([mean, std])
+        yn = ((y - mean) / std).astype(np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        yt = torch.from_numpy(yn)
+        torch.manual_seed(seed)
+        params_ = list(self.net.encoder.parameters()) + list(self.net.proxy_head.parameters())
+        opt = torch.optim.Adam(params_, lr=lr, weight_decay=self._s("weight_decay", 1e-4))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
+        self.net.train()
+        last = float("nan")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=epochs, desc="stage 1: pretrain", unit="ep", leave=False)
+        tr = torch.from_numpy(tr_idx)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(epochs):
+            perm = tr[torch.randperm(len(tr), generator=gen)]
+            total = 0.0
+            for i in range(0, len(perm), bs):
+                b = perm[i:i + bs]
+                loss = nn.functional.mse_loss(self.net(x[b])["proxy"], yt[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(b)
+            sched.step()
+            last = total / max(1, len(perm))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{last:.4f}")
+        if bar is not None:
+            bar.close()
+        self.pretrained = True
+        report = FitReport(last, epochs=epochs)
+        if n_val:
+            with torch.no_grad():
+                self.net.eval()
+                pv = self.net(x[torch.from_numpy(val_idx)])["proxy"].numpy()
+            report.val_mse = float(((pv - yn[val_idx]) ** 2).mean())
+            report.val_rank_corr = {"flops": rank_corr(pv[:, 0], yn[val_idx, 0]),
+                                    "params": rank_corr(pv[:, 1], yn[val_idx, 1])}
+            keep = val_idx[:1000]
+            pk = pv[:1000] * std + mean
+            report.samples = {"flops": [[float(np.exp(y[i, 0])), float(np.exp(p))] for i, p in zip(keep, pk[:, 0])],
+                              "params": [[float(np.exp(y[i, 1])), float(np.exp(p))] for i, p in zip(keep, pk[:, 1])]}
+        return report
+
+    @_threads
+    def predict_proxy(self, features: np.ndarray) -> np.ndarray:
+        """(N, 2) predicted (FLOPs, params)."""
+        with torch.no_grad():
+            self.net.eval()
+            p = self.net(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)))["proxy"].numpy()
+        return np.exp(p * self.proxy_stats[1] + self.proxy_stats[0])
+
+    # ------------------------------------------------------------------ stage 2
+    @_threads
+    def refit(self, features: np.ndarray, acc: np.ndarray, seed: int,
+              frozen_epochs: Optional[int] = None, full_epochs: Optional[int] = None) -> FitReport:
+        """Accuracy head (encoder frozen when pretrained), then the whole model at lr x factor."""
+        frozen_epochs = int(frozen_epochs if frozen_epochs is not None else self._s("refit_frozen_epochs", 50))
+        full_epochs = int(full_epochs if full_epochs is not None else self._s("refit_full_epochs", 50))
+        lr = self._s("refit_lr", 3e-3)
+        factor = self._s("refit_full_lr_factor", 0.1)
+        bs = int(self._s("refit_batch_size", 32))
+        delta = self._s("huber_delta", 1.0)
+        acc = np.asarray(acc, dtype=np.float64)
+        mean, std = float(acc.mean()), float(acc.std()) + 1e-6
+        if len(acc) < 2 or std < 1e-3:
+            std = max(std, 1.0)
+        self.acc_stats = np.array([mean, std])
+        x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        y = torch.from_numpy(((acc - mean) / std).astype(np.float32))
+        loss_fn = nn.HuberLoss(delta=delta)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        last = float("nan")
+        phases = []
+        if frozen_epochs:
+            if self.pretrained:
+                phases.append((list(self.net.acc_head.parameters()), lr, frozen_epochs))
+            else:
+                phases.append((list(self.net.encoder.parameters()) + list(self.net.acc_head.parameters()), lr,
+                               frozen_epochs))
+        if full_epochs:
+            phases.append((list(self.net.parameters()), lr * factor, full_epochs))
+        self.net.train()
+        for params_, plr, ep in phases:
+            opt = torch.optim.Adam(params_, lr=plr, weight_decay=self._s("weight_decay", 1e-4))
+            for _ in range(ep):
+                perm = torch.randperm(len(x), generator=gen)
+                total = 0.0
+                for i in range(0, len(perm), bs):
+                    b = perm[i:i + bs]
+                    out = self.net(x[b])
+                    loss = loss_fn(out["acc"], y[b])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(b)
+                last = total / max(1, len(perm))
+        return FitReport(last, epochs=frozen_epochs + full_epochs)
+
+    @_threads
+    def predict(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """Predicted accuracy (in the targets' units) for (N, F) features."""
+        out = []
+        with torch.no_grad():
+            self.net.eval()
+            for i in range(0, len(features), batch):
+                xb = torch.from_numpy(np.ascontiguousarray(features[i:i + batch], dtype=np.float32))
+                out.append(self.net(xb)["acc"].numpy())
+        p = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        return p.astype(np.float64) * self.acc_stats[1] + self.acc_stats[0]
+
+    # ------------------------------------------------------------------ checkpoints
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"state": self.net.state_dict(), "in_features": self.in_features, "hidden": self.hidden,
+                    "head_hidden": self.head_hidden, "pretrained": self.pretrained,
+                    "proxy_stats": torch.from_numpy(np.asarray(self.proxy_stats, dtype=np.float64)),
+                    "acc_stats": torch.from_numpy(np.asarray(self.acc_stats, dtype=np.float64))}, buf)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, settings: Optional[Dict[str, Any]] = None) -> "Predictor":
+        d = torch.load(io.BytesIO(blob), weights_only=True)
+        p = cls(d["in_features"], d["hidden"], d["head_hidden"], 0, settings)
+        p.net.load_state_dict(d["state"])
+        p.pretrained = bool(d["pretrained"])
+        p.proxy_stats = d["proxy_stats"].numpy()
+        p.acc_stats = d["acc_stats"].numpy()
+        return p

@@ -1,0 +1,275 @@
+"""The run report: report.md + report.json and matplotlib plots in the run directory.
+
+Plots: proxy-head fit (stage 1), predicted vs measured accuracy (stage 2, predictions made
+before each round trained), rank correlation vs epoch with the chosen early-stop epoch,
+measured candidates per round in accuracy-vs-FLOPs, and the final Pareto front (measured
+candidates and stage-3 winners) with the zoo's FBNetV3 models as reference points.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from fbnet_zoo.io_utils import atomic_write_text
+
+from .predictor import rank_corr
+
+logger = logging.getLogger(__name__)
+
+# The paper's ImageNet top-1 of the zoo models (nars_facts.md); F has no published number.
+ZOO_TOP1 = {"FBNetV3-A": 79.1, "FBNetV3-B": 79.8, "FBNetV3-C": 80.5, "FBNetV3-D": 80.8, "FBNetV3-E": 81.3,
+            "FBNetV3-G": 82.8}
+
+
+def pareto_front(points: List[tuple]) -> List[tuple]:
+    """(cost, value, ...) points on the front: no other point is cheaper and at least as good."""
+    front, best = [], -float("inf")
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
+    from fbnet_zoo.complexity import complexity
+    from fbnet_zoo.registry import get_spec
+
+    out = []
+    for name, top1 in ZOO_TOP1.items():
+        try:
+            spec = get_spec(name)
+        except Exception:  # a stripped-down install without the zoo YAMLs
+            continue
+        cx = complexity(spec, None, num_classes)
+        out.append({"name": name, "flops": cx.flops, "params": cx.params, "paper_top1": top1})
+    return out
+
+
+def collect(run) -> Dict[str, Any]:
+    store = run.store
+    e = run.early_stop_epoch() or run._full_epochs()
+    cands = store.candidates()
+    prog = store.all_progress()
+    stage1 = store.checkpoint_info("stage1") or {}
+    results = store.results()
+    measured = [c for c in cands if c["status"] == "ok"]
+    rounds: Dict[int, Dict[str, Any]] = {}
+    for c in cands:
+        r = rounds.setdefault(c["round"], {"round": c["round"], "candidates": 0, "ok": 0, "failed": 0,
+                                           "pending": 0, "best_top1": None, "train_seconds": 0.0})
+        r["candidates"] += 1
+        r[c["status"] if c["status"] in ("ok", "failed", "pending") else "failed"] += 1
+        if c["status"] == "ok":
+            t = run._target(c, e)
+            r["best_top1"] = t if r["best_top1"] is None else max(r["best_top1"], t)
+            r["train_seconds"] += float(c["wall_seconds"] or 0.0)
+    pred_vs_meas = [(c["predicted"], run._target(c, e), c["round"]) for c in measured if c["predicted"] is not None]
+    pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
+    es = prog.get("early_stop", {}).get("info", {})
+    return {
+        "run": run.run, "run_dir": run.run_dir, "mode": run.cfg["mode"], "seed": run.seed,
+        "space": run.space.describe(),
+        "stage1": {k: v for k, v in stage1.items() if k != "samples"},
+        "stage1_samples": stage1.get("samples", {}),
+        "early_stop": es,
+        "target_epoch": e,
+        "rounds": [rounds[k] for k in sorted(rounds)],
+        "predicted_vs_measured": {"points": pred_vs_meas, "spearman": pvm_corr},
+        "candidates": [{"key": c["key"], "round": c["round"], "status": c["status"], "flops": c["flops"],
+                        "params": c["params"], "predicted": c["predicted"], "top1": c["top1"], "error": c["error"],
+                        "wall_seconds": c["wall_seconds"]} for c in cands],
+        "results": results,
+        "failed": [{"key": c["key"], "error": c["error"]} for c in cands if c["status"] == "failed"],
+    }
+
+
+def _plots(data: Dict[str, Any], plot_dir: str, num_classes: int) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(plot_dir, exist_ok=True)
+    files = []
+
+    def save(fig, name):
+        path = os.path.join(plot_dir, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+
+    s = data["stage1_samples"]
+    if s:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for ax, key in zip(axes, ("flops", "params")):
+            pts = np.array(s.get(key, []))
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
+                lo, hi = pts.min(), pts.max()
+                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            ax.set_xlabel(f"true {key}")
+            ax.set_ylabel(f"predicted {key}")
+            ax.set_title(f"proxy head ({key}), validation split")
+        save(fig, "proxy_fit.png")
+
+    pvm = data["predicted_vs_measured"]["points"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if pvm:
+        a = np.array(pvm, dtype=float)
+        sc = ax.scatter(a[:, 0], a[:, 1], c=a[:, 2], cmap="viridis", s=14)
+        fig.colorbar(sc, ax=ax, label="round")
+        lo, hi = a[:, :2].min(), a[:, :2].max()
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("predicted top-1 (before training)")
+    ax.set_ylabel(f"measured top-1 (epoch {data['target_epoch']})")
+    ax.set_title(f"predictor, Spearman {data['predicted_vs_measured']['spearman']}")
+    save(fig, "predicted_vs_measured.png")
+
+    es = data["early_stop"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    corrs = es.get("correlations") or []
+    if corrs:
+        ax.plot(range(1, len(corrs) + 1), corrs, "o-")
+        ax.axhline(es.get("threshold", 0.92), color="gray", ls="--", label="threshold")
+        ax.axvline(es.get("epoch", len(corrs)), color="red", ls=":", label=f"chosen e={es.get('epoch')}")
+        ax.legend()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{es.get('method', 'rank')} corr. with final top-1")
+    ax.set_title("early-stop epoch (round 1)")
+    save(fig, "rank_corr_vs_epoch.png")
+
+    e = data["target_epoch"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in data["rounds"]:
+        pts = [(c["flops"], c["top1"][min(e, len(c["top1"])) - 1]) for c in data["candidates"]
+               if c["round"] == r["round"] and c["status"] == "ok" and c["top1"]]
+        if pts:
+            a = np.array(pts)
+            ax.scatter(a[:, 0] / 1e6, a[:, 1], s=14, label=f"round {r['round']}")
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel(f"top-1 (epoch {e})")
+    ax.set_title("measured candidates per round")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    save(fig, "rounds_acc_vs_flops.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    meas = [(c["flops"], c["top1"][min(e, len(c["top1"])) - 1]) for c in data["candidates"]
+            if c["status"] == "ok" and c["top1"]]
+    if meas:
+        a = np.array(meas)
+        ax.scatter(a[:, 0] / 1e6, a[:, 1], s=8, color="lightgray", label="measured")
+        front = np.array(pareto_front(meas))
+        ax.plot(front[:, 0] / 1e6, front[:, 1], "o-", color="tab:blue", ms=4, label="measured Pareto front")
+    wins = [(r["flops"], r["predicted_top1"], r["name"]) for r in data["results"].values()]
+    for f, p, n in wins:
+        ax.scatter([f / 1e6], [p], marker="*", s=120, color="tab:red")
+        ax.annotate(n.split("_")[-1], (f / 1e6, p), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    if wins:
+        ax.scatter([], [], marker="*", color="tab:red", label="stage-3 winners (predicted)")
+    ax.set_xscale("log")
+    ax.set_xlabel("MFLOPs (log)")
+    ax.set_ylabel("top-1 on the search task")
+    zoo = zoo_reference(1000)  # the zoo's own (ImageNet, 1000-class) FLOPs
+    if zoo:
+        ax2 = ax.twinx()
+        ax2.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
+                 ms=4, label="zoo FBNetV3 (paper ImageNet top-1)")
+        for z in zoo:
+            ax2.annotate(z["name"][-1], (z["flops"] / 1e6, z["paper_top1"]), fontsize=7, color="tab:green")
+        tops = [z["paper_top1"] for z in zoo]
+        ax2.set_ylim(min(tops) - 0.5, max(tops) + 0.5)
+        ax2.set_ylabel("zoo: paper ImageNet top-1", color="tab:green")
+        ax2.legend(loc="lower right", fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=7)
+    ax.set_title("Pareto front")
+    save(fig, "pareto.png")
+    return files
+
+
+def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str, Any]]]) -> str:
+    L = [f"# Search report: {data['run']}", "",
+         f"mode `{data['mode']}`, seed {data['seed']}, space of {data['space']['ndim']} coordinates "
+         f"({len(data['space']['dims'])} dimensions, ties: {data['space']['ties'] or 'none'})", ""]
+    s1 = data["stage1"]
+    if s1:
+        corr = s1.get("val_rank_corr") or {}
+        L += ["## Stage 1: pool and predictor pretraining", "",
+              f"- pool: {s1.get('pool_size')} candidates (of {s1.get('pool_drawn')} Sobol points drawn), "
+              f"FLOPs {s1.get('flops_range')}",
+              f"- pretraining: {s1.get('pretrained')}, validation MSE {s1.get('val_mse')}, rank correlation "
+              f"FLOPs {corr.get('flops')}, params {corr.get('params')}; {s1.get('seconds', 0):.1f} s", ""]
+    es = data["early_stop"]
+    L += ["## Stage 2: rounds", "",
+          f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
+          f"{es.get('threshold')}); predictor Spearman (predicted before training vs measured): "
+          f"{data['predicted_vs_measured']['spearman']}", "",
+          "| round | candidates | ok | failed | best top-1 | train s |", "|---|---|---|---|---|---|"]
+    for r in data["rounds"]:
+        best = "-" if r["best_top1"] is None else f"{r['best_top1']:.2f}"
+        L.append(f"| {r['round']} | {r['candidates']} | {r['ok']} | {r['failed']} | {best} | {r['train_seconds']:.1f} |")
+    if data["failed"]:
+        L += ["", "Failed candidates:"] + [f"- `{f['key']}`: {f['error']}" for f in data["failed"][:20]]
+    L += ["", "## Stage 3: winners per constraint", "",
+          "| constraint | name | MFLOPs | M params | predicted top-1 | best measured top-1 | generations | s |",
+          "|---|---|---|---|---|---|---|---|"]
+    for label, r in data["results"].items():
+        bm = r.get("best_measured")
+        bm_s = "-" if not bm else f"{bm['top1']:.2f}"
+        L.append(f"| {label} | `{r['name']}` | {r['flops'] / 1e6:.2f} | {r['params'] / 1e6:.3f} | "
+                 f"{r['predicted_top1']:.2f} | {bm_s} | {r['generations']} | "
+                 f"{r['seconds']:.1f} |")
+    if outputs:
+        L += ["", "## Outputs", ""]
+        for o in outputs:
+            L.append(f"- `{o['name']}` ({o['origin']}): {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M "
+                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`, recipe "
+                     f"`{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`")
+    if plots:
+        L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
+    return "\n".join(L) + "\n"
+
+
+def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: bool = True) -> Dict[str, str]:
+    data = collect(run)
+    if outputs is None:
+        outputs = _outputs_on_disk(run.run_dir, run.space.num_classes)
+    data["outputs"] = outputs
+    files: List[str] = []
+    if plots:
+        try:
+            files = _plots(data, os.path.join(run.run_dir, "plots"), run.space.num_classes)
+        except Exception as e:  # a plot must never lose the run's report
+            logger.warning("report: plotting failed: %s", e)
+    md = os.path.join(run.run_dir, "report.md")
+    js = os.path.join(run.run_dir, "report.json")
+    data.pop("stage1_samples", None)
+    atomic_write_text(js, json.dumps(data, indent=1, default=str))
+    atomic_write_text(md, _md(data, files, outputs))
+    return {"markdown": md, "json": js, "plots": files}
+
+
+def _outputs_on_disk(run_dir: str, num_classes: int = 1000) -> List[Dict[str, Any]]:
+    from fbnet_zoo.spec import ArchSpec
+    from fbnet_zoo.complexity import complexity
+
+    out = []
+    d = os.path.join(run_dir, "archs")
+    if not os.path.isdir(d):
+        return out
+    for n in sorted(os.listdir(d)):
+        if n.endswith(".yaml"):
+            a = ArchSpec.from_yaml(os.path.join(d, n))
+            cx = complexity(a, None, num_classes)
+            out.append({"name": a.name, "arch_yaml": os.path.join(d, n),
+                        "recipe_yaml": os.path.join(run_dir, "recipes", n), "origin": "", "flops": cx.flops,
+                        "params": cx.params})
+    return out

@@ -1,0 +1,474 @@
+"""Orchestration of the three NARS stages over a durable run directory.
+
+``run_search(cfg, run_dir)`` starts or resumes a run: everything a stage decides is
+committed to the run's SQLite store before it acts on it (round selections before training,
+each result as it arrives, each predictor refit, each stage-3 winner), and every random
+choice derives from the config's seed, so a run killed at any moment and resumed with
+``resume=True`` re-trains nothing already finished and ends with the result an
+uninterrupted run would have produced.
+
+Run directory layout::
+
+    search.sqlite          the store (config, candidates, checkpoints, progress, results)
+    archs/<name>.yaml      winning architectures (one per constraint, plus scaled family members)
+    recipes/<name>.yaml    their recipes
+    report.md, report.json, plots/*.png
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from .candidate import Candidate, TrainResult
+from .config import SearchConfigError, config_digest, constraint_label, diff_configs
+from .early_stop import select_early_stop_epoch
+from .encoding import Encoder
+from .evolution import AdaptiveGA, satisfies
+from .pool import Pool, RowCostCache, build_pool
+from .predictor import Predictor, rank_corr
+from .recipe import Recipe
+from .space import SearchSpace
+from .store import RunStore
+
+logger = logging.getLogger(__name__)
+
+STORE_VERSION = 1
+
+
+def run_name(run_dir: str) -> str:
+    base = os.path.basename(os.path.normpath(run_dir)).lower()
+    return re.sub(r"[^a-z0-9]+", "_", base).strip("_") or "run"
+
+
+def arch_name(run: str, label: str) -> str:
+    return f"fbnetv3_search_{run}_{label}"
+
+
+def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
+                      values_of: Callable[[Candidate], dict], kind: Optional[str] = None,
+                      ray_address: Optional[str] = None, **opts: Any):
+    """The executor named by ``kind`` (default: the config's): oracle, local or ray."""
+    kind = kind or cfg["executor"]["kind"]
+    if kind == "oracle":
+        from .oracle import OracleExecutor
+
+        o = cfg["oracle"]
+        return OracleExecutor(space, seed=o["seed"], hidden=o["hidden"], noise=o["noise"], delay_s=o["delay_s"],
+                              values_of=values_of, log_path=os.path.join(run_dir, "oracle_trained.log"))
+    if kind not in ("local", "ray"):
+        raise SearchConfigError(f"executor.kind: {kind!r} is not one of ['local', 'ray', 'oracle']")
+    from .executors import make_executor
+
+    ex = cfg["executor"]
+    return make_executor(kind=kind, train=dict(cfg["train"]), run_dir=run_dir,
+                         ray_address=ray_address or ex.get("ray_address"),
+                         num_cpus_per_candidate=ex["num_cpus_per_candidate"],
+                         num_gpus_per_candidate=ex["num_gpus_per_candidate"], max_retries=ex["max_retries"], **opts)
+
+
+class SearchRun:
+    """One run directory: open (new or resumed), then ``stage1()``, ``stage2()``, ``stage3()``."""
+
+    def __init__(self, cfg: Optional[Dict[str, Any]], run_dir: str, resume: bool = False,
+                 progress: bool = False, executor: Any = None, executor_kind: Optional[str] = None,
+                 ray_address: Optional[str] = None) -> None:
+        self.run_dir = run_dir
+        exists = RunStore.exists(run_dir)
+        if resume and not exists:
+            raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({'search.sqlite'} missing)")
+        if not resume and exists:
+            raise SearchConfigError(f"run dir {run_dir!r} already holds a run; pass --resume to continue it "
+                                    "or choose another directory")
+        self.store: Optional[RunStore] = None
+        if exists:
+            self.store = RunStore(run_dir)
+            stored = self.store.get_meta("config")
+            if stored is None:
+                self.store.close()
+                raise SearchConfigError(f"--resume: {run_dir!r} holds no config (the run never started)")
+            if cfg is not None and config_digest(cfg) != config_digest(stored):
+                diffs = diff_configs(stored, cfg)
+                self.store.close()
+                raise SearchConfigError(
+                    f"--resume: {run_dir!r} was started with a different config ({len(diffs)} differences: "
+                    + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "") + ")")
+            if cfg is not None:  # keep the caller's executor placement
+                stored = dict(stored, executor=cfg["executor"], output=cfg["output"])
+            cfg = stored
+        elif cfg is None:
+            raise SearchConfigError("a new run needs a config")
+        self.cfg = cfg
+        self.seed = int(cfg["seed"])
+        self.progress = progress
+        self.space = SearchSpace.from_config(cfg)
+        self.encoder = Encoder(self.space)
+        self.cache = RowCostCache()
+        self.constraints = list(cfg["stage3"]["constraints"])
+        self._executor = executor
+        self._executor_kind = executor_kind
+        self._ray_address = ray_address
+        self.pool: Optional[Pool] = None
+        self._values: Dict[str, dict] = {}
+        try:  # everything that can be wrong with the input fails here, before the run dir is written
+            self.check_constraints()
+            kind = executor_kind or cfg["executor"]["kind"]
+            if executor is None and kind in ("local", "ray"):
+                try:
+                    from .trainer import TrainSettings
+
+                    TrainSettings.from_dict(cfg["train"])
+                except ValueError as e:
+                    raise SearchConfigError(f"train: {e}") from None
+        except SearchConfigError:
+            if self.store is not None:
+                self.store.close()
+            raise
+        if self.store is None:
+            self.store = RunStore(run_dir)
+            self.store.set_meta(config=cfg, digest=config_digest(cfg), seed=cfg["seed"],
+                                pool_seed=self._pool_seed(cfg), created=time.time(), version=STORE_VERSION,
+                                run_name=run_name(run_dir))
+        self.run = self.store.get_meta("run_name") or run_name(run_dir)
+
+    @staticmethod
+    def _pool_seed(cfg: Mapping[str, Any]) -> int:
+        return int(cfg["seed"]) * 7919 + 1
+
+    # ------------------------------------------------------------------ checks before training
+    def check_constraints(self) -> None:
+        """A constraint below the smallest candidate of the space is an error before any training."""
+        smallest = self.space.min_resources()
+        for c in self.constraints:
+            for res, bound in c.items():
+                if bound < smallest[res]:
+                    raise SearchConfigError(
+                        f"stage3.constraints: {res} <= {bound:g} cannot be met: the smallest candidate of the space "
+                        f"has {smallest[res]:g} {res}")
+
+    def executor(self):
+        if self._executor is None:
+            opts = {} if (self._executor_kind or self.cfg["executor"]["kind"]) == "oracle" else \
+                {"progress": self.progress}
+            try:
+                self._executor = make_executor_for(self.cfg, self.space, self.run_dir, self._values_of,
+                                                   self._executor_kind, self._ray_address, **opts)
+            except SearchConfigError:
+                raise
+            except ValueError as e:  # the executors' / trainer's own config errors
+                raise SearchConfigError(f"executor: {e}") from None
+        return self._executor
+
+    def _values_of(self, cand: Candidate) -> dict:
+        return self._values[cand.key]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            try:
+                self._executor.close()
+            finally:
+                self._executor = None
+        self.store.close()
+
+    # ------------------------------------------------------------------ stage 1
+    def build_pool(self) -> Pool:
+        if self.pool is None:
+            p = self.cfg["pool"]
+            self.pool = build_pool(self.space, p["n"], self._pool_seed(self.cfg), p, p["max_draw_factor"],
+                                   progress=self.progress)
+            for k, v in zip(self.pool.keys, self.pool.values):
+                self._values[k] = v
+            self.pool_features = self.encoder.encode_units(self.pool.units)
+            import hashlib
+
+            digest = hashlib.sha1(",".join(self.pool.keys).encode()).hexdigest()
+            stored = self.store.get_meta("pool_head")
+            if stored is None:
+                self.store.set_meta(pool_head=digest, pool_size=len(self.pool), pool_drawn=self.pool.drawn)
+            elif stored != digest:
+                raise SearchConfigError("the pool drawn now differs from the run's pool (the code or space changed "
+                                        "since the run started); start a new run")
+        return self.pool
+
+    def stage1(self) -> Predictor:
+        pool = self.build_pool()
+        blob = self.store.load_checkpoint("stage1")
+        if blob is not None:
+            return Predictor.from_bytes(blob, self.cfg["predictor"])
+        t0 = time.perf_counter()
+        pcfg = self.cfg["predictor"]
+        pred = Predictor.from_config(self.encoder.width, pcfg, self.seed)
+        info: Dict[str, Any] = {"pool_size": len(pool), "pool_drawn": pool.drawn, "pretrained": pcfg["pretrain"],
+                                "flops_range": [float(pool.flops.min()), float(pool.flops.max())]}
+        if pcfg["pretrain"]:
+            rep = pred.pretrain(self.pool_features, pool.flops, pool.params, seed=self.seed + 11,
+                                progress=self.progress)
+            info.update(rep.to_dict())
+        info["seconds"] = time.perf_counter() - t0
+        self.store.save_checkpoint("stage1", pred.to_bytes(), info, progress=("stage1", "done", info))
+        logger.info("stage 1: pool %d, pretrain val MSE %s", len(pool), info.get("val_mse"))
+        return pred
+
+    # ------------------------------------------------------------------ stage 2
+    def _full_epochs(self) -> int:
+        return int(self.cfg["stage2"]["epochs"] or self.space.base_recipe.epochs)
+
+    def _entry(self, key: str, values: dict, predicted: Optional[float]) -> Dict[str, Any]:
+        arch, recipe = self.space.build(values, name=f"cand_{key}")
+        f, p = self.cache.cost(arch, self.space.num_classes)
+        return {"key": key, "arch": arch.to_dict(), "recipe": recipe.to_dict(), "values": values, "flops": f,
+                "params": p, "predicted": predicted}
+
+    def _target(self, row: Mapping[str, Any], epoch: int) -> float:
+        top1 = row["top1"]
+        return float(top1[min(epoch, len(top1)) - 1])
+
+    def early_stop_epoch(self) -> Optional[int]:
+        prog = self.store.get_progress("early_stop")
+        return int(prog["info"]["epoch"]) if prog else None
+
+    def _select(self, rnd: int, pred: Predictor) -> None:
+        pool = self.build_pool()
+        m = int(self.cfg["stage2"]["m"])
+        known = self.store.known_keys()
+        if rnd == 1:
+            order = list(range(len(pool)))
+            scores = None
+        else:
+            scores = pred.predict(self.pool_features)
+            order = sorted(range(len(pool)), key=lambda i: (-scores[i], i))
+        chosen = [i for i in order if pool.keys[i] not in known][:m]
+        if not chosen:
+            raise SearchConfigError(f"stage2 round {rnd}: the pool has no unevaluated candidate left; raise pool.n")
+        epochs = self._full_epochs() if rnd == 1 else (self.early_stop_epoch() or self._full_epochs())
+        entries = [self._entry(pool.keys[i], pool.values[i], None if scores is None else float(scores[i]))
+                   for i in chosen]
+        self.store.add_round(rnd, entries, epochs)
+
+    def _train_pending(self, rnd: int, epochs: int) -> None:
+        pending = self.store.candidates(rnd=rnd, status="pending")
+        if not pending:
+            return
+        cands = []
+        for row in pending:
+            from fbnet_zoo.spec import ArchSpec
+
+            self._values[row["key"]] = row["values"]
+            cands.append(Candidate(row["key"], ArchSpec.from_dict(row["arch"]), Recipe.from_dict(row["recipe"])))
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            total = len(self.store.get_round(rnd)["keys"])
+            bar = tqdm(total=total, initial=total - len(cands), desc=f"stage 2: round {rnd}", unit="cand", leave=False)
+        wanted = {c.key for c in cands}
+
+        def on_result(res: TrainResult) -> None:
+            if res.key not in wanted:
+                logger.warning("executor returned an unknown candidate %s", res.key)
+                return
+            if res.ok and (not res.top1 or not all(np.isfinite(res.top1))):
+                res = TrainResult(res.key, "failed", list(res.top1), list(res.loss), list(res.epoch_seconds),
+                                  "no finite top-1 reported", res.epochs_planned, dict(res.extra))
+            self.store.record_result(res)
+            wanted.discard(res.key)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(top1=f"{res.final_top1:.2f}" if res.ok else res.status)
+
+        try:
+            self.executor().run(cands, epochs, on_result)
+        finally:
+            if bar is not None:
+                bar.close()
+        if wanted:
+            raise RuntimeError(f"stage 2 round {rnd}: the executor finished without results for {sorted(wanted)}")
+
+    def _refit(self, rnd: int) -> Predictor:
+        base = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
+        e = self.early_stop_epoch() or self._full_epochs()
+        rows = [r for r in self.store.candidates(status="ok") if r["round"] <= rnd]
+        info: Dict[str, Any] = {"round": rnd, "samples": len(rows), "epoch": e}
+        if len(rows) >= 2:
+            x = self.encoder.encode_units(np.stack([self.space.unit_of(r["values"]) for r in rows]))
+            y = np.array([self._target(r, e) for r in rows])
+            rep = base.refit(x, y, seed=self.seed * 1000 + rnd)
+            fit = base.predict(x)
+            info.update(train_loss=rep.train_loss, train_rank_corr=rank_corr(fit, y, "spearman"))
+        self.store.save_checkpoint(f"round{rnd}", base.to_bytes(), info,
+                                   progress=(f"stage2_round{rnd:03d}", "done", info))
+        return base
+
+    def stage2(self) -> Predictor:
+        if self.store.load_checkpoint("stage1") is None:
+            raise SearchConfigError("stage 2 needs stage 1's predictor: run stage 1 first")
+        self.build_pool()
+        rounds = int(self.cfg["stage2"]["rounds"])
+        pred = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
+        for rnd in range(1, rounds + 1):
+            ck = self.store.load_checkpoint(f"round{rnd}")
+            if ck is not None:
+                pred = Predictor.from_bytes(ck, self.cfg["predictor"])
+                continue
+            if self.store.get_round(rnd) is None:
+                self._select(rnd, pred)
+            rec = self.store.get_round(rnd)
+            self._train_pending(rnd, rec["epochs"])
+            if rec["status"] != "done":
+                self.store.finish_round(rnd)
+            if rnd == 1 and self.early_stop_epoch() is None:
+                self._choose_early_stop()
+            pred = self._refit(rnd)
+        self.store.set_progress("stage2", "done", {"rounds": rounds})
+        return pred
+
+    def _choose_early_stop(self) -> None:
+        es = self.cfg["stage2"]["early_stop"]
+        rows = self.store.candidates(rnd=1, status="ok")
+        full = self._full_epochs()
+        curves = [r["top1"] for r in rows if len(r["top1"]) >= full]
+        if es["enabled"]:
+            e, corrs = select_early_stop_epoch(curves, es["threshold"], es["method"])
+            e = e or full
+        else:
+            e, corrs = full, []
+        self.store.set_progress("early_stop", "done", {"epoch": e, "full_epochs": full, "method": es["method"],
+                                                       "threshold": es["threshold"], "correlations": corrs,
+                                                       "curves": len(curves)})
+
+    # ------------------------------------------------------------------ stage 3
+    def final_predictor(self) -> Predictor:
+        rounds = int(self.cfg["stage2"]["rounds"])
+        blob = self.store.load_checkpoint(f"round{rounds}")
+        if blob is None:
+            raise SearchConfigError("stage 3 needs stage 2's final predictor: run stage 2 first")
+        return Predictor.from_bytes(blob, self.cfg["predictor"])
+
+    def stage3(self) -> Dict[str, Dict[str, Any]]:
+        pred = self.final_predictor()
+        pool = self.build_pool()
+        e = self.early_stop_epoch() or self._full_epochs()
+        measured = [r for r in self.store.candidates(status="ok")]
+        s3 = self.cfg["stage3"]
+        ga = AdaptiveGA(self.space, pred, self.encoder, s3, self.cache)
+        pool_scores = pred.predict(self.pool_features)
+        out: Dict[str, Dict[str, Any]] = {}
+        for ci, c in enumerate(self.constraints):
+            label = constraint_label(c)
+            done = self.store.get_result(label)
+            if done is not None:
+                out[label] = done
+                continue
+            t0 = time.perf_counter()
+            ok_measured = sorted((r for r in measured if satisfies(r["flops"], r["params"], c)),
+                                 key=lambda r: (-self._target(r, e), r["key"]))
+            seeds = [self.space.unit_of(r["values"]) for r in ok_measured[: s3["seeds"]]]
+            fits = [i for i in np.argsort(-pool_scores, kind="stable")
+                    if satisfies(pool.flops[i], pool.params[i], c)][: max(0, s3["seeds"] - len(seeds))]
+            seeds += [pool.units[i] for i in fits]
+            res = ga.run(c, seeds, seed=self.seed * 7 + ci, progress=self.progress, desc=f"stage 3: {label}")
+            best = res.best
+            name = arch_name(self.run, label)
+            arch, recipe = self.space.build(best.values, name=name)
+            data = {"label": label, "constraint": c, "name": name, "key": best.key, "values": best.values,
+                    "arch": arch.to_dict(), "recipe": recipe.to_dict(), "flops": best.flops, "params": best.params,
+                    "predicted_top1": best.score, "generations": res.generations, "evaluated": res.evaluated,
+                    "rejected": res.rejected, "history": res.history, "seconds": time.perf_counter() - t0,
+                    "best_measured": ({"key": ok_measured[0]["key"], "top1": self._target(ok_measured[0], e),
+                                       "flops": ok_measured[0]["flops"], "params": ok_measured[0]["params"]}
+                                      if ok_measured else None)}
+            self.store.set_result(label, data)
+            out[label] = data
+        self.store.set_progress("stage3", "done", {"constraints": [constraint_label(c) for c in self.constraints]})
+        return out
+
+    # ------------------------------------------------------------------ outputs
+    def write_outputs(self, results: Mapping[str, Mapping[str, Any]], install_dir: Optional[str] = None
+                      ) -> List[Dict[str, Any]]:
+        """Arch + recipe YAML per winner (and family members) in the run dir; optionally install."""
+        from fbnet_zoo.scaling import scale
+        from fbnet_zoo.spec import ArchSpec
+
+        arch_dir = os.path.join(self.run_dir, "archs")
+        recipe_dir = os.path.join(self.run_dir, "recipes")
+        os.makedirs(arch_dir, exist_ok=True)
+        os.makedirs(recipe_dir, exist_ok=True)
+        written = []
+        winners = []
+        for label, data in results.items():
+            arch = ArchSpec.from_dict(data["arch"])
+            recipe = Recipe.from_dict(data["recipe"])
+            winners.append((data["flops"], arch, recipe, data))
+        members = [(a, r, "searched", d["label"]) for _, a, r, d in winners]
+        fam = self.cfg["family"]
+        if fam["enabled"] and winners:
+            winners.sort(key=lambda w: w[0])
+            for which, (_, a, r, d) in (("down", winners[0]), ("up", winners[-1])):
+                f = fam[which]
+                scaled = scale(a, f["width"], f["depth"], f["resolution"], name=f"{a.name}_{which}")
+                members.append((scaled, r.replace(resolution=scaled.input_size), f"scaled {which} from {a.name}",
+                                d["label"]))
+        from fbnet_zoo.complexity import complexity
+
+        for arch, recipe, origin, label in members:
+            ap = os.path.join(arch_dir, f"{arch.name}.yaml")
+            rp = os.path.join(recipe_dir, f"{arch.name}.yaml")
+            arch.save_yaml(ap)
+            recipe.save_yaml(rp)
+            cx = complexity(arch, None, self.space.num_classes)
+            written.append({"name": arch.name, "arch_yaml": ap, "recipe_yaml": rp, "origin": origin,
+                            "constraint": label, "flops": cx.flops, "params": cx.params})
+        if install_dir:
+            from fbnet_zoo.io_utils import atomic_write_text
+            from fbnet_zoo.registry import register_arch_dir
+
+            os.makedirs(install_dir, exist_ok=True)
+            for w in written:
+                with open(w["arch_yaml"], encoding="utf-8") as f:
+                    atomic_write_text(os.path.join(install_dir, os.path.basename(w["arch_yaml"])), f.read())
+            register_arch_dir(install_dir)
+        else:
+            from fbnet_zoo.registry import register_arch
+
+            for w in written:
+                register_arch(w["arch_yaml"], overwrite=True)
+        return written
+
+
+def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = False,
+               stages: Sequence[int] = (1, 2, 3), progress: bool = False, executor: Any = None,
+               executor_kind: Optional[str] = None, ray_address: Optional[str] = None,
+               install_dir: Optional[str] = None, report: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the stages of a search; returns a summary dict."""
+    run = SearchRun(cfg, run_dir, resume=resume, progress=progress, executor=executor,
+                    executor_kind=executor_kind, ray_address=ray_address)
+    summary: Dict[str, Any] = {"run_dir": run_dir, "run": run.run}
+    try:
+        timings = {}
+        if 1 in stages:
+            t0 = time.perf_counter()
+            run.stage1()
+            timings["stage1"] = time.perf_counter() - t0
+        if 2 in stages:
+            t0 = time.perf_counter()
+            run.stage2()
+            timings["stage2"] = time.perf_counter() - t0
+        if 3 in stages:
+            t0 = time.perf_counter()
+            results = run.stage3()
+            summary["results"] = results
+            summary["outputs"] = run.write_outputs(results, install_dir or run.cfg["output"]["install_dir"])
+            timings["stage3"] = time.perf_counter() - t0
+        summary["timings"] = timings
+        if report:
+            from .report import write_report
+
+            summary["report"] = write_report(run, summary.get("outputs"))
+    finally:
+        run.close()
+    return summary

@@ -1,0 +1,257 @@
+"""Pretrained loading: sources registry, local paths, file:// URLs through the cache, hash and
+size checks, truncated files, malicious pickles (refused, payload never runs), strict key
+reports and classifier re-initialisation. Everything offline, on a tiny arch."""
+
+import logging
+import os
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import fbnet_zoo
+from fbnet_zoo import checkpoints
+from fbnet_zoo.checkpoints import CheckpointError, fetch, load_pretrained, read_state_dict, register_sources
+
+TINY = {"name": "Tiny-Ckpt", "input_size": 32, "stages": [
+    [{"type": "conv", "out_channels": 8, "stride": 2, "kernel": 3, "act": "hswish"}],
+    [{"type": "ir", "out_channels": 8, "expansion": 1, "kernel": 3}],
+    [{"type": "ir", "out_channels": 16, "stride": 2, "expansion": 4, "kernel": 5, "se": True},
+     {"type": "ir", "out_channels": 16, "repeats": 2, "expansion": 3, "se": True}],
+    [{"type": "ir_pool", "out_channels": 64, "expansion": 6}]]}
+
+
+def _trained(num_classes=10, seed=0):
+    torch.manual_seed(seed)
+    model = fbnet_zoo.build_model(TINY, num_classes=num_classes)
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            if p.is_floating_point():
+                p.copy_(torch.randn_like(p).abs() + 0.1)
+    return model.eval()
+
+
+def _same_weights(a, b, skip=()):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa if not k.startswith(skip))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("FBNET_ZOO_CACHE", str(d))
+    return d
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = _trained()
+    path = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def _cache_files(cache):
+    return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
+
+
+def test_local_path(saved):
+    src, path = saved
+    model = fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path))
+    assert _same_weights(model, src)
+
+
+def test_file_url_goes_through_the_cache_and_then_works_without_the_source(saved, cache):
+    src, path = saved
+    url = path.as_uri()
+    a = fbnet_zoo.build_model(TINY, num_classes=10, pretrained=url)
+    assert _same_weights(a, src)
+    files = _cache_files(cache)
+    assert len(files) == 1 and files[0].endswith("-tiny.pth")       # complete file only, no temp left
+    os.unlink(path)                                                   # the source is gone: the cache serves
+    b = fbnet_zoo.build_model(TINY, num_classes=10, pretrained=url)
+    assert _same_weights(b, src)
+
+
+def test_registered_source_with_verified_hash_and_size(saved, cache, tmp_path):
+    src, path = saved
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    register_sources({"model": "Tiny-Ckpt", "default": "local", "sources": {
+        "local": {"url": path.as_uri(), "sha256": digest, "size": path.stat().st_size, "converter": "ours"}}})
+    model = fbnet_zoo.build_model(TINY, num_classes=10, pretrained=True)
+    assert _same_weights(model, src)
+    assert "local" in checkpoints.list_sources("tiny_ckpt")
+
+
+def test_hash_mismatch_is_an_error_and_leaves_the_cache_clean(saved, cache):
+    _, path = saved
+    with pytest.raises(CheckpointError, match="sha256 .* does not match the expected 0{64}"):
+        fetch(path.as_uri(), sha256="0" * 64, progress=False)
+    assert _cache_files(cache) == []
+    with pytest.raises(CheckpointError, match="size .* expected 12"):
+        fetch(path.as_uri(), size=12, progress=False)
+    assert _cache_files(cache) == []
+
+
+def test_a_cached_file_that_no_longer_matches_its_hash_is_fetched_again(saved, cache):
+    _, path = saved
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    local = fetch(path.as_uri(), sha256=digest, progress=False)
+    with open(local, "r+b") as f:
+        f.write(b"garbage")
+    again = fetch(path.as_uri(), sha256=digest, progress=False)
+    assert again == local and hashlib.sha256(open(local, "rb").read()).hexdigest() == digest
+
+
+def test_truncated_file_is_a_clear_error_and_is_removed_from_the_cache(saved, cache, tmp_path):
+    _, path = saved
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=cut.as_uri())
+    assert "removed from the cache" in str(e.value)
+    assert _cache_files(cache) == []
+    with pytest.raises(CheckpointError, match=r"cut\.pth: corrupted or truncated"):  # a local path: left in place
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(cut))
+    assert cut.exists()
+
+
+class _Payload:
+    """Unpickling this would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_malicious_pickle_is_refused_and_its_payload_never_runs(tmp_path, cache, zipfile):
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pth"
+    state = {"payload": _Payload(str(marker)), "stages.0.0.conv.weight": torch.zeros(8, 3, 3, 3)}
+    torch.save(state, evil, _use_new_zipfile_serialization=zipfile)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused") as e:
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(evil))
+    assert "weights_only=True" in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused"):               # through the cache: refused and removed
+        load_pretrained(fbnet_zoo.build_model(TINY, num_classes=10), evil.as_uri(), progress=False)
+    assert not marker.exists()
+    assert _cache_files(cache) == []
+    # sanity: the payload is live -- plain unpickling of the same object creates the marker
+    pickle.loads(pickle.dumps(_Payload(str(marker)))).close()
+    assert marker.exists()
+
+
+def test_num_classes_change_drops_and_reinitialises_the_classifier(saved, caplog):
+    src, path = saved
+    with caplog.at_level(logging.INFO, logger="fbnet_zoo.checkpoints"):
+        model = fbnet_zoo.build_model(TINY, num_classes=3, pretrained=str(path))
+    assert "10-class classifier" in caplog.text and "model has 3 classes" in caplog.text
+    assert "re-initialised" in caplog.text
+    assert model.classifier.fc.weight.shape == (3, 64)
+    assert _same_weights(model, src, skip=("classifier.",))
+    assert torch.all(model.classifier.fc.bias == 0)
+    headless = fbnet_zoo.build_model(TINY, num_classes=0, pretrained=str(path))
+    assert headless.classifier is None and _same_weights(headless, src, skip=("classifier.",))
+
+
+def test_strict_loading_names_missing_unexpected_and_mismatched_keys(tmp_path):
+    sd = _trained().state_dict()
+    del sd["stages.2.1.se.reduce.weight"]
+    sd["stages.9.0.conv.weight"] = torch.zeros(1)
+    sd["stages.2.0.pwl.conv.weight"] = torch.zeros(17, 32, 1, 1)
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as e:
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path))
+    msg = str(e.value)
+    assert "missing 1 key(s): stages.2.1.se.reduce.weight" in msg
+    assert "unexpected 1 key(s): stages.9.0.conv.weight" in msg
+    assert "stages.2.0.pwl.conv.weight (checkpoint (17, 32, 1, 1), model (16, 32, 1, 1))" in msg
+    model = fbnet_zoo.build_model(TINY, num_classes=10)
+    result = load_pretrained(model, str(path), strict=False)
+    assert result.missing == ["stages.2.1.se.reduce.weight"] and len(result.mismatched) == 1
+
+
+def test_wrong_architecture_is_reported(saved):
+    _, path = saved
+    other = {**TINY, "name": "Tiny-Other", "stages": TINY["stages"][:2] + [[{"type": "ir_pool", "out_channels": 64,
+                                                                           "expansion": 6}]]}
+    with pytest.raises(CheckpointError, match="does not fit Tiny-Other.*wrong architecture"):
+        fbnet_zoo.build_model(other, num_classes=10, pretrained=str(path))
+
+
+def test_wrapped_and_prefixed_state_dicts_and_safetensors(tmp_path):
+    src = _trained()
+    path = tmp_path / "wrapped.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in src.state_dict().items()}, "iteration": 5}, path)
+    assert _same_weights(fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path)), src)
+    st = pytest.importorskip("safetensors.torch", reason="safetensors is optional")
+    spath = tmp_path / "tiny.safetensors"
+    st.save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(spath))
+    assert _same_weights(fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(spath)), src)
+
+
+def test_unknown_sources_and_paths_are_clear_errors():
+    with pytest.raises(CheckpointError, match="FBNetV3-B-timm"):
+        fbnet_zoo.build_model("FBNetV3-B", pretrained=True)             # points to the variant with weights
+    with pytest.raises(CheckpointError, match=r"'nope' is neither a source of 'FBNetV3-B-timm' \(\['timm', 'timm-hf'\]\)"):
+        fbnet_zoo.build_model("FBNetV3-B-timm", pretrained="nope")
+    with pytest.raises(CheckpointError, match="not an existing path or a URL"):
+        fbnet_zoo.build_model({**TINY, "name": "Tiny-No-Sources"}, pretrained="/no/such/file.pth")
+
+
+def test_sources_registry_is_validated_data():
+    for name in ("FBNetV3-B-timm", "FBNetV3-D-timm", "FBNetV3-G-timm"):
+        src = checkpoints.get_source(name)
+        assert src.name == "timm" and src.converter == "timm" and src.url.startswith("https://")
+        assert src.sha256 is None                                        # never invented
+        assert {p["input_size"] for p in src.published} and all("top1" in p for p in src.published)
+        fbnet_zoo.get_spec(src.model)                                    # each source names a zoo model
+    with pytest.raises(CheckpointError, match=r"Bad\.sources\.x\.format: 'pickle' is not one of"):
+        register_sources({"model": "Bad", "sources": {"x": {"url": "file:///x", "format": "pickle"}}})
+    with pytest.raises(CheckpointError, match=r"Bad\.sources\.x\.sha256"):
+        register_sources({"model": "Bad", "sources": {"x": {"url": "file:///x", "sha256": "abc"}}})
+
+
+def test_read_state_dict_rejects_non_state_dicts(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        read_state_dict(str(path))
+
+
+def test_d2go_detection_sources_are_data_for_the_detection_converter():
+    for model, default in (("FBNetV3-A-d2go", "faster_rcnn_c4"), ("FBNetV3-G-d2go", "faster_rcnn_fpn")):
+        src = checkpoints.get_source(model)
+        assert src.name == default and src.converter == "d2go_detection" and src.sha256 is None
+        assert src.url.startswith("https://mobile-cv.s3-us-west-2.amazonaws.com/d2go/models/")
+        assert all("box_ap" in p for p in src.published)
+
+
+def test_a_source_whose_converter_is_not_registered_fails_clearly(saved, cache):
+    _, path = saved
+    register_sources({"model": "Tiny-Conv", "sources": {"x": {"url": path.as_uri(), "converter": "not_yet"}}})
+    with pytest.raises(CheckpointError, match="'not_yet' is not one of .*register_converter"):
+        fbnet_zoo.build_model({**TINY, "name": "Tiny-Conv"}, num_classes=10, pretrained="x")
+
+
+def test_timm_keyed_file_is_detected_and_converted(tmp_path):
+    timm = pytest.importorskip("timm", reason="writes a timm-keyed checkpoint")
+    ref = timm.create_model("fbnetv3_b", num_classes=5).eval()
+    path = tmp_path / "timm_b.pth"
+    torch.save(ref.state_dict(), path)
+    model = fbnet_zoo.build_model("FBNetV3-B-timm", num_classes=5, pretrained=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref(x), rtol=0, atol=1e-5)

@@ -1,0 +1,148 @@
+"""Deployment: BN folding is exact (1e-5), channels_last changes nothing, TorchScript and
+ONNX exports reproduce eager (onnxruntime within 1e-4, other batch sizes and resolutions),
+and the export / convert CLIs work end to end. Tiny arch to keep it fast."""
+
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import fbnet_zoo
+from fbnet_zoo.deploy import DeployError, check_onnx, export_onnx, export_torchscript, fold_bn, prepare_for_deploy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"name": "Tiny-Deploy", "input_size": 40, "stages": [
+    [{"type": "conv", "out_channels": 8, "stride": 2, "kernel": 3, "act": "hswish", "bias": True}],
+    [{"type": "ir", "out_channels": 8, "expansion": 1, "kernel": 3}],
+    [{"type": "ir", "out_channels": 16, "stride": 2, "expansion": 4, "kernel": 5, "se": True},
+     {"type": "ir", "out_channels": 16, "repeats": 2, "expansion": 3, "se": True, "act": "relu"}],
+    [{"type": "ir", "out_channels": 24, "stride": 2, "expansion": 4, "kernel": 3, "dw_padding": [0, 0]}],
+    [{"type": "ir_pool", "out_channels": 64, "expansion": 6}]]}
+
+
+def _model(num_classes=10, seed=0):
+    torch.manual_seed(seed)
+    model = fbnet_zoo.build_model(TINY, num_classes=num_classes)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+        model.classifier.fc.weight.normal_(0, 0.5, generator=g)
+    return model.eval()
+
+
+def _x(n=2, size=40, seed=1):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_fold_bn_is_exact_and_removes_every_batchnorm():
+    model = _model()
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    folded = fold_bn(model)
+    assert folded.folded_bn == n_bn and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())          # the original is untouched
+    for size in (40, 57):
+        x = _x(size=size)
+        with torch.no_grad():
+            want, got = model(x), folded(x)
+        assert want.abs().max() > 1e-2                                         # a real signal, not ~0
+        assert torch.allclose(got, want, rtol=0, atol=1e-5), (got - want).abs().max()
+
+
+def test_channels_last_lean_deploy_model_matches():
+    model = _model()
+    fast = prepare_for_deploy(model, channels_last=True)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Identity)) for m in fast.modules())
+    assert set(fast.state_dict()) <= {k for k in model.state_dict() if ".bn." not in k} | {
+        k.replace(".weight", ".bias") for k in model.state_dict() if k.endswith("conv.weight")}
+    x = _x().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), rtol=0, atol=1e-5)
+    ts = torch.jit.script(fast)                                               # lean models still script
+    with torch.no_grad():
+        assert torch.allclose(ts(x), model(x), rtol=0, atol=1e-5)
+
+
+def test_torchscript_export_round_trips_at_other_sizes(tmp_path):
+    model = _model()
+    path = tmp_path / "tiny.ts"
+    export_torchscript(model, str(path), example=_x())
+    loaded = torch.jit.load(str(path))
+    for n, size in ((1, 40), (3, 64)):
+        x = _x(n, size)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), model(x), rtol=0, atol=1e-5)
+    traced = export_torchscript(model, None, method="trace", freeze=False, example=_x())
+    with torch.no_grad():
+        assert torch.allclose(traced(_x()), model(_x()), rtol=0, atol=1e-5)
+    with pytest.raises(DeployError, match="method 'compile' is not one of"):
+        export_torchscript(model, None, method="compile")
+
+
+def test_onnx_export_matches_eager_in_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+    model = _model()
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, str(path), dynamic=("batch", "height", "width"))
+    assert path.exists() and not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    for n, size in ((1, 40), (4, 72)):
+        diff = check_onnx(str(path), model, _x(n, size))
+        assert diff <= 1e-4
+    with pytest.raises(DeployError, match="dynamic axis 'time'"):
+        export_onnx(model, str(tmp_path / "x.onnx"), dynamic=("time",))
+
+
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_export_cli_writes_checked_files(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+    model = _model()
+    ckpt = tmp_path / "tiny.pth"
+    torch.save(model.state_dict(), ckpt)
+    arch = tmp_path / "tiny.yaml"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    out = tmp_path / "exported"
+    rc = _tool("export").main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10",
+                               "--format", "both", "--out", str(out), "--input-size", "48"])
+    assert rc == 0
+    ts, onnx_path = out / "tiny_deploy.ts", out / "tiny_deploy.onnx"
+    assert ts.exists() and onnx_path.exists()
+    assert check_onnx(str(onnx_path), model, _x(1, 48)) <= 1e-4
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(_x()), model(_x()), rtol=0, atol=1e-5)
+    assert "onnxruntime vs eager" in capsys.readouterr().out
+    assert _tool("export").main(["--arch", str(arch), "--weights", str(tmp_path / "nope.pth"),
+                                 "--format", "onnx", "--out", str(out / "x.onnx")]) == 1
+
+
+def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
+    pytest.importorskip("safetensors", reason="writes a .safetensors output")
+    model = _model()
+    arch = tmp_path / "tiny.yaml"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    ours, mc, back = tmp_path / "ours.pth", tmp_path / "mc.pth", tmp_path / "back.safetensors"
+    torch.save(model.state_dict(), ours)
+    tool = _tool("convert_checkpoint")
+    assert tool.main(["--from", "ours", "--to", "mobile_cv", "--arch", str(arch), str(ours), str(mc)]) == 0
+    sd = torch.load(mc, weights_only=True)
+    assert "backbone.stages.xif0_0.conv.bias" in sd and sd["head.conv.weight"].shape == (10, 64, 1, 1)
+    assert tool.main(["--from", "mobile_cv", "--to", "ours", "--arch", str(arch), str(mc), str(back)]) == 0
+    from safetensors.torch import load_file
+
+    again = load_file(str(back))
+    assert set(again) == set(model.state_dict())
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+    assert tool.main(["--from", "timm", "--arch", str(arch), str(ours), str(tmp_path / "bad.pth")]) == 1
+    assert "error:" in capsys.readouterr().err

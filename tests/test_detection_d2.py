@@ -1,0 +1,213 @@
+"""detectron2 adapters (skipped where detectron2 is not installed; CI has none).
+
+Every shipped config builds and runs a train step and an inference step on the toy COCO
+set; a short smoke training lowers the loss; COCO evaluation returns metrics; output
+shapes/strides are right for every zoo arch; bad input fails at build time."""
+
+import glob
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
+
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import DatasetMapper, build_detection_test_loader  # noqa: E402
+from detectron2.data.build import get_detection_dataset_dicts  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+
+import fbnet_zoo  # noqa: E402
+from fbnet_zoo.detection import DetectionError  # noqa: E402
+from fbnet_zoo.detection import d2  # noqa: E402
+from fbnet_zoo.detection.toy_data import make_toy_coco  # noqa: E402
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "detection")
+SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+                 if not os.path.basename(p).startswith(("Base-", "coco_schedule")))
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_event_storage():
+    """One thread (many small ops on a shared 2-core box); detectron2's training-time
+    losses log into an EventStorage, as inside its trainers."""
+    from detectron2.utils.events import EventStorage
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with EventStorage(0):
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    paths = make_toy_coco(str(tmp_path_factory.mktemp("toy_coco_d2")), num_images=4, image_size=(96, 128), seed=1)
+    return d2.register_coco_dataset("fbnet_toy_coco_test", paths["json"], paths["images"], paths["sem_seg"])
+
+
+def tiny_cfg(name, toy, **opts):
+    cfg = get_cfg()
+    d2.add_fbnet_config(cfg)
+    cfg.merge_from_file(os.path.join(CONFIG_DIR, name))
+    semantic = cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor"
+    dataset = toy["sem_seg"] if semantic else toy["instances"]
+    cfg.merge_from_list([
+        "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", (dataset,), "DATASETS.TEST", (dataset,),
+        "DATALOADER.NUM_WORKERS", 0, "SOLVER.IMS_PER_BATCH", 2,
+        "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 128, "INPUT.MIN_SIZE_TEST", 96,
+        "INPUT.MAX_SIZE_TEST", 128, "INPUT.RANDOM_FLIP", "none",
+        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 200, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64,
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 32,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64,
+        "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4, "TEST.DETECTIONS_PER_IMAGE", 20,
+    ])
+    if opts:
+        cfg.merge_from_list([x for kv in opts.items() for x in kv])
+    return cfg
+
+
+def batch(cfg, n=2):
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN)
+    mapper = DatasetMapper(cfg, is_train=True)
+    return [mapper(dict(d)) for d in dicts[:n]]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_config_builds_trains_and_infers(name, toy):
+    torch.manual_seed(0)
+    cfg = tiny_cfg(name, toy)
+    model = build_model(cfg)
+    inputs = batch(cfg)
+    model.train()
+    losses = model(inputs)
+    expected = {"loss_sem_seg"} if "semantic" in name else {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    if cfg.MODEL.MASK_ON:
+        expected.add("loss_mask")
+    assert set(losses) == expected
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": inputs[0]["image"], "height": 96, "width": 128}])[0]
+    if "semantic" in name:
+        assert out["sem_seg"].shape == (4, 96, 128)
+    else:
+        inst = out["instances"]
+        assert inst.image_size == (96, 128) and len(inst) <= 20
+        if cfg.MODEL.MASK_ON:
+            assert inst.pred_masks.shape[1:] == (96, 128)
+
+
+def test_smoke_training_lowers_loss_and_eval_returns_coco_metrics(toy, tmp_path):
+    from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg("mask_rcnn_fbnetv3a_C4.yaml", toy)
+    model = build_model(cfg)
+    inputs = batch(cfg, 4)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(10):
+        loss = sum(model(inputs).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+    evaluator = COCOEvaluator(toy["instances"], output_dir=str(tmp_path), distributed=False)
+    loader = build_detection_test_loader(cfg, toy["instances"])
+    results = inference_on_dataset(model, loader, evaluator)
+    for task in ("bbox", "segm"):
+        assert {"AP", "AP50", "AP75"} <= set(results[task])
+
+
+@pytest.mark.parametrize("name", fbnet_zoo.list_models("fbnetv3*"))
+def test_backbone_shapes_and_strides_for_every_zoo_arch(name):
+    for variant in ("c4", "fpn"):
+        bb = fbnet_zoo.detection.build_backbone(name, variant=variant, fpn_channels=32)
+        bb.eval()
+        with torch.no_grad():
+            out = bb(torch.zeros(1, 3, 128, 160))
+        shapes = bb.output_shape()
+        assert list(out) == list(shapes)
+        if variant == "c4":
+            assert list(shapes) == ["res4"] and shapes["res4"].stride == 16
+        else:
+            assert list(shapes) == ["p2", "p3", "p4", "p5", "p6"]
+            assert [s.stride for s in shapes.values()] == [4, 8, 16, 32, 64]
+        for k, v in out.items():
+            assert v.shape[1] == shapes[k].channels
+            # reference archs pad some stride-2 depthwise convs asymmetrically: within one pixel
+            assert abs(v.shape[2] - 128 / shapes[k].stride) <= 1 and abs(v.shape[3] - 160 / shapes[k].stride) <= 1
+
+
+def test_lazy_config_gets_the_same_classes():
+    from detectron2.config import LazyCall as L
+    from detectron2.config import instantiate
+
+    bb = instantiate(L(d2.FBNetBackbone)(arch="FBNetV3-A", out_features=["res4"], norm="FrozenBN", freeze_at=2))
+    assert isinstance(bb, d2.FBNetBackbone) and bb.output_shape()["res4"].stride == 16
+    assert not any(p.requires_grad for p in bb.body.stage1.parameters())
+    assert any(p.requires_grad for p in bb.body.stage4.parameters())
+
+
+def test_bad_input_fails_at_build_time(toy):
+    with pytest.raises(DetectionError, match="unknown model 'FBNetV3-Q'"):
+        build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-Q"}))
+    with pytest.raises(DetectionError, match="'res6' is not a feature"):
+        build_model(tiny_cfg("faster_rcnn_fbnetv3g_fpn.yaml", toy, **{"MODEL.FPN.IN_FEATURES": ["res4", "res5", "res6"]}))
+    with pytest.raises(DetectionError, match="MODEL.FBNET.NORM"):
+        build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.NORM": "BatchNorm"}))
+    with pytest.raises(DetectionError, match="no stride-16 stage"):
+        d2.build_backbone({"name": "tiny", "input_size": 64, "stages": [[{"type": "conv", "out_channels": 8, "stride": 2}]]})
+
+
+def test_d2go_checkpoint_keys_round_trip(toy):
+    from fbnet_zoo.detection.convert import d2go_key_map, d2go_to_ours, ours_to_d2go
+
+    cfg = tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-A-d2go"})
+    model = build_model(cfg)
+    ours = model.state_dict()
+    theirs = ours_to_d2go(ours, model)
+    assert len(theirs) == len(ours)
+    for key in ("backbone.body.trunk0.fbnetv2_0_0.conv.weight", "backbone.body.trunk0.fbnetv2_0_0.conv.bias",
+                "backbone.body.trunk2.fbnetv2_2_0.se.se.0.conv.weight", "backbone.body.trunk3.fbnetv2_3_9.pwl.bn.weight",
+                "proposal_generator.rpn_head.rpn_feature.fbnetv2_0_4.dw.conv.weight",
+                "proposal_generator.rpn_head.rpn_regressor.cls_logits.weight",
+                "roi_heads.box_head.roi_box_conv.fbnetv2_0_5.se.se.1.weight",
+                "roi_heads.box_predictor.cls_score.weight"):
+        assert key in theirs, key
+    # d2go's depthwise convs have no BN: no dw.bn keys anywhere
+    assert not any(".dw.bn." in k for k in theirs)
+    back = d2go_to_ours(theirs, model)
+    assert list(back) == list(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+    model.load_state_dict(back)
+    from fbnet_zoo.converters import CheckpointError
+
+    broken = dict(theirs)
+    broken["roi_heads.box_head.roi_box_conv.fbnetv2_0_99.pw.conv.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="fbnetv2_0_99"):
+        d2go_to_ours(broken, model)
+    assert len(d2go_key_map(model)) == len(ours)
+
+
+def test_train_net_cli_trains_then_evaluates(tmp_path):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(CONFIG_DIR), "..", "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("fbnet_train_net", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    common = ["--config-file", os.path.join(CONFIG_DIR, "faster_rcnn_fbnetv3a_C4.yaml"),
+              "--toy-coco", str(tmp_path / "toy"), "OUTPUT_DIR", str(tmp_path / "out"),
+              "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+              "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96",
+              "INPUT.MAX_SIZE_TEST", "128", "MODEL.RPN.POST_NMS_TOPK_TEST", "20"]
+    train_net.main(train_net.build_parser().parse_args(common))
+    assert os.path.exists(tmp_path / "out" / "model_final.pth")
+    res = train_net.main(train_net.build_parser().parse_args(
+        ["--eval-only"] + common + ["MODEL.WEIGHTS", str(tmp_path / "out" / "model_final.pth")]))
+    assert {"AP", "AP50"} <= set(res["bbox"])

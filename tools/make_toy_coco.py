@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""Write a small synthetic COCO-format data set (images, boxes, polygons, categories,
+semantic masks) for tests and smoke runs.
+
+    python tools/make_toy_coco.py /tmp/toy_coco --num-images 16 --size 128 --seed 0
+"""
+
+import argparse
+
+from fbnet_zoo.detection.toy_data import make_toy_coco
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("root", help="output directory")
+    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--size", type=int, nargs="+", default=[128], help="H [W] in pixels")
+    p.add_argument("--max-objects", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    hw = (a.size[0], a.size[-1])
+    paths = make_toy_coco(a.root, a.num_images, hw, a.max_objects, a.seed)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

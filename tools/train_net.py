@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Train / evaluate detectron2 models with FBNet backbones (detectron2's conventions).
+
+    python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
+        --num-gpus 8 MODEL.FBNET.PRETRAINED True
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    # smoke run on a synthetic COCO-format set (CPU is fine):
+    python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
+        --toy-coco /tmp/toy SOLVER.MAX_ITER 20 SOLVER.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(128,)"
+
+Options: --config-file, --resume, --eval-only, --num-gpus, --num-machines, --machine-rank,
+--dist-url and trailing KEY VALUE overrides, as detectron2's own tools/train_net.py;
+--toy-coco DIR writes (if absent) and registers the toy set and trains/tests on it.
+COCO metrics come from detectron2's COCOEvaluator (pycocotools); semantic configs use
+SemSegEvaluator. MODEL.FBNET.PRETRAINED loads the zoo's ImageNet backbone weights.
+Needs detectron2 (https://github.com/facebookresearch/detectron2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+
+try:
+    import detectron2.utils.comm as comm
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+    from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+except ImportError:
+    sys.exit("tools/train_net.py needs detectron2, which is not on PyPI: install it from "
+             "https://github.com/facebookresearch/detectron2 (see README: Detection)")
+
+from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
+
+TOY_NAME = "fbnet_toy_coco"
+logger = logging.getLogger("fbnet_zoo.train_net")
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
+            return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+
+def register_toy(root: str) -> dict:
+    from fbnet_zoo.detection.toy_data import make_toy_coco
+
+    json_path = os.path.join(root, "annotations.json")
+    if not os.path.exists(json_path):
+        make_toy_coco(root)
+    return d2.register_coco_dataset(TOY_NAME, json_path, os.path.join(root, "images"), os.path.join(root, "sem_seg"))
+
+
+def setup(args):
+    cfg = get_cfg()
+    d2.add_fbnet_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    if args.toy_coco:
+        names = register_toy(args.toy_coco)
+        ds = names["sem_seg"] if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" else names["instances"]
+        cfg.merge_from_list(["DATASETS.TRAIN", (ds,), "DATASETS.TEST", (ds,), "MODEL.ROI_HEADS.NUM_CLASSES", 3,
+                             "MODEL.SEM_SEG_HEAD.NUM_CLASSES", 4, "DATALOADER.NUM_WORKERS", 0])
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.toy_coco:  # spawned workers register again
+        register_toy(args.toy_coco)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            from detectron2.evaluation import verify_results
+
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def build_parser():
+    parser = default_argument_parser()
+    parser.add_argument("--toy-coco", default="", metavar="DIR",
+                        help="write (if absent) and register a synthetic COCO set in DIR and use it")
+    return parser
+
+
+if __name__ == "__main__":
+    args = build_parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
