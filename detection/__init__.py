@@ -12,6 +12,8 @@ specs and needs only torch.
 from .core import (DetectionArch, DetectionError, c4_split, check_fpn_features, feature_layout,
                    register_d2go_archs, resolve_arch)
 
+from .convert import load_d2go_weights  # registers the "d2go_detection" checkpoint converter
+
 register_d2go_archs()
 
 
@@ -23,4 +25,4 @@ def build_backbone(arch="FBNetV3-A", variant="c4", **kwargs):
 
 
 __all__ = ["DetectionArch", "DetectionError", "build_backbone", "c4_split", "check_fpn_features",
-           "feature_layout", "register_d2go_archs", "resolve_arch"]
+           "feature_layout", "load_d2go_weights", "register_d2go_archs", "resolve_arch"]

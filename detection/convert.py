@@ -71,3 +71,23 @@ def d2go_to_ours(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> "D
 
 def ours_to_d2go(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> "Dict[str, torch.Tensor]":
     return rename_state_dict(state_dict, d2go_key_map(model), "ours -> d2go")
+
+
+def load_d2go_weights(model: nn.Module, pretrained="faster_rcnn_c4", arch: str = "FBNetV3-A-d2go",
+                      strict: bool = True, **kwargs):
+    """Load one of the authors' d2go COCO checkpoints (a source name of ``arch`` from
+    model_configs/checkpoints/, a path or a URL) into a detectron2 model built with our
+    adapters: fetched and verified through fbnet_zoo.checkpoints, keys converted here."""
+    from fbnet_zoo.checkpoints import load_pretrained
+
+    return load_pretrained(model, pretrained, name=arch, strict=strict, converter="d2go_detection", **kwargs)
+
+
+def _register() -> None:
+    from fbnet_zoo.converters import CONVERTERS, register_converter
+
+    if CONVERTERS.get("d2go_detection") is not d2go_to_ours:
+        register_converter("d2go_detection", d2go_to_ours, overwrite=True)
+
+
+_register()

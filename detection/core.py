@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fbnet_zoo.blocks import build_block
-from fbnet_zoo.model import FBNet
+from fbnet_zoo.model import FBNet, init_weights
 from fbnet_zoo.registry import UnknownModelError, normalize_name
 from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
 
@@ -188,18 +188,6 @@ def check_fpn_features(spec: ArchSpec, in_features: Sequence[str]) -> List[Featu
 
 
 # --------------------------------------------------------------------------- modules
-def init_weights(module: nn.Module) -> None:
-    """The zoo's init (kaiming fan-out convs, BN 1/0) for freshly built head blocks."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def build_rows(c_in: int, rows: Sequence[BlockSpec], divisor: int, norm_layer: NormLayer) -> Tuple[nn.Sequential, int]:
     """Blocks for a list of rows (head bodies); returns (module, output channels)."""
     blocks, c = [], c_in

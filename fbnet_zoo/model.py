@@ -11,6 +11,21 @@ from .blocks import Classifier, NormLayer, build_block
 from .spec import ArchSpec, SpecError, load_spec, make_divisible
 
 
+def init_weights(module: nn.Module) -> None:
+    """The zoo's initialisation: kaiming fan-out convs, BN 1/0, small-normal linear layers."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
 class FBNet(nn.Module):
     """An FBNet network built from an ArchSpec.
 
@@ -56,20 +71,7 @@ class FBNet(nn.Module):
         self.num_classes = num_classes
         self.dropout_rate = spec.dropout if dropout is None else float(dropout)
         self.classifier = Classifier(c, num_classes, self.dropout_rate) if num_classes > 0 else None
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def reset_classifier(self, num_classes: int, dropout: Optional[float] = None) -> None:
         """Replace the classifier (fresh weights) for another number of classes."""

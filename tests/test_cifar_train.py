@@ -56,13 +56,6 @@ def make_cifar_folder(root, per_batch=8, n_test=16, seed=0):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny runs are fastest single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -12,13 +12,6 @@ from fbnet_zoo.cifar import (FAMILY_BASES, cifar_resolution, cifar_variant, fami
 ZOO = list_models()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny CPU work is fastest single-threaded on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _rows(spec):

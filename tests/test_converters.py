@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fbnet_zoo
+from conftest import randomize_bn
 from fbnet_zoo.blocks import Upsampled
 from fbnet_zoo.converters import (CheckpointError, detect_format, mobile_cv_block_keys, mobile_cv_key_map,
                                   mobile_cv_to_ours, ours_to_mobile_cv, timm_key_map, timm_to_ours)
@@ -17,18 +18,6 @@ from fbnet_zoo.converters import (CheckpointError, detect_format, mobile_cv_bloc
 MODULES_TXT = os.path.join(os.path.dirname(__file__), "data", "fbnetv3_a_modules.txt")
 
 
-def _randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    """Non-trivial BN statistics/affines so that a wrong mapping cannot hide behind identity BNs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
-                m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (1,), generator=g)))
 
 
 @pytest.mark.parametrize("variant", ["b", "d", "g"])
@@ -36,7 +25,7 @@ def test_timm_weights_reproduce_timm_logits_at_two_sizes(variant):
     timm = pytest.importorskip("timm", reason="the timm converter is checked against timm itself")
     torch.manual_seed(0)
     ref = timm.create_model(f"fbnetv3_{variant}", num_classes=1000).eval()
-    _randomize_bn(ref)
+    randomize_bn(ref)
     ours = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm").eval()
     converted = timm_to_ours(ref.state_dict(), ours)
     assert len(converted) == len(ref.state_dict()) == len(ours.state_dict())

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fbnet_zoo
+from conftest import randomize_bn
 from fbnet_zoo.deploy import DeployError, check_onnx, export_onnx, export_torchscript, fold_bn, prepare_for_deploy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,16 +26,9 @@ TINY = {"name": "Tiny-Deploy", "input_size": 40, "stages": [
 def _model(num_classes=10, seed=0):
     torch.manual_seed(seed)
     model = fbnet_zoo.build_model(TINY, num_classes=num_classes)
-    g = torch.Generator().manual_seed(seed)
+    randomize_bn(model, seed)
     with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
-        model.classifier.fc.weight.normal_(0, 0.5, generator=g)
+        model.classifier.fc.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
     return model.eval()
 
 

@@ -16,16 +16,6 @@ FAST = dict(min_size=128, max_size=128, rpn_pre_nms_top_n_train=200, rpn_post_nm
             box_batch_size_per_image=32, box_detections_per_img=20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Detection steps are many small ops: on a shared 2-core box one thread is several times
-    faster than two (OpenMP waits); restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     return make_toy_coco(str(tmp_path_factory.mktemp("toy_coco")), num_images=4, image_size=(128, 128), seed=0)

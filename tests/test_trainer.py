@@ -266,3 +266,29 @@ def test_few_epochs_on_the_embedded_set_beat_chance_clearly():
     # chance is 10%; with 500 held-out images 25% is more than ten standard errors above it
     assert res.top1[-1] > 25.0, res.top1
     assert res.loss[-1] < res.loss[0]
+
+
+def test_teacher_from_settings_with_local_weights(tmp_path):
+    teacher = build_candidate_model(cand(), 10)
+    weights = str(tmp_path / "teacher.pth")
+    torch.save(teacher.state_dict(), weights)
+    arch_path = str(tmp_path / "tiny.yaml")
+    TINY.save_yaml(arch_path)
+    settings = SMALL.replace(teacher={"arch": arch_path, "weights": weights, "num_classes": 10})
+    kd = run(epochs=1, settings=settings)
+    plain = run(epochs=1)
+    assert kd.loss != plain.loss
+    bad = train_candidate(cand(), 1, SMALL.replace(teacher={"arch": arch_path, "weights": str(tmp_path / "no.pth")}),
+                          progress=False)
+    assert bad.status == "failed" and "no.pth" in bad.error
+
+
+def test_teacher_logits_follow_the_chosen_classes():
+    from fbnet_zoo.search.trainer import _teacher_logits
+
+    teacher = nn.Linear(4, 6)
+    x = torch.randn(3, 4)
+    picked = _teacher_logits(teacher, x, torch.tensor([1, 4, 5]), 3)
+    assert torch.allclose(picked, teacher(x)[:, [1, 4, 5]])
+    with pytest.raises(ValueError, match="teacher predicts 6 classes"):
+        _teacher_logits(teacher, x, None, 3)
