@@ -5,8 +5,9 @@ For each model and batch size, timm eager, ours eager and ours in deploy mode ar
 interleaved (round-robin, so machine noise hits all alike); the median per-iteration time
 is reported with ratios timm / ours (> 1: ours faster). Deploy mode = BN folded into convs
 and identity placeholders dropped (fbnet_zoo.deploy.prepare_for_deploy), in NCHW or
-channels_last, or that model TorchScript-ed (frozen + optimize_for_inference): whichever is
-fastest on a first, separate timing round (the mode used is recorded).
+channels_last, or that model TorchScript-ed (frozen + optimize_for_inference), or our ONNX
+export run by onnxruntime: whichever is fastest on a first, separate timing round (the mode
+used and every candidate's time are recorded).
 
     nice -n 10 python benchmarks/latency.py                     # B, D, G; batch 1 and 32
     nice -n 10 python benchmarks/latency.py --models b --iters 5 --threads 2
@@ -28,7 +29,7 @@ import torch
 
 import fbnet_zoo
 from fbnet_zoo.converters import timm_to_ours
-from fbnet_zoo.deploy import fold_bn, prepare_for_deploy
+from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.io_utils import atomic_write_text
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -45,17 +46,39 @@ def _time(fn, x, iters):
     return out
 
 
-def _deploy_candidates(model, x):
-    cands = {"fold": prepare_for_deploy(model), "fold+channels_last": prepare_for_deploy(model, channels_last=True)}
+def _onnxruntime_model(model, batch, size, threads):
+    """Our ONNX export (fbnet_zoo.deploy.export_onnx, checked against eager) run by onnxruntime."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    path = os.path.join(tempfile.mkdtemp(prefix="fbnet_latency_"), "model.onnx")
+    export_onnx(model, path, batch=batch, input_size=size)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    os.unlink(path)
+    os.rmdir(os.path.dirname(path))
+    return lambda x: torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])
+
+
+def _deploy_candidates(model, x, threads):
+    """name -> (callable, wants channels_last input)."""
+    cands = {"fold": (prepare_for_deploy(model), False),
+             "fold+channels_last": (prepare_for_deploy(model, channels_last=True), True)}
     with torch.no_grad():
         ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(prepare_for_deploy(model)).eval()))
         ts(x)
         ts(x)
-    cands["fold+torchscript(freeze,optimize_for_inference)"] = ts
+    cands["fold+torchscript(freeze,optimize_for_inference)"] = (ts, True)
+    try:
+        cands["onnxruntime"] = (_onnxruntime_model(model, x.shape[0], x.shape[-1], threads), False)
+    except ImportError:
+        pass
     return cands
 
 
-def bench(variant, batch, iters, warmup):
+def bench(variant, batch, iters, warmup, threads=1):
     import timm
 
     ref = timm.create_model(f"fbnetv3_{variant}").eval()
@@ -66,17 +89,18 @@ def bench(variant, batch, iters, warmup):
     xcl = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert torch.allclose(ref(x), ours(x), atol=1e-4)
-    cands = _deploy_candidates(ours, x)
+    cands = _deploy_candidates(ours, x, threads)
+    inputs = {name: (xcl if cl else x) for name, (_, cl) in cands.items()}
     # pick the deploy variant on a short first round
     with torch.inference_mode():
-        for m in (ref, ours, *cands.values()):
-            for _ in range(warmup):
-                m(xcl if m is not ref and m is not ours else x)
-    pick = {name: statistics.median(_time(m, x if name == "fold" else xcl, max(2, iters // 3)))
-            for name, m in cands.items()}
+        for _ in range(warmup):
+            ref(x)
+            ours(x)
+            for name, (m, _) in cands.items():
+                m(inputs[name])
+    pick = {name: statistics.median(_time(m, inputs[name], max(2, iters // 3))) for name, (m, _) in cands.items()}
     deploy_name = min(pick, key=pick.get)
-    deploy = cands[deploy_name]
-    xd = x if deploy_name == "fold" else xcl
+    deploy, xd = cands[deploy_name][0], inputs[deploy_name]
     with torch.inference_mode():
         err = (deploy(xd) - ref(x)).abs().max().item()
     times = {"timm_eager": [], "ours_eager": [], "ours_deploy": []}
@@ -111,7 +135,7 @@ def main(argv=None):
     for v in args.models.split(","):
         for b in map(int, args.batches.split(",")):
             iters = args.iters if b == 1 else max(3, args.iters // 3)
-            r = bench(v, b, iters, warmup=2 if b == 1 else 1)
+            r = bench(v, b, iters, warmup=2 if b == 1 else 1, threads=args.threads)
             rows.append(r)
             m = r["median_ms"]
             print(f"{r['model']:<10} {b:>5} {r['input_size']:>4} {m['timm_eager']:>9.1f} {m['ours_eager']:>9.1f} "
