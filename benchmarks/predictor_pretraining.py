@@ -128,18 +128,15 @@ def main() -> None:
                 print(f"{run_dir}: only {len(rows_ok)} trained candidates; skipped")
                 continue
             run.build_pool()
-            xl = enc_l = None
-            from fbnet_zoo.search.encoding import Encoder as E2
-
-            enc_l = E2(run.space)
-            xl = enc_l.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
+            xl = Encoder(run.space).encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
             yl = np.array([run._target(r, e) for r in rows_ok])
-            sizes = [s for s in (3, 5, 8, 12, 16, 24) if s <= len(rows_ok) - 3]
+            sizes = [s for s in (3, 5, 8, 12, 16, 24, 32, 40) if s <= len(rows_ok) - 6]
             rws = sweep(run.pool_features, run.pool.flops, run.pool.params, xl, yl, sizes, 5, run.cfg["predictor"],
                         pretrained_blob=run.store.load_checkpoint("stage1"))
-            result["trained"].append({"run_dir": run_dir, "candidates": len(rows_ok), "target_epoch": e,
+            result["trained"].append({"run_dir": run_dir, "mode": run.cfg["mode"], "candidates": len(rows_ok),
+                                      "target_epoch": e,
                                       "top1_range": [float(yl.min()), float(yl.max())], "rows": rws})
-            print(f"\ncandidates trained on the embedded task ({run_dir}: {len(rows_ok)}, top-1 "
+            print(f"\ncandidates trained on the embedded task ({run_dir}, {run.cfg['mode']}: {len(rows_ok)}, top-1 "
                   f"{yl.min():.1f}..{yl.max():.1f}):")
             for n in sizes:
                 a = next(r for r in rws if r["labelled"] == n and r["variant"] == "pretrained")
@@ -147,9 +144,12 @@ def main() -> None:
                 print(f"{n:9d} {a['mse']:15.3f} {b['mse']:12.3f} {a['spearman']:8.3f} {b['spearman']:11.3f}")
         finally:
             run.close()
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
-    with open(os.path.join(os.path.dirname(__file__), "results", "predictor_pretraining.json"), "w") as f:
-        json.dump(result, f, indent=1, default=float)
+    from fbnet_zoo.io_utils import atomic_write_text
+
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "predictor_pretraining.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=1, default=float) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
