@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .converters import CONVERTERS, CheckpointError, _names, convert_to_ours, detect_format, strip_prefix
+from .io_utils import atomic_path
 from .registry import normalize_name
 
 logger = logging.getLogger(__name__)
@@ -300,40 +301,36 @@ def fetch(url: str, sha256: Optional[str] = None, size: Optional[int] = None, di
             return dst
         logger.warning("checkpoint cache %s: %s; fetching again", dst, problem)
         os.unlink(dst)
-    os.makedirs(directory, exist_ok=True)
     stream, length = _open_url(url)
     expected = size if size is not None else length
-    tmp = f"{dst}.{os.getpid()}.{threading.get_ident()}.part"
     h = hashlib.sha256()
     n = 0
     try:
-        with stream, open(tmp, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True, disable=not progress,
-                                                   desc=os.path.basename(dst), leave=False) as bar:
-            while True:
-                chunk = stream.read(_CHUNK)
-                if not chunk:
-                    break
-                out.write(chunk)
-                h.update(chunk)
-                n += len(chunk)
-                bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        if length is not None and n != length:
-            raise CheckpointError(f"fetch {url}: got {n} bytes, the server announced {length} (truncated download)")
-        if size is not None and n != size:
-            raise CheckpointError(f"fetch {url}: size {n} bytes, expected {size}")
-        digest = h.hexdigest()
-        if sha256 is not None and digest != sha256.lower():
-            raise CheckpointError(f"fetch {url}: sha256 {digest} does not match the expected {sha256.lower()}")
-        os.replace(tmp, dst)
+        with atomic_path(dst, suffix=".part") as tmp:  # renamed into the cache only once every check passed
+            with stream, open(tmp, "wb") as out, tqdm(total=expected, unit="B", unit_scale=True,
+                                                       disable=not progress, desc=os.path.basename(dst),
+                                                       leave=False) as bar:
+                while True:
+                    chunk = stream.read(_CHUNK)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    h.update(chunk)
+                    n += len(chunk)
+                    bar.update(len(chunk))
+                out.flush()
+                os.fsync(out.fileno())
+            if length is not None and n != length:
+                raise CheckpointError(f"fetch {url}: got {n} bytes, the server announced {length} (truncated download)")
+            if size is not None and n != size:
+                raise CheckpointError(f"fetch {url}: size {n} bytes, expected {size}")
+            digest = h.hexdigest()
+            if sha256 is not None and digest != sha256.lower():
+                raise CheckpointError(f"fetch {url}: sha256 {digest} does not match the expected {sha256.lower()}")
     except CheckpointError:
         raise
     except OSError as e:
         raise CheckpointError(f"fetch {url}: {e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.info("checkpoint %s: cached as %s (%d bytes, sha256 %s)", url, dst, n, digest)
     return dst
 

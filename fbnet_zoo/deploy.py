@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import tempfile
 import warnings
 from typing import Optional, Sequence, Tuple, Union
 
@@ -24,6 +22,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import ConvBNAct
+from .io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -110,14 +109,6 @@ def example_input(model: nn.Module, batch: int = 1, input_size: Union[None, int,
     return torch.randn(batch, c, h, w, generator=g)
 
 
-def _atomic_target(path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
 def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool = True, method: str = "script",
                        example: Optional[torch.Tensor] = None, freeze: bool = True,
                        atol: float = 1e-4) -> torch.jit.ScriptModule:
@@ -145,15 +136,9 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
     if not diff <= atol:
         raise DeployError(f"export_torchscript: scripted output differs from eager by {diff:.3g} > {atol}")
     if path is not None:
-        tmp = _atomic_target(path)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-                torch.jit.save(ts, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            torch.jit.save(ts, tmp)
         logger.info("export_torchscript: wrote %s (max |diff| vs eager %.3g)", path, diff)
     return ts
 
@@ -174,27 +159,23 @@ def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
     eager = fold_bn(model) if fold else copy.deepcopy(model).eval()
     x = example_input(model, batch, input_size)
     axes = {"input": {allowed[d]: d for d in dynamic}, "logits": ({0: "batch"} if "batch" in dynamic else {})}
-    tmp = _atomic_target(path)
     try:
-        # The torch.export-based exporter (dynamo=True) needs onnxscript; the TorchScript-based one
-        # handles these convnets fully, so it is used here (its deprecation notice is silenced).
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(eager, (x,), tmp, input_names=["input"], output_names=["logits"], opset_version=opset,
-                              dynamic_axes=axes, dynamo=False, do_constant_folding=True)
-        if check:
-            import onnx
+        with atomic_path(path) as tmp:
+            # The torch.export-based exporter (dynamo=True) needs onnxscript; the TorchScript-based one
+            # handles these convnets fully, so it is used here (its deprecation notice is silenced).
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                torch.onnx.export(eager, (x,), tmp, input_names=["input"], output_names=["logits"],
+                                  opset_version=opset, dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+            if check:
+                import onnx
 
-            onnx.checker.check_model(onnx.load(tmp))
-            check_onnx(tmp, eager, x, atol=atol)
-        os.replace(tmp, path)
+                onnx.checker.check_model(onnx.load(tmp))
+                check_onnx(tmp, eager, x, atol=atol)
     except DeployError:
         raise
     except Exception as e:
         raise DeployError(f"export_onnx: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     logger.info("export_onnx: wrote %s", path)
     return path
 

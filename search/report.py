@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from fbnet_zoo.io_utils import atomic_write_text
+from fbnet_zoo.io_utils import atomic_path, atomic_write_text
 
 from .predictor import rank_corr
 
@@ -101,7 +101,8 @@ def _plots(data: Dict[str, Any], plot_dir: str, num_classes: int) -> List[str]:
     def save(fig, name):
         path = os.path.join(plot_dir, name)
         fig.tight_layout()
-        fig.savefig(path, dpi=90)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
         files.append(path)
 

@@ -19,6 +19,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from fbnet_zoo.cifar import ResultsError, load_results, results_table
+from fbnet_zoo.io_utils import atomic_path, atomic_write_text
 
 logger = logging.getLogger("plot_cifar10")
 
@@ -55,12 +56,11 @@ def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "CIFAR-10 transf
     ax.grid(True, alpha=0.3)
     if families:
         ax.legend()
-    out_dir = os.path.dirname(os.path.abspath(out))
-    os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, f".{os.path.basename(out)}.tmp{os.getpid()}{os.path.splitext(out)[1]}")
-    fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic_path(out, suffix=os.path.splitext(out)[1]) as tmp:  # savefig picks the format by extension
+            fig.savefig(tmp, dpi=150, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return n
 
 
@@ -83,8 +83,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table = results_table(rows)
     print(table)
     if args.table:
-        from fbnet_zoo.io_utils import atomic_write_text
-
         atomic_write_text(args.table, table + "\n")
     n = plot(rows, args.out, args.title)
     print(f"plotted {n} finished run(s) -> {args.out}")
