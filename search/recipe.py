@@ -6,13 +6,25 @@ import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Dict, Mapping, Optional, Type, Union
 
 OPTIMIZERS = ("rmsprop", "sgd")
 
 
 class RecipeError(ValueError):
     """An invalid recipe. The message names the field, the bad value and what is allowed."""
+
+
+def dataclass_kwargs(cls, data: Any, where: str, error: Type[Exception]) -> Dict[str, Any]:
+    """``data`` as keyword arguments of the dataclass ``cls``: a mapping with only its field names
+    (Recipe, TrainSettings); otherwise ``error`` naming ``where`` and the first unknown key."""
+    if not isinstance(data, Mapping):
+        raise error(f"{where}: {data!r} is not a mapping")
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in allowed]
+    if unknown:
+        raise error(f"{where}.{unknown[0]}: unknown key; allowed: {allowed}")
+    return dict(data)
 
 
 @dataclass(frozen=True)
@@ -59,13 +71,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
-        if not isinstance(data, Mapping):
-            raise RecipeError(f"recipe: {data!r} is not a mapping")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in data if k not in allowed]
-        if unknown:
-            raise RecipeError(f"recipe.{unknown[0]}: unknown key; allowed: {allowed}")
-        return cls(**dict(data))
+        return cls(**dataclass_kwargs(cls, data, "recipe", RecipeError))
 
     def to_yaml(self) -> str:
         import yaml

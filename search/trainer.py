@@ -51,7 +51,7 @@ from torch import nn
 
 from .candidate import Candidate, TrainResult
 from .ema import ModelEma
-from .recipe import Recipe
+from .recipe import Recipe, dataclass_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +134,7 @@ class TrainSettings:
             return data
         if data is None:
             return cls()
-        if not isinstance(data, Mapping):
-            raise TrainConfigError(f"train: {data!r} is not a mapping")
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in data if k not in allowed]
-        if unknown:
-            raise TrainConfigError(f"train.{unknown[0]}: unknown key; allowed: {allowed}")
-        return cls(**dict(data))
+        return cls(**dataclass_kwargs(cls, data, "train", TrainConfigError))
 
 
 def _check_int(name: str, v: Any, low: int, optional: bool = False) -> None:

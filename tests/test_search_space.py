@@ -7,6 +7,7 @@ from fbnet_zoo import build_model, count_flops, count_params
 from fbnet_zoo.search.config import SearchConfigError, build_config, load_config, parse_constraint, read_raw
 from fbnet_zoo.search.encoding import Encoder
 from fbnet_zoo.search.pool import build_pool, sobol_points
+from fbnet_zoo.search.recipe import Recipe, RecipeError
 from fbnet_zoo.search.space import SearchSpace
 from fbnet_zoo.spec import ArchSpec
 
@@ -187,3 +188,12 @@ def test_constraints_parse_from_strings_and_mappings():
     for bad in ("latency<=3", "flops<=abc", {"macs": 1}, "flops<=-1"):
         with pytest.raises(SearchConfigError):
             parse_constraint(bad)
+
+
+def test_recipe_from_dict_round_trips_and_names_what_is_wrong():
+    r = Recipe(optimizer="sgd", lr=0.02, epochs=3)
+    assert Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(RecipeError, match=r"recipe\.lrr: unknown key; allowed: \['optimizer', 'lr'"):
+        Recipe.from_dict({"lrr": 0.1})
+    with pytest.raises(RecipeError, match=r"recipe: \[1, 2\] is not a mapping"):
+        Recipe.from_dict([1, 2])
