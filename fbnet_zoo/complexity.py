@@ -9,7 +9,7 @@ the thin wrapper for any nn.Module (the ground truth the tests compare against).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 from .blocks import Classifier, Cx, block_complexity
 from .spec import ArchSpec, SpecError, load_spec

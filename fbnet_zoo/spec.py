@@ -21,11 +21,10 @@ YAML/dict form (the same as ../shared/reference/fbnetv3_archs.json)::
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
 
 BLOCK_TYPES = ("conv", "ir", "ir_pool")
 ACTIVATIONS = ("hswish", "relu", "swish", "identity")

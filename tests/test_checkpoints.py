@@ -8,7 +8,6 @@ import pickle
 
 import pytest
 import torch
-from torch import nn
 
 import fbnet_zoo
 from fbnet_zoo import checkpoints

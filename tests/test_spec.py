@@ -1,7 +1,6 @@
 """Specs are data: exact round trips, and every invalid field is named in the error."""
 
 import json
-import os
 
 import pytest
 
