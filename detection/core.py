@@ -28,7 +28,7 @@ from torch import nn
 
 from fbnet_zoo.blocks import build_block
 from fbnet_zoo.model import FBNet, init_weights
-from fbnet_zoo.registry import UnknownModelError, normalize_name
+from fbnet_zoo.registry import UnknownModelError, model_configs_dir, normalize_name, register_arch
 from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
 
 NormLayer = Callable[[int], nn.Module]
@@ -62,32 +62,20 @@ def _default_mask_rows(act: str) -> Tuple[BlockSpec, ...]:
 
 
 _HEAD_PRESETS: Dict[str, Dict[str, Dict[str, Tuple[BlockSpec, ...]]]] = {}
-_PRESETS_LOADED = False
-
-
-def _d2go_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(os.path.dirname(here), "model_configs", "detection", "d2go"),
-                      os.path.join(here, "..", "model_configs", "detection", "d2go")):
-        if os.path.isdir(candidate):
-            return candidate
-    from importlib.resources import files
-
-    return str(files("fbnet_zoo.model_configs") / "detection" / "d2go")
 
 
 def register_d2go_archs() -> List[str]:
     """Register the authors' detection variants (model_configs/detection/d2go/*.yaml) as zoo
     specs (``FBNetV3-A-d2go`` ...) and remember their RPN / mask head rows. Idempotent."""
-    global _PRESETS_LOADED
     import glob
 
     import yaml
 
-    from fbnet_zoo.registry import register_arch
-
     names = []
-    for path in sorted(glob.glob(os.path.join(_d2go_dir(), "*.yaml"))):
+    d2go_dir = model_configs_dir(os.path.join("detection", "d2go"))
+    if d2go_dir is None:
+        raise DetectionError("fbnet_zoo: model_configs/detection/d2go not found; reinstall the package")
+    for path in sorted(glob.glob(os.path.join(d2go_dir, "*.yaml"))):
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
         spec = ArchSpec.from_dict(data["backbone"])
@@ -100,7 +88,6 @@ def register_d2go_archs() -> List[str]:
                 heads[part][variant] = parsed.stages[0]
         _HEAD_PRESETS[normalize_name(spec.name)] = heads
         names.append(spec.name)
-    _PRESETS_LOADED = True
     return names
 
 
@@ -109,8 +96,6 @@ def resolve_arch(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any], Dete
     """Zoo name, YAML path, dict or spec -> DetectionArch (unknown names raise DetectionError)."""
     if isinstance(arch, DetectionArch):
         return arch
-    if not _PRESETS_LOADED:
-        register_d2go_archs()
     if isinstance(arch, (str, os.PathLike)) and not os.fspath(arch).strip():
         raise DetectionError("MODEL.FBNET.ARCH: '' is empty; give a zoo name (e.g. 'FBNetV3-A') or a YAML path")
     try:
@@ -167,6 +152,17 @@ def c4_split(spec: ArchSpec) -> Tuple[List[int], List[int]]:
         raise DetectionError(f"MODEL.FBNET.ARCH: {spec.name!r} has no stride-32 stage after its stride-16 stage "
                              f"for the RoI box head (stage strides: {desc})")
     return list(range(last + 1)), box
+
+
+def c4_feature(spec: ArchSpec) -> str:
+    """The C4 trunk's one output: the feature of its last stride-16 stage."""
+    last = c4_split(spec)[0][-1]
+    return next(f.name for f in feature_layout(spec) if f.stage == last)
+
+
+def default_fpn_features(spec: ArchSpec) -> List[str]:
+    """What an FPN takes when the user names nothing: every feature from stride 4 on."""
+    return [f.name for f in feature_layout(spec) if f.stride >= 4]
 
 
 def check_fpn_features(spec: ArchSpec, in_features: Sequence[str]) -> List[Feature]:
@@ -329,8 +325,9 @@ def box_head_from_rows(in_channels: int, spec: ArchSpec, stages: Sequence[int],
 
 
 def rpn_rows(arch: DetectionArch, variant: str, trunk_last_stage: int, repeats: int = -1) -> Tuple[BlockSpec, ...]:
-    """The RPN head rows: the variant's preset, else the trunk's last row (repeats as in the
-    arch, or ``repeats`` when >= 1) at stride 1."""
+    """The RPN head rows: the variant's preset, else the trunk's last row at stride 1, repeated
+    ``repeats`` times when >= 1, else as in the arch (C4) or once (FPN: the head is shared
+    over every level, as the authors' FPN preset has it)."""
     import dataclasses
 
     if variant in arch.rpn and repeats < 1:
@@ -339,7 +336,7 @@ def rpn_rows(arch: DetectionArch, variant: str, trunk_last_stage: int, repeats: 
     if row.type != "ir":
         raise DetectionError(f"MODEL.FBNET.ARCH: the trunk of {arch.spec.name!r} ends with a {row.type!r} row; "
                              "the RPN head repeats an 'ir' row")
-    n = row.repeats if repeats < 1 else repeats
+    n = repeats if repeats >= 1 else (1 if variant == "fpn" else row.repeats)
     return (dataclasses.replace(row, repeats=n, stride=1, dw_padding=None, upsample=1),)
 
 

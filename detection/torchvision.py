@@ -29,8 +29,8 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .core import (VARIANTS, DetectionError, FBNetTrunk, LightRPNHead, MaskBody,
-                   box_head_from_model, box_head_from_rows, build_fbnet, c4_split, check_fpn_features,
-                   feature_layout, mask_rows, resolve_arch, rpn_rows, same_padding)
+                   box_head_from_model, box_head_from_rows, build_fbnet, c4_feature, c4_split, check_fpn_features,
+                   default_fpn_features, mask_rows, resolve_arch, rpn_rows, same_padding)
 
 logger = logging.getLogger(__name__)
 
@@ -96,28 +96,26 @@ def _build(arch: Union[str, Any], variant: str, num_classes: int, masks: bool, p
     norm_layer = _norm_layer(norm)
     divisor = spec.width_divisor
     head_norm = nn.BatchNorm2d if norm_layer is None else norm_layer
+    trunk_stages, box_stages = c4_split(spec)
     if variant == "c4":
-        trunk_stages, box_stages = c4_split(spec)
         model = build_fbnet(darch, norm_layer=norm_layer, pretrained=pretrained_backbone, norm=norm)
-        feat = [f for f in feature_layout(spec) if f.stage == trunk_stages[-1]]
-        trunk = FBNetTrunk(model, [feat[0].name])
+        names = [c4_feature(spec)]
+        trunk = FBNetTrunk(model, names)
         backbone: nn.Module = _C4Backbone(trunk)
-        names = [feat[0].name]
         anchors = AnchorGenerator((_SIZES,), (_RATIOS,))
         rpn_head = LightRPNHead(backbone.out_channels, rpn_rows(darch, "c4", trunk_stages[-1], rpn_repeats),
                                 anchors.num_anchors_per_location()[0], 4, divisor, head_norm)
         box_head = box_head_from_model(model, box_stages)
         mask_in = backbone.out_channels
     else:
-        _, box_stages = c4_split(spec)
-        wanted = list(fpn_features) if fpn_features else [f.name for f in feature_layout(spec) if f.stride >= 4]
+        wanted = list(fpn_features) if fpn_features else default_fpn_features(spec)
         check_fpn_features(spec, wanted)
         model = build_fbnet(same_padding(darch), norm_layer=norm_layer, pretrained=pretrained_backbone, norm=norm)
         trunk = FBNetTrunk(model, wanted)
         backbone = _FPNBackbone(trunk, fpn_channels)
         names = wanted
         anchors = AnchorGenerator(tuple((s,) for s in _SIZES[: len(wanted) + 1]), (_RATIOS,) * (len(wanted) + 1))
-        rows = rpn_rows(darch, "fpn", c4_split(spec)[0][-1], rpn_repeats if rpn_repeats >= 1 else 1)
+        rows = rpn_rows(darch, "fpn", trunk_stages[-1], rpn_repeats)
         rpn_head = LightRPNHead(fpn_channels, rows, anchors.num_anchors_per_location()[0], 4, divisor, head_norm)
         box_head = box_head_from_rows(fpn_channels, spec, box_stages, head_norm)
         mask_in = fpn_channels

@@ -46,7 +46,7 @@ from torch import nn
 
 from .converters import CONVERTERS, CheckpointError, _names, convert_to_ours, detect_format, strip_prefix
 from .io_utils import atomic_path
-from .registry import normalize_name
+from .registry import model_configs_dir, normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -114,21 +114,6 @@ class CheckpointSource:
                    hf_hub_id=d.get("hf_hub_id"), published=tuple(published), notes=d.get("notes", ""))
 
 
-def _package_source_dir() -> Optional[str]:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "model_configs", "checkpoints"),
-                      os.path.join(os.path.dirname(here), "model_configs", "checkpoints")):
-        if os.path.isdir(candidate):
-            return candidate
-    try:
-        from importlib.resources import files
-
-        path = str(files("fbnet_zoo.model_configs") / "checkpoints")
-        return path if os.path.isdir(path) else None
-    except (ImportError, ModuleNotFoundError, TypeError):
-        return None
-
-
 class _Sources:
     def __init__(self) -> None:
         self._by_model: Dict[str, Dict[str, CheckpointSource]] = {}
@@ -142,7 +127,7 @@ class _Sources:
         with self._lock:
             if not self._builtin:
                 self._builtin = True
-                d = _package_source_dir()
+                d = model_configs_dir("checkpoints")
                 if d:
                     self.add_dir(d)
             env = os.environ.get(ENV_SOURCE_DIRS, "")

@@ -33,18 +33,28 @@ def normalize_name(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-def _package_arch_dir() -> str:
+def model_configs_dir(sub: str) -> Optional[str]:
+    """``model_configs/<sub>`` as shipped: inside the installed package (wheel), beside it (source
+    tree), or through the import hook of an editable install; None when absent."""
     here = os.path.dirname(os.path.abspath(__file__))
-    for candidate in (os.path.join(here, "model_configs", "archs"),                 # installed wheel
-                      os.path.join(os.path.dirname(here), "model_configs", "archs")):  # source tree
+    for candidate in (os.path.join(here, "model_configs", sub),                 # installed wheel
+                      os.path.join(os.path.dirname(here), "model_configs", sub)):  # source tree
         if os.path.isdir(candidate):
             return candidate
-    try:  # editable installs map the package through an import hook
+    try:
         from importlib.resources import files
 
-        return str(files("fbnet_zoo.model_configs") / "archs")
-    except (ImportError, ModuleNotFoundError, TypeError):
-        raise RuntimeError("fbnet_zoo: model_configs/archs not found; reinstall the package") from None
+        path = str(files("fbnet_zoo.model_configs") / sub)
+    except (ImportError, TypeError):
+        return None
+    return path if os.path.isdir(path) else None
+
+
+def _package_arch_dir() -> str:
+    path = model_configs_dir("archs")
+    if path is None:
+        raise RuntimeError("fbnet_zoo: model_configs/archs not found; reinstall the package")
+    return path
 
 
 class _Registry:

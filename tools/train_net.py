@@ -76,9 +76,7 @@ def setup(args):
 
 
 def main(args):
-    cfg = setup(args)
-    if args.toy_coco:  # spawned workers register again
-        register_toy(args.toy_coco)
+    cfg = setup(args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -15,8 +15,8 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 
-from ..core import (VARIANTS, DetectionArch, DetectionError, FBNetTrunk, build_fbnet, c4_split,
-                    check_fpn_features, feature_layout, resolve_arch, same_padding)
+from ..core import (VARIANTS, DetectionArch, DetectionError, FBNetTrunk, build_fbnet, c4_feature,
+                    check_fpn_features, default_fpn_features, resolve_arch, same_padding)
 from .config import NORMS
 
 
@@ -62,11 +62,6 @@ class FBNetBackbone(Backbone):
                 for n in self._out_features}
 
 
-def c4_feature(darch: DetectionArch) -> str:
-    trunk, _ = c4_split(darch.spec)
-    return [f.name for f in feature_layout(darch.spec) if f.stage == trunk[-1]][0]
-
-
 def _kwargs(cfg) -> dict:
     f = cfg.MODEL.FBNET
     return dict(norm=f.NORM, freeze_at=f.FREEZE_AT, pretrained=f.PRETRAINED,
@@ -77,7 +72,7 @@ def _kwargs(cfg) -> dict:
 def FBNetC4Backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     darch = arch_from_cfg(cfg)
     wanted = list(cfg.MODEL.FBNET.OUT_FEATURES)
-    feat = c4_feature(darch)
+    feat = c4_feature(darch.spec)
     if wanted != [feat]:
         raise DetectionError(f"MODEL.FBNET.OUT_FEATURES: {wanted} must be [{feat!r}] for the C4 backbone "
                              f"(the output of {darch.spec.name}'s last stride-16 stage)")
@@ -110,6 +105,6 @@ def build_backbone(arch="FBNetV3-A", variant: str = "c4", in_features: Optional[
         raise DetectionError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
     darch = resolve_arch(arch, kwargs.pop("width_divisor", None), kwargs.pop("width_multiplier", 1.0))
     if variant == "c4":
-        return FBNetBackbone(darch, [c4_feature(darch)], **kwargs)
-    feats = list(in_features) if in_features else [f.name for f in feature_layout(darch.spec) if f.stride >= 4]
+        return FBNetBackbone(darch, [c4_feature(darch.spec)], **kwargs)
+    feats = list(in_features) if in_features else default_fpn_features(darch.spec)
     return fpn_backbone(darch, feats, fpn_channels, fpn_norm, **kwargs)

@@ -23,8 +23,8 @@ from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 
-from ..core import (DetectionError, LightRPNHead, StagesBoxHead, box_head_from_model, box_head_from_rows,
-                    build_fbnet, build_rows, c4_split, mask_rows, mask_scale, rpn_rows)
+from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_model, box_head_from_rows,
+                    build_fbnet, c4_split, mask_rows, rpn_rows)
 from .backbone import arch_from_cfg, norm_layer
 
 
@@ -54,11 +54,8 @@ class FBNetRPNHead(LightRPNHead):
             raise DetectionError("MODEL.ANCHOR_GENERATOR: every level needs the same number of anchors")
         darch = arch_from_cfg(cfg)
         trunk, _ = c4_split(darch.spec)
-        variant = _variant(cfg)
-        repeats = cfg.MODEL.FBNET.RPN_REPEATS
-        if variant == "fpn" and repeats < 1 and "fpn" not in darch.rpn:
-            repeats = 1
-        return {"in_channels": channels.pop(), "rows": rpn_rows(darch, variant, trunk[-1], repeats),
+        rows = rpn_rows(darch, _variant(cfg), trunk[-1], cfg.MODEL.FBNET.RPN_REPEATS)
+        return {"in_channels": channels.pop(), "rows": rows,
                 "num_anchors": anchors.num_anchors[0], "box_dim": anchors.box_dim,
                 "divisor": darch.spec.width_divisor, "norm_layer": _head_norm(cfg)}
 
@@ -93,11 +90,8 @@ class FBNetMaskHead(BaseMaskRCNNHead):
     def __init__(self, input_shape: ShapeSpec, *, rows, num_classes: int, divisor: int = 8,
                  norm_layer=nn.BatchNorm2d, **kwargs):
         super().__init__(**kwargs)
-        self.mask_feature, c = build_rows(input_shape.channels, rows, divisor, norm_layer)
-        self.predictor = nn.Conv2d(c, num_classes, 1)
-        nn.init.normal_(self.predictor.weight, std=0.001)
-        nn.init.zeros_(self.predictor.bias)
-        self.scale = mask_scale(rows)
+        body = MaskBody(input_shape.channels, rows, num_classes, divisor, norm_layer)
+        self.mask_feature, self.predictor = body.mask_feature, body.predictor
 
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
