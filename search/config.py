@@ -155,7 +155,7 @@ def _check_types(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str 
                 raise _fail(key, v, "is not a list")
 
 
-def _positive(cfg: Mapping[str, Any], key: str, minimum: float = 1, integer: bool = True) -> None:
+def _positive(cfg: Mapping[str, Any], key: str, minimum: float = 1) -> None:
     v = get(cfg, key)
     if v < minimum:
         raise _fail(key, v, f"is below the minimum {minimum}")

@@ -34,9 +34,6 @@ class Pool:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def index(self) -> Dict[str, int]:
-        return {k: i for i, k in enumerate(self.keys)}
-
 
 def sobol_points(ndim: int, n: int, seed: int, skip: int = 0) -> np.ndarray:
     """Points [skip, skip + n) of the scrambled Sobol sequence for ``seed``."""

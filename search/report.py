@@ -89,7 +89,7 @@ def collect(run) -> Dict[str, Any]:
     }
 
 
-def _plots(data: Dict[str, Any], plot_dir: str, num_classes: int) -> List[str]:
+def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -247,7 +247,7 @@ def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: boo
     files: List[str] = []
     if plots:
         try:
-            files = _plots(data, os.path.join(run.run_dir, "plots"), run.space.num_classes)
+            files = _plots(data, os.path.join(run.run_dir, "plots"))
         except Exception as e:  # a plot must never lose the run's report
             logger.warning("report: plotting failed: %s", e)
     md = os.path.join(run.run_dir, "report.md")

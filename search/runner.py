@@ -34,7 +34,7 @@ from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
 from .recipe import Recipe
 from .space import SearchSpace
-from .store import RunStore
+from .store import DB_NAME, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SearchRun:
         self.run_dir = run_dir
         exists = RunStore.exists(run_dir)
         if resume and not exists:
-            raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({'search.sqlite'} missing)")
+            raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({DB_NAME} missing)")
         if not resume and exists:
             raise SearchConfigError(f"run dir {run_dir!r} already holds a run; pass --resume to continue it "
                                     "or choose another directory")
@@ -181,8 +181,6 @@ class SearchRun:
             p = self.cfg["pool"]
             self.pool = build_pool(self.space, p["n"], self._pool_seed(self.cfg), p, p["max_draw_factor"],
                                    progress=self.progress)
-            for k, v in zip(self.pool.keys, self.pool.values):
-                self._values[k] = v
             self.pool_features = self.encoder.encode_units(self.pool.units)
             import hashlib
 
@@ -256,10 +254,8 @@ class SearchRun:
             return
         cands = []
         for row in pending:
-            from fbnet_zoo.spec import ArchSpec
-
-            self._values[row["key"]] = row["values"]
-            cands.append(Candidate(row["key"], ArchSpec.from_dict(row["arch"]), Recipe.from_dict(row["recipe"])))
+            self._values[row["key"]] = row["values"]  # what the oracle executor scores
+            cands.append(Candidate.from_dict(row))
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -424,13 +420,10 @@ class SearchRun:
             written.append({"name": arch.name, "arch_yaml": ap, "recipe_yaml": rp, "origin": origin,
                             "constraint": label, "flops": cx.flops, "params": cx.params})
         if install_dir:
-            from fbnet_zoo.io_utils import atomic_write_text
             from fbnet_zoo.registry import register_arch_dir
 
-            os.makedirs(install_dir, exist_ok=True)
-            for w in written:
-                with open(w["arch_yaml"], encoding="utf-8") as f:
-                    atomic_write_text(os.path.join(install_dir, os.path.basename(w["arch_yaml"])), f.read())
+            for arch, _, _, _ in members:
+                arch.save_yaml(os.path.join(install_dir, f"{arch.name}.yaml"))
             register_arch_dir(install_dir)
         else:
             from fbnet_zoo.registry import register_arch

@@ -108,13 +108,13 @@ class RunStore:
     def finish_round(self, rnd: int) -> None:
         self._tx([("UPDATE rounds SET status='done', finished=? WHERE round=?", (time.time(), rnd))])
 
-    def record_result(self, result: TrainResult, wall_seconds: Optional[float] = None) -> None:
+    def record_result(self, result: TrainResult) -> None:
         """One candidate's outcome, one transaction. Ignored if the key is already finished."""
         self._tx([("UPDATE candidates SET status=?, top1=?, loss=?, epoch_seconds=?, error=?, extra=?, "
                    "wall_seconds=?, finished=? WHERE key=? AND status='pending'",
                    (result.status, json.dumps(list(result.top1)), json.dumps(list(result.loss)),
                     json.dumps(list(result.epoch_seconds)), result.error, json.dumps(result.extra, default=str),
-                    wall_seconds if wall_seconds is not None else float(sum(result.epoch_seconds)),
+                    float(sum(result.epoch_seconds)),
                     time.time(), result.key))])
 
     def candidates(self, rnd: Optional[int] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:

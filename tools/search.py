@@ -59,13 +59,8 @@ def main(argv=None) -> int:
         cfg = None
         if args.resume:
             run_dir = args.resume
-            if config_path or overrides or args.constraints:
+            if config_path or overrides or args.constraints:  # else the run's stored config
                 cfg = load_config(config_path, overrides, args.constraints)
-            else:
-                from fbnet_zoo.search.store import RunStore
-
-                if not RunStore.exists(run_dir):
-                    raise SearchConfigError(f"--resume: {run_dir!r} holds no search run")
         else:
             cfg = load_config(config_path, overrides, args.constraints)
             run_dir = args.run_dir or _fresh_dir(os.path.join("runs", cfg["name"]))
