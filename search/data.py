@@ -189,6 +189,7 @@ def make_embedded_arrays(n: int, seed: int = 0, size: int = 32) -> Tuple[np.ndar
 
 
 _EMBEDDED_CACHE: Dict[Tuple[int, int, int], Tuple[torch.Tensor, torch.Tensor]] = {}
+_CIFAR10_CACHE: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -251,9 +252,11 @@ def _batch_arrays(path: str) -> Tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(root: str) -> Dict[str, Any]:
-    """Read the standard ``cifar-10-batches-py`` folder (``root`` may be the folder itself or its
-    parent). Returns ``{"train": (uint8 N x 3 x 32 x 32, int64 labels), "test": (...), "classes": [...]}``."""
+_CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+
+
+def _cifar10_folder(root: str) -> str:
+    """The ``cifar-10-batches-py`` folder at ``root`` (the folder or its parent), with every file."""
     root = os.path.expanduser(os.fspath(root))
     folder = root if os.path.basename(os.path.normpath(root)) == "cifar-10-batches-py" else \
         os.path.join(root, "cifar-10-batches-py")
@@ -263,10 +266,16 @@ def load_cifar10(root: str) -> Dict[str, Any]:
         else:
             raise DataError(f"cifar10: no 'cifar-10-batches-py' folder at {root!r} (expected data_batch_1..5, "
                             "test_batch and batches.meta from https://www.cs.toronto.edu/~kriz/cifar.html)")
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
-    missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+    missing = [n for n in _CIFAR10_FILES if not os.path.isfile(os.path.join(folder, n))]
     if missing:
         raise DataError(f"cifar10: {folder!r} lacks {missing} (expected data_batch_1..5, test_batch, batches.meta)")
+    return folder
+
+
+def load_cifar10(root: str) -> Dict[str, Any]:
+    """Read the standard ``cifar-10-batches-py`` folder (``root`` may be the folder itself or its
+    parent). Returns ``{"train": (uint8 N x 3 x 32 x 32, int64 labels), "test": (...), "classes": [...]}``."""
+    folder = _cifar10_folder(root)
     parts = [_batch_arrays(os.path.join(folder, f"data_batch_{i}")) for i in range(1, 6)]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     test = _batch_arrays(os.path.join(folder, "test_batch"))
@@ -280,8 +289,17 @@ def load_cifar10(root: str) -> Dict[str, Any]:
 
 def cifar10_datasets(root: str, train_transform: Optional[Callable] = None,
                      test_transform: Optional[Callable] = None) -> Tuple[TensorImageDataset, TensorImageDataset]:
-    """CIFAR-10 train and test sets as in-memory datasets (see ``load_cifar10``)."""
-    d = load_cifar10(root)
+    """CIFAR-10 train and test sets as in-memory datasets (see ``load_cifar10``). The files are
+    read once per process while they stay unchanged: datasets at several resolutions (one per
+    transform) share one copy of the images."""
+    folder = _cifar10_folder(root)
+    stats = [os.stat(os.path.join(folder, n)) for n in _CIFAR10_FILES]
+    key = (os.path.realpath(folder), tuple((st.st_mtime_ns, st.st_size) for st in stats))
+    with _CACHE_LOCK:
+        if key not in _CIFAR10_CACHE:
+            _CIFAR10_CACHE.clear()  # keep at most one copy alive
+            _CIFAR10_CACHE[key] = load_cifar10(folder)
+        d = _CIFAR10_CACHE[key]
     (xi, yi), (xt, yt) = d["train"], d["test"]
     return (TensorImageDataset(torch.from_numpy(xi), torch.from_numpy(yi), train_transform, d["classes"]),
             TensorImageDataset(torch.from_numpy(xt), torch.from_numpy(yt), test_transform, d["classes"]))

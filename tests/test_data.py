@@ -114,6 +114,22 @@ def test_cifar10_reads_the_standard_folder(tmp_path):
     assert (len(held[0]), len(held[1])) == (25, 5)
 
 
+def test_cifar10_is_read_once_for_every_resolution_until_its_files_change(tmp_path):
+    folder, _ = _write_cifar(str(tmp_path))
+    s = TrainSettings(dataset="cifar10", data_dir=str(tmp_path))
+    a, b = build_datasets(s, 32)[0], build_datasets(s, 40)[0]
+    assert a.images.data_ptr() == b.images.data_ptr()  # one copy of the images
+    assert a[0][0].shape == (3, 32, 32) and b[0][0].shape == (3, 40, 40)
+    with open(os.path.join(folder, "data_batch_1"), "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    d[b"data"][0] = 7
+    with open(os.path.join(folder, "data_batch_1"), "wb") as f:
+        pickle.dump(d, f, protocol=2)
+    os.utime(os.path.join(folder, "data_batch_1"), ns=(0, 123))  # a changed file is read again
+    c = build_datasets(s, 32)[0]
+    assert c.images.data_ptr() != a.images.data_ptr() and int(c.images[0].max()) == 7
+
+
 def test_cifar10_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="cifar-10-batches-py"):
         load_cifar10(str(tmp_path / "nowhere"))
