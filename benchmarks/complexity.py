@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import fbnet_zoo
+from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.random_specs import random_spec
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -67,9 +68,7 @@ def main():
     print(f"{'analytic':<12} {args.n:>7} {per_analytic * 1e3:>10.4f}")
     print(f"{'fvcore':<12} {args.n_fvcore:>7} {per_fvcore * 1e3:>10.2f}")
     print(f"speed-up: {result['speedup_x']}x; 20K specs: {per_analytic * 20000:.2f} s; fvcore mismatches: {mismatches}")
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "complexity.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_text(os.path.join(RESULTS, "complexity.json"), json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -114,10 +114,11 @@ def main() -> None:
            "pretrain3_default_threads_s": t_multi, "default_threads": threads, "stage3": s3,
            "stage3_goal_seconds_per_constraint": 10, "cpu_count": os.cpu_count(),
            "load_avg": os.getloadavg()}
-    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    from fbnet_zoo.io_utils import atomic_write_text
+
     name = "search_speed_quick.json" if args.quick else "search_speed.json"
-    with open(os.path.join(os.path.dirname(__file__), "results", name), "w") as f:
-        json.dump(out, f, indent=1, default=float)
+    atomic_write_text(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", name),
+                      json.dumps(out, indent=1, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.search.candidate import Candidate
 from fbnet_zoo.search.recipe import Recipe
 from fbnet_zoo.search.trainer import TrainSettings, build_candidate_model, cached_datasets, train_model
@@ -133,8 +134,7 @@ def main():
         if proc.returncode:
             print(proc.stderr[-2000:])
     os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "train_throughput.json"), "w") as f:
-        json.dump(out, f, indent=2)
+    atomic_write_text(os.path.join(RESULTS, "train_throughput.json"), json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -362,8 +362,6 @@ def _teacher_logits(teacher: nn.Module, x: torch.Tensor, class_index: Optional[t
                     num_classes: int) -> torch.Tensor:
     with torch.no_grad():
         out = teacher(x)
-    if out.shape[-1] == num_classes and class_index is None:
-        return out
     if class_index is not None and out.shape[-1] > int(class_index.max()):
         return out.index_select(-1, class_index)
     if out.shape[-1] == num_classes:

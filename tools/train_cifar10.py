@@ -110,9 +110,9 @@ def _parse_base(text: Optional[str]) -> Any:
 
 def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int] = None) -> Job:
     """The CIFAR variant of one --arch value; CifarCliError naming the arch if it is unknown."""
-    from fbnet_zoo import SpecError, UnknownModelError, count_flops, count_params, list_models
-    from fbnet_zoo.cifar import (CIFAR_NUM_CLASSES, EFFICIENTNET_RESOLUTIONS, cifar_baseline, cifar_variant,
-                                 is_baseline, unstrided_block)
+    from fbnet_zoo import SpecError, UnknownModelError, count_flops, count_params, list_models, load_spec
+    from fbnet_zoo.cifar import (CIFAR_NUM_CLASSES, CIFAR_SUFFIX, EFFICIENTNET_RESOLUTIONS, cifar_baseline,
+                                 cifar_variant, is_baseline, unstrided_block)
     from fbnet_zoo.complexity import fvcore_flops
 
     if is_baseline(request):
@@ -120,14 +120,15 @@ def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int]
         if resolution is not None:
             size = resolution
         key = request.strip().lower().replace("-", "_")
-        return Job(request, f"{key}-CIFAR", "EfficientNet (timm)", size, fvcore_flops(model, input_size=size),
+        return Job(request, f"{key}{CIFAR_SUFFIX}", "EfficientNet (timm)", size, fvcore_flops(model, input_size=size),
                    sum(p.numel() for p in model.parameters()), baseline=key, unstrided=changed)
     looks_like_file = request.endswith((".yaml", ".yml")) or os.sep in request
     if looks_like_file and not os.path.isfile(request):
         raise CifarCliError(f"--arch {request!r}: no such arch YAML file")
     try:
-        spec = cifar_variant(request, base=cifar_base, resolution=resolution)
-        si, ri = unstrided_block(request)
+        source = load_spec(request)  # a YAML is read once
+        spec = cifar_variant(source, base=cifar_base, resolution=resolution)
+        si, ri = unstrided_block(source)
     except UnknownModelError as e:
         raise CifarCliError(f"--arch {request!r}: {e}; known: zoo models {list_models()}, 'zoo' (all of them), "
                             f"baselines {sorted(EFFICIENTNET_RESOLUTIONS)}, or an arch YAML path") from None
@@ -190,7 +191,7 @@ def _write_json(path: str, data: Dict[str, Any]) -> None:
 
 def results_record(job: Job, recipe: Any, settings: Any, result: Any, status: str, epochs: int,
                    wall_seconds: float) -> Dict[str, Any]:
-    from fbnet_zoo.cifar import RESULTS_SCHEMA
+    from fbnet_zoo.cifar import CIFAR_SUFFIX, RESULTS_SCHEMA
 
     top1 = list(result.top1) if result is not None else []
     return {
@@ -198,7 +199,7 @@ def results_record(job: Job, recipe: Any, settings: Any, result: Any, status: st
         "arch": job.name,
         "source": job.request,
         "family": job.family,
-        "label": job.name[: -len("-CIFAR")] if job.name.endswith("-CIFAR") else job.name,
+        "label": job.name[: -len(CIFAR_SUFFIX)] if job.name.endswith(CIFAR_SUFFIX) else job.name,
         "input_size": job.input_size,
         "flops": job.flops,
         "params": job.params,
