@@ -123,7 +123,7 @@ def main() -> None:
         run = SearchRun(None, run_dir, resume=True)
         try:
             rows_ok = run.store.candidates(status="ok")
-            e = run.early_stop_epoch() or run._full_epochs()
+            e = run.target_epoch()
             if len(rows_ok) < 6:
                 print(f"{run_dir}: only {len(rows_ok)} trained candidates; skipped")
                 continue

@@ -53,7 +53,7 @@ def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
 
 def collect(run) -> Dict[str, Any]:
     store = run.store
-    e = run.early_stop_epoch() or run._full_epochs()
+    e = run.target_epoch()
     cands = store.candidates()
     prog = store.all_progress()
     stage1 = store.checkpoint_info("stage1") or {}
@@ -82,8 +82,9 @@ def collect(run) -> Dict[str, Any]:
         "rounds": [rounds[k] for k in sorted(rounds)],
         "predicted_vs_measured": {"points": pred_vs_meas, "spearman": pvm_corr},
         "candidates": [{"key": c["key"], "round": c["round"], "status": c["status"], "flops": c["flops"],
-                        "params": c["params"], "predicted": c["predicted"], "top1": c["top1"], "error": c["error"],
-                        "wall_seconds": c["wall_seconds"]} for c in cands],
+                        "params": c["params"], "predicted": c["predicted"], "top1": c["top1"],
+                        "target": run._target(c, e) if c["status"] == "ok" and c["top1"] else None,
+                        "error": c["error"], "wall_seconds": c["wall_seconds"]} for c in cands],
         "results": results,
         "failed": [{"key": c["key"], "error": c["error"]} for c in cands if c["status"] == "failed"],
     }
@@ -149,8 +150,8 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
     e = data["target_epoch"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in data["rounds"]:
-        pts = [(c["flops"], c["top1"][min(e, len(c["top1"])) - 1]) for c in data["candidates"]
-               if c["round"] == r["round"] and c["status"] == "ok" and c["top1"]]
+        pts = [(c["flops"], c["target"]) for c in data["candidates"]
+               if c["round"] == r["round"] and c["target"] is not None]
         if pts:
             a = np.array(pts)
             ax.scatter(a[:, 0] / 1e6, a[:, 1], s=14, label=f"round {r['round']}")
@@ -162,8 +163,7 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
     save(fig, "rounds_acc_vs_flops.png")
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    meas = [(c["flops"], c["top1"][min(e, len(c["top1"])) - 1]) for c in data["candidates"]
-            if c["status"] == "ok" and c["top1"]]
+    meas = [(c["flops"], c["target"]) for c in data["candidates"] if c["target"] is not None]
     if meas:
         a = np.array(meas)
         ax.scatter(a[:, 0] / 1e6, a[:, 1], s=8, color="lightgray", label="measured")

@@ -226,6 +226,10 @@ class SearchRun:
         top1 = row["top1"]
         return float(top1[min(epoch, len(top1)) - 1])
 
+    def target_epoch(self) -> int:
+        """The epoch whose top-1 the predictor learns: the early-stop epoch once chosen."""
+        return self.early_stop_epoch() or self._full_epochs()
+
     def early_stop_epoch(self) -> Optional[int]:
         prog = self.store.get_progress("early_stop")
         return int(prog["info"]["epoch"]) if prog else None
@@ -243,7 +247,7 @@ class SearchRun:
         chosen = [i for i in order if pool.keys[i] not in known][:m]
         if not chosen:
             raise SearchConfigError(f"stage2 round {rnd}: the pool has no unevaluated candidate left; raise pool.n")
-        epochs = self._full_epochs() if rnd == 1 else (self.early_stop_epoch() or self._full_epochs())
+        epochs = self._full_epochs() if rnd == 1 else self.target_epoch()
         entries = [self._entry(pool.keys[i], pool.values[i], None if scores is None else float(scores[i]))
                    for i in chosen]
         self.store.add_round(rnd, entries, epochs)
@@ -287,7 +291,7 @@ class SearchRun:
 
     def _refit(self, rnd: int) -> Predictor:
         base = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
-        e = self.early_stop_epoch() or self._full_epochs()
+        e = self.target_epoch()
         rows = [r for r in self.store.candidates(status="ok") if r["round"] <= rnd]
         info: Dict[str, Any] = {"round": rnd, "samples": len(rows), "epoch": e}
         if len(rows) >= 2:
@@ -348,7 +352,7 @@ class SearchRun:
     def stage3(self) -> Dict[str, Dict[str, Any]]:
         pred = self.final_predictor()
         pool = self.build_pool()
-        e = self.early_stop_epoch() or self._full_epochs()
+        e = self.target_epoch()
         measured = [r for r in self.store.candidates(status="ok")]
         s3 = self.cfg["stage3"]
         ga = AdaptiveGA(self.space, pred, self.encoder, s3, self.cache)
