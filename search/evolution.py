@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import SearchConfigError
+from .config import DEFAULTS, SearchConfigError
 from .encoding import Encoder
 from .pool import RowCostCache
 from .predictor import Predictor
@@ -57,8 +57,8 @@ class AdaptiveGA:
         self.space = space
         self.predictor = predictor
         self.encoder = encoder or Encoder(space)
-        s = {"population": 64, "top_k": 32, "max_generations": 100, "patience": 10, "tol": 1e-4,
-             "k1": 1.0, "k2": 0.5, "k3": 1.0, "k4": 0.5, "max_tries": 20, "sigma": 0.2}
+        # the stage-3 config's defaults, plus the mutation step (not a config key)
+        s = {**{k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}, "sigma": 0.2}
         s.update({k: v for k, v in (settings or {}).items() if k in s})
         self.s = s
         self.cache = cache or RowCostCache()

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import DEFAULTS
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,7 +99,7 @@ class Predictor:
         self.in_features = in_features
         self.hidden = list(hidden)
         self.head_hidden = head_hidden
-        self.settings = dict(settings or {})
+        self.settings = {**DEFAULTS["predictor"], **(settings or {})}
         torch.manual_seed(seed)
         self.net = PredictorNet(in_features, self.hidden, head_hidden)
         self.pretrained = False
@@ -108,18 +110,15 @@ class Predictor:
     def from_config(cls, in_features: int, pcfg: Dict[str, Any], seed: int) -> "Predictor":
         return cls(in_features, pcfg["hidden"], pcfg["head_hidden"], seed, pcfg)
 
-    def _s(self, key: str, default: Any) -> Any:
-        return self.settings.get(key, default)
-
     # ------------------------------------------------------------------ stage 1
     @_threads
     def pretrain(self, features: np.ndarray, flops: np.ndarray, params: np.ndarray, seed: int,
                  epochs: Optional[int] = None, progress: bool = False) -> FitReport:
         """Encoder + proxy head on (log FLOPs, log params); 80/20 split by default."""
-        epochs = int(epochs if epochs is not None else self._s("pretrain_epochs", 30))
-        lr = self._s("pretrain_lr", 3e-3)
-        bs = int(self._s("batch_size", 512))
-        val_fraction = self._s("val_fraction", 0.2)
+        epochs = int(epochs if epochs is not None else self.settings["pretrain_epochs"])
+        lr = self.settings["pretrain_lr"]
+        bs = int(self.settings["batch_size"])
+        val_fraction = self.settings["val_fraction"]
         g = np.random.default_rng(seed)
         n = len(features)
         order = g.permutation(n)
@@ -133,7 +132,7 @@ class Predictor:
         yt = torch.from_numpy(yn)
         torch.manual_seed(seed)
         params_ = list(self.net.encoder.parameters()) + list(self.net.proxy_head.parameters())
-        opt = torch.optim.Adam(params_, lr=lr, weight_decay=self._s("weight_decay", 1e-4))
+        opt = torch.optim.Adam(params_, lr=lr, weight_decay=self.settings["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
         self.net.train()
         last = float("nan")
@@ -189,12 +188,12 @@ class Predictor:
     def refit(self, features: np.ndarray, acc: np.ndarray, seed: int,
               frozen_epochs: Optional[int] = None, full_epochs: Optional[int] = None) -> FitReport:
         """Accuracy head (encoder frozen when pretrained), then the whole model at lr x factor."""
-        frozen_epochs = int(frozen_epochs if frozen_epochs is not None else self._s("refit_frozen_epochs", 50))
-        full_epochs = int(full_epochs if full_epochs is not None else self._s("refit_full_epochs", 50))
-        lr = self._s("refit_lr", 3e-3)
-        factor = self._s("refit_full_lr_factor", 0.1)
-        bs = int(self._s("refit_batch_size", 32))
-        delta = self._s("huber_delta", 1.0)
+        frozen_epochs = int(frozen_epochs if frozen_epochs is not None else self.settings["refit_frozen_epochs"])
+        full_epochs = int(full_epochs if full_epochs is not None else self.settings["refit_full_epochs"])
+        lr = self.settings["refit_lr"]
+        factor = self.settings["refit_full_lr_factor"]
+        bs = int(self.settings["refit_batch_size"])
+        delta = self.settings["huber_delta"]
         acc = np.asarray(acc, dtype=np.float64)
         mean, std = float(acc.mean()), float(acc.std()) + 1e-6
         if len(acc) < 2 or std < 1e-3:
@@ -217,7 +216,7 @@ class Predictor:
             phases.append((list(self.net.parameters()), lr * factor, full_epochs))
         self.net.train()
         for params_, plr, ep in phases:
-            opt = torch.optim.Adam(params_, lr=plr, weight_decay=self._s("weight_decay", 1e-4))
+            opt = torch.optim.Adam(params_, lr=plr, weight_decay=self.settings["weight_decay"])
             for _ in range(ep):
                 perm = torch.randperm(len(x), generator=gen)
                 total = 0.0
