@@ -128,7 +128,7 @@ def main() -> None:
                 print(f"{run_dir}: only {len(rows_ok)} trained candidates; skipped")
                 continue
             run.build_pool()
-            xl = Encoder(run.space).encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
+            xl = run.encoder.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
             yl = np.array([run._target(r, e) for r in rows_ok])
             sizes = [s for s in (3, 5, 8, 12, 16, 24, 32, 40) if s <= len(rows_ok) - 6]
             rws = sweep(run.pool_features, run.pool.flops, run.pool.params, xl, yl, sizes, 5, run.cfg["predictor"],
@@ -147,7 +147,6 @@ def main() -> None:
     from fbnet_zoo.io_utils import atomic_write_text
 
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "predictor_pretraining.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {out}")
 

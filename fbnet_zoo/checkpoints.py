@@ -440,6 +440,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
     mismatched = [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
                   for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
     result.missing, result.unexpected, result.mismatched = missing, unexpected, mismatched
+    good = OrderedDict((k, v) for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
     if missing or unexpected or mismatched:
         parts = []
         if missing:
@@ -452,9 +453,7 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         msg = f"{where} does not fit {arch}: " + "; ".join(parts)
         if strict:
             raise CheckpointError(msg + " (wrong architecture?)")
-        logger.warning("%s (strict=False: loading the %d matching tensors)", msg,
-                       sum(1 for k in sd if k in own and tuple(sd[k].shape) == tuple(own[k].shape)))
-    good = OrderedDict((k, v) for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
+        logger.warning("%s (strict=False: loading the %d matching tensors)", msg, len(good))
     model.load_state_dict(good, strict=False)
     return result
 

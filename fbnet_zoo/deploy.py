@@ -120,7 +120,7 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
     """
     if method not in ("script", "trace"):
         raise DeployError(f"export_torchscript: method {method!r} is not one of ['script', 'trace']")
-    eager = fold_bn(model) if fold else copy.deepcopy(model).eval()
+    eager = prepare_for_deploy(model, fold=fold, lean=False)
     x = example if example is not None else example_input(model)
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -156,7 +156,7 @@ def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
     bad = [d for d in dynamic if d not in allowed]
     if bad:
         raise DeployError(f"export_onnx: dynamic axis {bad[0]!r} is not one of {sorted(allowed)}")
-    eager = fold_bn(model) if fold else copy.deepcopy(model).eval()
+    eager = prepare_for_deploy(model, fold=fold, lean=False)
     x = example_input(model, batch, input_size)
     axes = {"input": {allowed[d]: d for d in dynamic}, "logits": ({0: "batch"} if "batch" in dynamic else {})}
     try:

@@ -80,8 +80,7 @@ class FBNet(nn.Module):
         self.num_classes = num_classes
         self.classifier = Classifier(self.num_features, num_classes, self.dropout_rate) if num_classes > 0 else None
         if self.classifier is not None:
-            nn.init.normal_(self.classifier.fc.weight, 0.0, 0.01)
-            nn.init.zeros_(self.classifier.fc.bias)
+            init_weights(self.classifier)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Output of the last stage (N x C x 1 x 1 when the spec ends with the pooled head)."""
