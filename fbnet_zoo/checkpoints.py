@@ -30,7 +30,6 @@ name. A classifier for another number of classes is dropped and re-initialised (
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import logging
 import os
@@ -46,7 +45,7 @@ from torch import nn
 
 from .converters import CONVERTERS, CheckpointError, _names, convert_to_ours, detect_format, strip_prefix
 from .io_utils import atomic_path
-from .registry import model_configs_dir, normalize_name
+from .registry import env_dirs, model_configs_dir, normalize_name, yaml_files
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +132,11 @@ class _Sources:
             env = os.environ.get(ENV_SOURCE_DIRS, "")
             if env != self._env:
                 self._env = env
-                for d in filter(None, env.split(os.pathsep)):
-                    if os.path.isdir(d):
-                        self.add_dir(d)
-                    else:
-                        logger.warning("%s names %s, which is not a directory", ENV_SOURCE_DIRS, d)
+                for d in env_dirs(ENV_SOURCE_DIRS, env):
+                    self.add_dir(d)
 
     def add_dir(self, directory: str) -> List[str]:
-        out = []
-        for path in sorted(glob.glob(os.path.join(directory, "*.yaml")) + glob.glob(os.path.join(directory, "*.yml"))):
-            out.append(self.add(_read_yaml(path), path))
-        return out
+        return [self.add(_read_yaml(path), path) for path in yaml_files(directory)]
 
     def add(self, data: Mapping[str, Any], where: str) -> str:
         if not isinstance(data, Mapping) or not isinstance(data.get("model"), str):

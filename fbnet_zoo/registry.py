@@ -50,6 +50,23 @@ def model_configs_dir(sub: str) -> Optional[str]:
     return path if os.path.isdir(path) else None
 
 
+def yaml_files(directory: str) -> List[str]:
+    """The ``*.yaml`` / ``*.yml`` files of a data folder, sorted."""
+    return sorted(glob.glob(os.path.join(directory, "*.yaml")) + glob.glob(os.path.join(directory, "*.yml")))
+
+
+def env_dirs(var: str, value: str) -> List[str]:
+    """The folders in ``value`` (the os.pathsep-separated environment variable ``var``); a
+    name that is not a folder is skipped with a warning."""
+    dirs = []
+    for d in filter(None, value.split(os.pathsep)):
+        if os.path.isdir(d):
+            dirs.append(d)
+        else:
+            logger.warning("%s names %s, which is not a directory", var, d)
+    return dirs
+
+
 def _package_arch_dir() -> str:
     path = model_configs_dir("archs")
     if path is None:
@@ -74,11 +91,8 @@ class _Registry:
             env = os.environ.get(ENV_ARCH_DIRS, "")
             if env != self._loaded_env:
                 self._loaded_env = env
-                for d in filter(None, env.split(os.pathsep)):
-                    if os.path.isdir(d):
-                        self.add_dir(d, overwrite=True)
-                    else:
-                        logger.warning("%s names %s, which is not a directory", ENV_ARCH_DIRS, d)
+                for d in env_dirs(ENV_ARCH_DIRS, env):
+                    self.add_dir(d, overwrite=True)
 
     def add(self, spec: ArchSpec, source: str, overwrite: bool) -> str:
         key = normalize_name(spec.name)
@@ -92,7 +106,7 @@ class _Registry:
 
     def add_dir(self, directory: str, overwrite: bool = True) -> List[str]:
         names = []
-        for path in sorted(glob.glob(os.path.join(directory, "*.yaml")) + glob.glob(os.path.join(directory, "*.yml"))):
+        for path in yaml_files(directory):
             spec = ArchSpec.from_yaml(path)
             names.append(self.add(spec, path, overwrite))
         with self._lock:
