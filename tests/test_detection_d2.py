@@ -262,3 +262,34 @@ def test_train_net_cli_trains_then_evaluates(config, task, metric, tmp_path):
     res = train_net.main(train_net.build_parser().parse_args(
         ["--eval-only"] + common + ["MODEL.WEIGHTS", str(tmp_path / "out" / "model_final.pth")]))
     assert {metric} <= set(res[task])
+
+
+def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):
+    """The C4 RoI box head is the stride-32 stages alone (no second FBNet), with the
+    checkpoint's weights for them, from the same read as the backbone's."""
+    from fbnet_zoo import checkpoints, model as model_module
+    from fbnet_zoo.detection import core
+
+    spec = fbnet_zoo.get_spec("FBNetV3-A")
+    torch.manual_seed(3)
+    reference = model_module.FBNet(spec)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+    path = tmp_path / "fbnetv3_a.pth"
+    torch.save(reference.state_dict(), path)
+
+    reads, builds = [], []
+    real_read, real_init = checkpoints.load_checkpoint, model_module.FBNet.__init__
+    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    monkeypatch.setattr(model_module.FBNet, "__init__", lambda self, *a, **k: builds.append(a) or real_init(self, *a, **k))
+    model = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.PRETRAINED": str(path)}))
+    assert len(reads) == 1 and len(builds) == 1
+    _, box = core.c4_split(spec)
+    head = model.roi_heads.box_head.roi_box_conv
+    assert [n for n, _ in head.named_children()] == [f"stage{i}" for i in box]
+    for i in box:
+        for k, v in reference.stages[i].state_dict().items():
+            assert torch.equal(getattr(head, f"stage{i}").state_dict()[k], v), (i, k)
+    own = sum(p.numel() for p in head.parameters())
+    assert own == sum(p.numel() for i in box for p in reference.stages[i].parameters())

@@ -3,8 +3,9 @@
 * RPN_HEAD_REGISTRY ``FBNetRPNHead``: FBNet blocks (the trunk's last row repeated, as the
   authors do) shared over levels, then 1x1 objectness / delta convs.
 * ROI_BOX_HEAD_REGISTRY ``FBNetBoxHead``: the arch's stride-32 stage(s) on pooled RoI
-  features (C4 "res5" role) + global average pooling; with pretrained weights when the
-  input channels are the trunk's (C4), rebuilt for other inputs (FPN).
+  features (C4 "res5" role) + global average pooling. C4: only those stages are built,
+  with their pretrained weights from the backbone's checkpoint read; FPN: rebuilt for the
+  FPN's channels.
 * ROI_MASK_HEAD_REGISTRY ``FBNetMaskHead``: FBNet blocks on 14x14 RoI features upsampling
   to 28x28, 1x1 predictor (Mask R-CNN C4 and FPN).
 """
@@ -23,8 +24,8 @@ from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 
-from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_model, box_head_from_rows,
-                    build_fbnet, c4_split, mask_rows, rpn_rows)
+from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_rows, box_head_from_stages,
+                    c4_split, mask_rows, rpn_rows)
 from .backbone import arch_from_cfg, norm_layer
 
 
@@ -68,8 +69,8 @@ def FBNetBoxHead(cfg, input_shape: ShapeSpec) -> nn.Module:
     trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
     if input_shape.channels == trunk_channels:
         norm = cfg.MODEL.FBNET.NORM  # the backbone's norm, as ResNet's res5 in detectron2's C4 models
-        model = build_fbnet(darch, norm_layer=norm_layer(norm), pretrained=cfg.MODEL.FBNET.PRETRAINED, norm=norm)
-        head = box_head_from_model(model, box)
+        head = box_head_from_stages(darch, box, norm_layer=norm_layer(norm), pretrained=cfg.MODEL.FBNET.PRETRAINED,
+                                    norm=norm)
     else:
         head = box_head_from_rows(input_shape.channels, darch.spec, box, _head_norm(cfg))
     return _D2BoxHead(head)
