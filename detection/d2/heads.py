@@ -61,19 +61,29 @@ class FBNetRPNHead(LightRPNHead):
                 "divisor": darch.spec.width_divisor, "norm_layer": _head_norm(cfg)}
 
 
+def build_box_head(darch, variant: str, in_channels: int, norm: str = "BN", head_norm: str = "BN",
+                   pretrained="") -> "_D2BoxHead":
+    """The RoI box head: C4 -> the stride-32 stages alone, in the backbone's ``norm``, with
+    their pretrained weights (ResNet's res5 role); FPN -> those rows rebuilt for the FPN's
+    ``in_channels`` with ``head_norm`` (no pretrained weights fit them)."""
+    trunk, box = c4_split(darch.spec)
+    if variant == "c4":
+        trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
+        if in_channels != trunk_channels:
+            raise DetectionError(f"ROI_HEADS.IN_FEATURES: the C4 box head of {darch.spec.name!r} takes the trunk's "
+                                 f"{trunk_channels} channels; got {in_channels}")
+        head = box_head_from_stages(darch, box, norm_layer=norm_layer(norm), pretrained=pretrained, norm=norm)
+    else:
+        head = box_head_from_rows(in_channels, darch.spec, box,
+                                  norm_layer(head_norm, "MODEL.FBNET.HEAD_NORM") or nn.BatchNorm2d)
+    return _D2BoxHead(head)
+
+
 @ROI_BOX_HEAD_REGISTRY.register()
 def FBNetBoxHead(cfg, input_shape: ShapeSpec) -> nn.Module:
     """Returns a StagesBoxHead with ``output_shape`` (ShapeSpec(channels=C)) for FastRCNNOutputLayers."""
-    darch = arch_from_cfg(cfg)
-    trunk, box = c4_split(darch.spec)
-    trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
-    if input_shape.channels == trunk_channels:
-        norm = cfg.MODEL.FBNET.NORM  # the backbone's norm, as ResNet's res5 in detectron2's C4 models
-        head = box_head_from_stages(darch, box, norm_layer=norm_layer(norm), pretrained=cfg.MODEL.FBNET.PRETRAINED,
-                                    norm=norm)
-    else:
-        head = box_head_from_rows(input_shape.channels, darch.spec, box, _head_norm(cfg))
-    return _D2BoxHead(head)
+    f = cfg.MODEL.FBNET
+    return build_box_head(arch_from_cfg(cfg), _variant(cfg), input_shape.channels, f.NORM, f.HEAD_NORM, f.PRETRAINED)
 
 
 class _D2BoxHead(StagesBoxHead):
