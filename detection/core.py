@@ -12,7 +12,7 @@ arch: the output of the last stage with cumulative stride 2**k is ``res{k}`` (``
 the C4 feature, ``res2``..``res5`` feed an FPN).
 
 Both the detectron2 registrations (``fbnet_zoo.detection.d2``) and the torchvision path
-(``fbnet_zoo.detection.torchvision``) are built from the modules here.
+(``fbnet_zoo.detection.tv``) are built from the modules here.
 """
 
 from __future__ import annotations
