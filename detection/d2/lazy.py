@@ -8,8 +8,7 @@ arch once (``fbnet.arch``) and interpolates it everywhere (``"${fbnet.arch}"``).
 
 from __future__ import annotations
 
-import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 from torch import nn
 
@@ -24,9 +23,6 @@ from detectron2.utils import comm
 from ..core import VARIANTS, DetectionError, c4_split, mask_rows, resolve_arch, rpn_rows
 from .backbone import norm_layer
 from .heads import FBNetMaskHead, FBNetRPNHead, _D2BoxHead, build_box_head
-
-logger = logging.getLogger(__name__)
-
 
 def _variant(variant: str) -> str:
     if variant not in VARIANTS:
@@ -76,12 +72,6 @@ def mask_head(arch: str, variant: str, in_channels: int, num_classes: int, poole
     return FBNetMaskHead(ShapeSpec(channels=in_channels, height=pooler_resolution, width=pooler_resolution),
                          rows=mask_rows(darch, _variant(variant)), num_classes=num_classes,
                          divisor=darch.spec.width_divisor, norm_layer=_head_norm(norm), loss_weight=loss_weight)
-
-
-def fpn_strides(in_features: Sequence[str]) -> list:
-    """Anchor strides of an FPN over ``res{k}`` features plus its max-pooled top level."""
-    strides = [2 ** int(n[3:]) for n in in_features]
-    return strides + [strides[-1] * 2]
 
 
 # ----------------------------------------------------------------------------- train / test
