@@ -9,10 +9,12 @@ d2go names (checked against models built by d2go's own code: tests/test_detectio
   RPN ``proposal_generator.rpn_head.rpn_feature.0.fbnetv2_0_{j}.`` (ours ``rpn_feature.{j}.``),
   RoI box ``roi_heads.box_head.roi_box_conv.0.fbnetv2_0_{n}.`` (n counts every block of the
   stride-32 stage(s); ours ``roi_box_conv.stage{s}.{j}.`` or ``.{n}.``), mask
-  ``roi_heads.mask_head.feature_extractor.0.fbnetv2_0_{j}.`` (ours ``mask_feature.{j}.``)
+  ``roi_heads.mask_head.feature_extractor.0.fbnetv2_0_{j}.`` (ours ``mask_feature.{j}.``),
+  keypoint ``roi_heads.keypoint_head.feature_extractor.0.fbnetv2_0_{j}.`` (ours ``keypoint_feature.{j}.``)
 * 1x1 predictors: ``rpn_head.rpn_regressor.cls_logits`` / ``.bbox_pred`` (ours
   ``objectness_logits`` / ``anchor_deltas``), ``mask_head.predictor.mask_fcn_logits`` (ours
-  ``mask_head.predictor``)
+  ``mask_head.predictor``), ``keypoint_head.predictor.kps_score_lowres.{pw,dw,pwl}.conv`` (ours
+  ``keypoint_head.predictor.{pw,dw,pwl}.conv``: d2go's IRF predictor without norm)
 * everything detectron2 itself owns (FPN laterals/outputs, ``roi_heads.box_predictor.*``)
   keeps its name.
 
@@ -27,9 +29,10 @@ from typing import Dict, Mapping, Tuple
 import torch
 from torch import nn
 
-from fbnet_zoo.converters import mobile_cv_block_keys, rename_state_dict, strip_prefix
+from fbnet_zoo.checkpoints import get_source
+from fbnet_zoo.converters import CheckpointError, mobile_cv_block_keys, rename_state_dict, strip_prefix
 
-from .core import DetectionError, FBNetTrunk, LightRPNHead, StagesBoxHead
+from .core import DetectionError, FBNetTrunk, KeypointPredictor, LightRPNHead, StagesBoxHead
 
 
 def _blocks(seq: nn.Module, prefix: str):
@@ -80,6 +83,13 @@ def d2go_key_map(model: nn.Module) -> Dict[str, str]:
         elif isinstance(module, StagesBoxHead):
             for n, (ours_prefix, block) in enumerate(_blocks(module.roi_box_conv, f"{p}roi_box_conv.")):
                 out.update(mobile_cv_block_keys(block, ours_prefix, f"{p}roi_box_conv.0.fbnetv2_0_{n}."))
+        elif isinstance(getattr(module, "keypoint_feature", None), nn.Sequential) and \
+                isinstance(getattr(module, "predictor", None), KeypointPredictor):
+            for j, block in enumerate(module.keypoint_feature):
+                out.update(mobile_cv_block_keys(block, f"{p}keypoint_feature.{j}.",
+                                                f"{p}feature_extractor.0.fbnetv2_0_{j}."))
+            for part in ("pw", "dw", "pwl"):
+                out[f"{p}predictor.{part}.conv.weight"] = f"{p}predictor.kps_score_lowres.{part}.conv.weight"
         elif _is_mask_head(module):
             for j, block in enumerate(module.mask_feature):
                 out.update(mobile_cv_block_keys(block, f"{p}mask_feature.{j}.",
@@ -118,37 +128,54 @@ def split_source(pretrained: str, arch: str) -> Tuple[str, str]:
     return arch, pretrained
 
 
-def check_d2go_input(model: nn.Module) -> None:
+def check_d2go_input(model: nn.Module, pixel_mean=D2GO_PIXEL_MEAN, pixel_std=D2GO_PIXEL_STD) -> None:
     """DetectionError unless ``model`` (a detectron2 meta-arch) reads its input as d2go's
-    detectors were trained: BGR, Caffe2 pixel mean, std 1. Other input would be silently wrong."""
+    detectors were trained: BGR, Caffe2 pixel mean, std 1 (or the statistics a source records:
+    the Keypoint R-CNN's std is ImageNet's). Other input would be silently wrong."""
     fmt = getattr(model, "input_format", None)
     mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
     problems = []
     if fmt is not None and fmt != D2GO_INPUT_FORMAT:
         problems.append(f"INPUT.FORMAT: {fmt!r} is not {D2GO_INPUT_FORMAT!r}")
-    for key, have, want in (("MODEL.PIXEL_MEAN", mean, D2GO_PIXEL_MEAN), ("MODEL.PIXEL_STD", std, D2GO_PIXEL_STD)):
+    for key, have, want in (("MODEL.PIXEL_MEAN", mean, tuple(pixel_mean)), ("MODEL.PIXEL_STD", std, tuple(pixel_std))):
         if isinstance(have, torch.Tensor) and not torch.allclose(have.flatten().cpu().double(),
                                                                   torch.tensor(want, dtype=torch.float64)):
             problems.append(f"{key}: {[round(float(v), 3) for v in have.flatten()]} is not {list(want)}")
     if problems:
-        raise DetectionError("the authors' d2go checkpoints were trained on BGR input with Caffe2 pixel statistics; "
+        raise DetectionError("the authors' d2go checkpoint was trained on BGR input with other pixel statistics; "
                              "this model reads its input otherwise (" + "; ".join(problems) + "). Build it from "
                              "the authors' config (fbnet_zoo.detection.d2.d2go_config(source), "
                              "model_configs/detection/authors/), or pass check_input=False")
 
 
+def source_pixel_stats(arch: str, source: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """(pixel mean, pixel std) a registered d2go source records (``published[].pixel_std``),
+    else d2go's defaults; a path or URL gets the defaults."""
+    try:
+        src = get_source(arch, source or True)
+    except CheckpointError:  # not a registered source (a path or a URL)
+        return D2GO_PIXEL_MEAN, D2GO_PIXEL_STD
+    for entry in src.published:
+        if isinstance(entry, Mapping) and "pixel_std" in entry:
+            return tuple(entry.get("pixel_mean", D2GO_PIXEL_MEAN)), tuple(entry["pixel_std"])
+    return D2GO_PIXEL_MEAN, D2GO_PIXEL_STD
+
+
 def load_d2go_weights(model: nn.Module, pretrained: str = "faster_rcnn_c4", arch: str = "FBNetV3-A-d2go",
-                      strict: bool = True, check_input: bool = True, **kwargs):
+                      strict: bool = True, check_input: bool = True, pixel_std=None, **kwargs):
     """Load one of the authors' d2go COCO checkpoints into a detectron2 model built with our
     adapters. ``pretrained``: ``"FBNetV3-G-d2go:mask_rcnn_fpn"``, a source name of ``arch``
     (model_configs/checkpoints/), a path or a URL (fetched and verified through
     fbnet_zoo.checkpoints; keys converted here). ``check_input``: refuse a model that does
-    not read BGR input with d2go's pixel statistics (see ``check_d2go_input``)."""
+    not read BGR input with the pixel statistics the checkpoint was trained with (see
+    ``check_d2go_input``): those its source records, d2go's defaults for a path or URL, or
+    ``pixel_std`` when given (the Keypoint R-CNN's file from a path: its std is ImageNet's)."""
     from fbnet_zoo.checkpoints import load_pretrained
 
-    if check_input:
-        check_d2go_input(model)
     arch, pretrained = split_source(pretrained, arch)
+    if check_input:
+        mean, std = source_pixel_stats(arch, pretrained)
+        check_d2go_input(model, mean, std if pixel_std is None else tuple(pixel_std))
     return load_pretrained(model, pretrained, name=arch, strict=strict, converter="d2go_detection", **kwargs)
 
 

@@ -31,7 +31,7 @@ import yaml
 from torch import nn
 
 from fbnet_zoo import checkpoints
-from fbnet_zoo.blocks import build_block
+from fbnet_zoo.blocks import ConvBNAct, build_block
 from fbnet_zoo.converters import convert_to_ours, detect_format, strip_prefix
 from fbnet_zoo.model import FBNet, init_weights
 from fbnet_zoo.scaling import scale
@@ -51,13 +51,15 @@ class DetectionError(ValueError):
 class DetectionArch:
     """A backbone spec plus optional head rows (the authors' d2go variants carry their own).
 
-    ``rpn`` / ``mask``: per variant ("c4" / "fpn"), a tuple of BlockSpec rows, or absent for
-    the defaults (RPN: the trunk's last row; mask: ``DEFAULT_MASK_ROWS`` with the arch's act).
+    ``rpn`` / ``mask`` / ``keypoint``: per variant ("c4" / "fpn"), a tuple of BlockSpec rows, or
+    absent for the defaults (RPN: the trunk's last row; mask: ``DEFAULT_MASK_ROWS`` with the
+    arch's act; keypoint: the mask rows).
     """
 
     spec: ArchSpec
     rpn: Mapping[str, Tuple[BlockSpec, ...]]
     mask: Mapping[str, Tuple[BlockSpec, ...]]
+    keypoint: Mapping[str, Tuple[BlockSpec, ...]] = dataclasses.field(default_factory=dict)
 
 
 def _default_mask_rows(act: str) -> Tuple[BlockSpec, ...]:
@@ -68,6 +70,7 @@ def _default_mask_rows(act: str) -> Tuple[BlockSpec, ...]:
             BlockSpec("ir", 64, kernel=3, expansion=3, act=act, upsample=2))
 
 
+HEAD_PARTS = ("rpn", "mask", "keypoint")
 _HEAD_PRESETS: Dict[str, Dict[str, Dict[str, Tuple[BlockSpec, ...]]]] = {}
 
 
@@ -83,8 +86,8 @@ def register_d2go_archs() -> List[str]:
             data = yaml.safe_load(f)
         spec = ArchSpec.from_dict(data["backbone"])
         register_arch(spec, overwrite=True)
-        heads: Dict[str, Dict[str, Tuple[BlockSpec, ...]]] = {"rpn": {}, "mask": {}}
-        for part in ("rpn", "mask"):
+        heads: Dict[str, Dict[str, Tuple[BlockSpec, ...]]] = {part: {} for part in HEAD_PARTS}
+        for part in HEAD_PARTS:
             for variant, rows in (data.get(part) or {}).items():
                 parsed = ArchSpec.from_dict({"name": f"{spec.name}.{part}.{variant}", "input_size": 224,
                                              "stages": [rows]})
@@ -111,8 +114,8 @@ def resolve_arch(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any], Dete
         spec = scale(spec, width=width_multiplier, name=f"{spec.name}_w{width_multiplier:g}")
     if width_divisor:
         spec = spec.replace(width_divisor=int(width_divisor))
-    heads = _HEAD_PRESETS.get(normalize_name(spec.name), {"rpn": {}, "mask": {}})
-    return DetectionArch(spec, heads["rpn"], heads["mask"])
+    heads = _HEAD_PRESETS.get(normalize_name(spec.name), {})
+    return DetectionArch(spec, heads.get("rpn", {}), heads.get("mask", {}), heads.get("keypoint", {}))
 
 
 # --------------------------------------------------------------------------- layout
@@ -416,6 +419,49 @@ class MaskBody(nn.Module):
         return self.predictor(self.mask_feature(x))
 
 
+def keypoint_rows(arch: DetectionArch, variant: str) -> Tuple[BlockSpec, ...]:
+    """The keypoint head body's rows: the variant's preset, else the mask head's rows (d2go's
+    FBNet archs use the same stage list for both)."""
+    if variant in arch.keypoint:
+        return arch.keypoint[variant]
+    return mask_rows(arch, variant)
+
+
+class KeypointPredictor(nn.Module):
+    """Per-keypoint heatmap logits (d2go's KeypointRCNNIRFPredictorNoUpscale): an inverted
+    residual with no norm anywhere and no residual -- 1x1 expand conv + act, nearest x2
+    upsampling, depthwise kxk conv, 1x1 conv to one channel per keypoint. Its x2 replaces
+    detectron2's bilinear upscale of the logits, so heatmaps come out at 2x the body's output."""
+
+    def __init__(self, in_channels: int, num_keypoints: int, expansion: int = 3, kernel: int = 3,
+                 upsample: int = 2, act: str = "relu", divisor: int = 8):
+        super().__init__()
+        mid = make_divisible(in_channels * expansion, divisor)
+        self.pw = ConvBNAct(in_channels, mid, 1, norm=False, act=act)
+        self.upsample = nn.Upsample(scale_factor=float(upsample), mode="nearest")
+        self.dw = ConvBNAct(mid, mid, kernel, groups=mid, norm=False)
+        self.pwl = ConvBNAct(mid, num_keypoints, 1, norm=False)
+        self.num_keypoints = num_keypoints
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pwl(self.dw(self.upsample(self.pw(x))))
+
+
+class KeypointBody(nn.Module):
+    """Keypoint head: FBNet rows on pooled RoI features (``keypoint_feature``) + ``KeypointPredictor``."""
+
+    def __init__(self, in_channels: int, rows: Sequence[BlockSpec], num_keypoints: int, divisor: int = 8,
+                 norm_layer: NormLayer = nn.BatchNorm2d):
+        super().__init__()
+        self.keypoint_feature, c = build_rows(in_channels, rows, divisor, norm_layer)
+        acts = [row.act for row in rows if row.type == "ir"]
+        self.predictor = KeypointPredictor(c, num_keypoints, act=acts[-1] if acts else "relu", divisor=divisor)
+        init_weights(self.predictor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.keypoint_feature(x))
+
+
 def mask_scale(rows: Sequence[BlockSpec]) -> float:
     """Output size / input size of a mask body (e.g. 14 -> 28 gives 2)."""
     s = 1.0
@@ -432,4 +478,4 @@ def same_padding(arch: DetectionArch) -> DetectionArch:
     if not any(row.dw_padding is not None for _, _, _, row in arch.spec.blocks()):
         return arch
     stages = tuple(tuple(dataclasses.replace(row, dw_padding=None) for row in stage) for stage in arch.spec.stages)
-    return DetectionArch(arch.spec.replace(stages=stages), arch.rpn, arch.mask)
+    return DetectionArch(arch.spec.replace(stages=stages), arch.rpn, arch.mask, arch.keypoint)

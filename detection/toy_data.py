@@ -78,3 +78,65 @@ def make_toy_coco(root: str, num_images: int = 16, image_size: Tuple[int, int] =
     json_path = os.path.join(root, "annotations.json")
     atomic_write_text(json_path, json.dumps(data))
     return {"json": json_path, "images": img_dir, "sem_seg": sem_dir}
+
+
+# COCO's 17 person keypoints, in COCO's order; left/right pairs swap under a horizontal flip.
+KEYPOINT_NAMES = ("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                  "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                  "right_knee", "left_ankle", "right_ankle")
+# Where each keypoint sits in a figure's box (x, y in [0, 1]): a stick figure facing the viewer,
+# so the person's left is the image's right.
+_KEYPOINT_LAYOUT = ((0.5, 0.08), (0.56, 0.05), (0.44, 0.05), (0.62, 0.08), (0.38, 0.08), (0.7, 0.25),
+                    (0.3, 0.25), (0.8, 0.42), (0.2, 0.42), (0.88, 0.58), (0.12, 0.58), (0.62, 0.58),
+                    (0.38, 0.58), (0.64, 0.78), (0.36, 0.78), (0.66, 0.97), (0.34, 0.97))
+_SKELETON = ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8), (7, 9),
+             (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))
+
+
+def make_toy_keypoint_coco(root: str, num_images: int = 8, image_size: Tuple[int, int] = (128, 128),
+                           max_objects: int = 2, seed: int = 0) -> Dict[str, str]:
+    """A COCO person-keypoints set: stick figures (limbs drawn between COCO's 17 keypoints, each
+    keypoint a bright dot) on noise, one category ``person`` with ``keypoints`` and ``skeleton``.
+    Each annotation has its box, a polygon (the figure's box), 17 (x, y, v=2) keypoints and
+    ``num_keypoints``. Writes ``images/`` and ``annotations.json``; returns {"json", "images"}."""
+    from PIL import Image, ImageDraw
+
+    from fbnet_zoo.io_utils import atomic_write_text
+
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    img_dir = os.path.join(root, "images")
+    os.makedirs(img_dir, exist_ok=True)
+    images, annotations = [], []
+    ann_id = 1
+    for i in range(num_images):
+        img = Image.fromarray(rng.integers(40, 120, size=(h, w, 3), dtype=np.uint8), "RGB")
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(1, max_objects + 1))):
+            bw, bh = float(rng.uniform(0.25, 0.45) * w), float(rng.uniform(0.45, 0.8) * h)
+            x0, y0 = float(rng.uniform(0, w - bw - 1)), float(rng.uniform(0, h - bh - 1))
+            jitter = rng.uniform(-0.03, 0.03, size=(len(_KEYPOINT_LAYOUT), 2))
+            pts = [(x0 + (px + jx) * bw, y0 + (py + jy) * bh) for (px, py), (jx, jy) in zip(_KEYPOINT_LAYOUT, jitter)]
+            pts = [(min(max(x, x0), x0 + bw), min(max(y, y0), y0 + bh)) for x, y in pts]
+            for a, b in _SKELETON:
+                draw.line([pts[a - 1], pts[b - 1]], fill=(220, 220, 60), width=2)
+            for k, (x, y) in enumerate(pts):
+                r = 2
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 40 + 12 * k, 40))
+            kps = [v for x, y in pts for v in (round(x, 2), round(y, 2), 2)]
+            box = [round(x0, 2), round(y0, 2), round(bw, 2), round(bh, 2)]
+            poly = [x0, y0, x0 + bw, y0, x0 + bw, y0 + bh, x0, y0 + bh]
+            annotations.append({"id": ann_id, "image_id": i + 1, "category_id": 1, "bbox": box,
+                                "segmentation": [[round(v, 2) for v in poly]], "area": round(bw * bh, 2),
+                                "iscrowd": 0, "keypoints": kps, "num_keypoints": len(pts)})
+            ann_id += 1
+        name = f"{i:06d}.png"
+        img.save(os.path.join(img_dir, name))
+        images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
+    categories = [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(KEYPOINT_NAMES),
+                   "skeleton": [list(s) for s in _SKELETON]}]
+    data = {"info": {"description": "fbnet_zoo toy COCO person keypoints"}, "images": images,
+            "annotations": annotations, "categories": categories, "licenses": []}
+    json_path = os.path.join(root, "annotations.json")
+    atomic_write_text(json_path, json.dumps(data))
+    return {"json": json_path, "images": img_dir}

@@ -1,12 +1,12 @@
 """The authors' d2go detectors, built by d2go's own code, reproduced by ours.
 
-For every d2go FBNetV3 detection model the zoo has checkpoint sources for (Faster / Mask
-R-CNN FBNetV3-A C4 and FBNetV3-G FPN), d2go's model-zoo config is built with detectron2's
+For every d2go FBNetV3 model-zoo detector (Faster / Mask R-CNN FBNetV3-A C4, FBNetV3-A-dsmask
+C4 and FBNetV3-G FPN; Keypoint R-CNN FBNetV3-A-dsmask C4), d2go's model-zoo config is built with detectron2's
 ``build_model`` through d2go's config machinery, every tensor and BN statistic is
 randomised, the weights are saved as d2go saves them (``{"model": state_dict}``) and loaded
 into our adapters with the authors' config (model_configs/detection/authors/) and no
-overrides. Backbone features, RPN outputs, box-head outputs, final detections and mask
-logits must agree to float tolerance on a real-sized image; our weights written back in
+overrides. Backbone features, RPN outputs, box-head outputs, final detections, mask
+logits and keypoint heatmaps / keypoints must agree to float tolerance on a real-sized image; our weights written back in
 d2go's layout must load into d2go's model with nothing missing or left over.
 
 Run: ``D2GO_CONFIGS=<d2go checkout>/configs pytest tests/test_detection_d2go_parity.py``.
@@ -43,7 +43,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from fbnet_zoo.detection import d2  # noqa: E402
 
 logger = logging.getLogger(__name__)
-from fbnet_zoo.detection.convert import ours_to_d2go  # noqa: E402
+from fbnet_zoo.detection.convert import ours_to_d2go, source_pixel_stats, split_source  # noqa: E402
 
 # d2go's model-zoo configs live in its repository's configs/ folder, which pip does not install.
 D2GO_CONFIGS = os.environ.get("D2GO_CONFIGS", "")
@@ -52,6 +52,9 @@ D2GO_CONFIGS = os.environ.get("D2GO_CONFIGS", "")
 CASES = [
     ("faster_rcnn_fbnetv3a_C4.yaml", "FBNetV3-A-d2go:faster_rcnn_c4", {"res4": "trunk3"}),
     ("mask_rcnn_fbnetv3a_C4.yaml", "FBNetV3-A-d2go:mask_rcnn_c4", {"res4": "trunk3"}),
+    ("faster_rcnn_fbnetv3a_dsmask_C4.yaml", "FBNetV3-A-dsmask-d2go:faster_rcnn_c4", {"res4": "trunk3"}),
+    ("mask_rcnn_fbnetv3a_dsmask_C4.yaml", "FBNetV3-A-dsmask-d2go:mask_rcnn_c4", {"res4": "trunk3"}),
+    ("keypoint_rcnn_fbnetv3a_dsmask_C4.yaml", "FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4", {"res4": "trunk3"}),
     pytest.param("faster_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-G-d2go:faster_rcnn_fpn", None, marks=pytest.mark.slow),
     pytest.param("mask_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-G-d2go:mask_rcnn_fpn", None, marks=pytest.mark.slow),
 ]
@@ -66,6 +69,10 @@ def d2go_model(config):
     cfg = D2GoCfgNode.cast_from_other_class(get_cfg())
     add_fbnet_v2_default_configs(cfg)
     add_model_ema_configs(cfg)
+    # d2go's runner default (config_defaults._add_rcnn_default_config), which the keypoint
+    # config sets; an export-time option (Caffe2 keypoint output), inert in eager inference.
+    cfg.EXPORT_CAFFE2 = D2GoCfgNode()
+    cfg.EXPORT_CAFFE2.USE_HEATMAP_MAX_KEYPOINT = False
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = "cpu"
     return cfg, build_model(cfg).eval()
@@ -107,7 +114,8 @@ class Taps:
     """Forward hooks that keep the outputs of the named submodules of a detector."""
 
     ROLES = {"backbone": "backbone", "rpn_head": "proposal_generator.rpn_head", "box_head": "roi_heads.box_head",
-             "box_predictor": "roi_heads.box_predictor", "mask_logits": "roi_heads.mask_head.predictor"}
+             "box_predictor": "roi_heads.box_predictor", "mask_logits": "roi_heads.mask_head.predictor",
+             "keypoint_heatmaps": "roi_heads.keypoint_head.predictor"}
 
     def __init__(self, model):
         self.out = {}
@@ -153,7 +161,8 @@ def image(cfg, seed=0):
 
 
 @pytest.mark.parametrize("config, source, feature_names", CASES,
-                         ids=["A_C4_faster", "A_C4_mask", "G_FPN_faster", "G_FPN_mask"])
+                         ids=["A_C4_faster", "A_C4_mask", "A_dsmask_C4_faster", "A_dsmask_C4_mask",
+                              "A_dsmask_C4_keypoint", "G_FPN_faster", "G_FPN_mask"])
 def test_d2go_model_outputs_are_reproduced(config, source, feature_names, tmp_path):
     torch.manual_seed(0)
     d2go_cfg, theirs = d2go_model(config)
@@ -168,7 +177,10 @@ def test_d2go_model_outputs_are_reproduced(config, source, feature_names, tmp_pa
     for key in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD", "MODEL.ANCHOR_GENERATOR.SIZES",
                 "MODEL.RPN.PRE_NMS_TOPK_TEST", "MODEL.RPN.POST_NMS_TOPK_TEST", "MODEL.ROI_HEADS.IN_FEATURES",
                 "MODEL.FPN.OUT_CHANNELS", "MODEL.FPN.NORM", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST",
-                "MODEL.MASK_ON", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"):
+                "MODEL.MASK_ON", "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+                "MODEL.KEYPOINT_ON", "MODEL.ROI_HEADS.NUM_CLASSES", "MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA",
+                "MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION", "MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS",
+                "MODEL.ROI_KEYPOINT_HEAD.POOLER_TYPE"):
         ours_v, theirs_v = cfg, d2go_cfg
         for part in key.split("."):
             ours_v, theirs_v = ours_v[part], theirs_v[part]
@@ -179,7 +191,9 @@ def test_d2go_model_outputs_are_reproduced(config, source, feature_names, tmp_pa
         assert list(ours_v) == list(theirs_v) if isinstance(ours_v, (list, tuple)) else ours_v == theirs_v, key
 
     ours = build_model(cfg).eval()
-    result = d2.load_d2go_weights(ours, str(path), cache=str(tmp_path / "cache"))
+    # a file, not a source: its pixel statistics are the ones the source records
+    _, pixel_std = source_pixel_stats(*split_source(source, ""))
+    result = d2.load_d2go_weights(ours, str(path), cache=str(tmp_path / "cache"), pixel_std=pixel_std)
     assert result.format == "d2go_detection"
     n_theirs = len(theirs.state_dict())
     assert len(ours.state_dict()) == n_theirs  # every tensor accounted for (strict load)
@@ -202,6 +216,10 @@ def test_d2go_model_outputs_are_reproduced(config, source, feature_names, tmp_pa
     if cfg.MODEL.MASK_ON:
         assert_close(taps_ours.out["mask_logits"], taps_theirs.out["mask_logits"], "mask logits")
         assert torch.equal(det_ours.pred_masks, det_theirs.pred_masks)
+    if cfg.MODEL.KEYPOINT_ON:
+        assert_close(taps_ours.out["keypoint_heatmaps"], taps_theirs.out["keypoint_heatmaps"], "keypoint heatmaps")
+        assert_close(det_ours.pred_keypoints, det_theirs.pred_keypoints, "keypoints (x, y, score)")
+        assert_close(det_ours.pred_keypoint_heatmaps, det_theirs.pred_keypoint_heatmaps, "keypoint heatmaps per detection")
 
     # the reverse direction: our weights in d2go's layout load strictly into d2go's model
     fresh_cfg, fresh = d2go_model(config)

@@ -8,6 +8,9 @@
   FPN's channels.
 * ROI_MASK_HEAD_REGISTRY ``FBNetMaskHead``: FBNet blocks on 14x14 RoI features upsampling
   to 28x28, 1x1 predictor (Mask R-CNN C4 and FPN).
+* ROI_KEYPOINT_HEAD_REGISTRY ``FBNetKeypointHead``: d2go's FBNet keypoint head -- FBNet
+  blocks on pooled RoI features (the arch's keypoint rows, else its mask rows), then an
+  inverted-residual predictor without norm that upsamples x2 (Keypoint R-CNN).
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
+from detectron2.modeling.roi_heads.keypoint_head import ROI_KEYPOINT_HEAD_REGISTRY, BaseKeypointRCNNHead
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 
-from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_rows, box_head_from_stages,
-                    c4_split, mask_rows, rpn_rows)
+from ..core import (DetectionError, KeypointBody, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_rows,
+                    box_head_from_stages, c4_split, keypoint_rows, mask_rows, rpn_rows)
 from .backbone import arch_from_cfg, norm_layer
 
 
@@ -116,3 +120,29 @@ class FBNetMaskHead(BaseMaskRCNNHead):
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         return self.predictor(self.mask_feature(x))
+
+
+@ROI_KEYPOINT_HEAD_REGISTRY.register()
+class FBNetKeypointHead(BaseKeypointRCNNHead):
+    """Keypoint R-CNN head with FBNet blocks (d2go's FBNetV2RoIKeypointHeadKPRCNNIRFPredictorNoUpscale):
+    ``keypoint_feature`` rows on MODEL.ROI_KEYPOINT_HEAD.POOLER_RESOLUTION RoI features, then
+    ``predictor`` (core.KeypointPredictor). Heatmaps are 2x the body's output size
+    (6x6 RoIs -> 3 -> 6 -> 12 -> 24 for the authors' FBNetV3-A-dsmask)."""
+
+    @configurable
+    def __init__(self, input_shape: ShapeSpec, *, rows, num_keypoints: int, divisor: int = 8,
+                 norm_layer=nn.BatchNorm2d, **kwargs):
+        super().__init__(num_keypoints=num_keypoints, **kwargs)
+        body = KeypointBody(input_shape.channels, rows, num_keypoints, divisor, norm_layer)
+        self.keypoint_feature, self.predictor = body.keypoint_feature, body.predictor
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: ShapeSpec):
+        ret = super().from_config(cfg, input_shape)
+        darch = arch_from_cfg(cfg)
+        ret.update(input_shape=input_shape, rows=keypoint_rows(darch, _variant(cfg)),
+                   divisor=darch.spec.width_divisor, norm_layer=_head_norm(cfg))
+        return ret
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(self.keypoint_feature(x))
