@@ -44,8 +44,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from .registry import normalize_name
-from .spec import ArchSpec, SpecError, load_spec
+from .errors import ResultsError, SpecError
+from .registry import load_spec, normalize_name
+from .spec import ArchSpec
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 
@@ -194,10 +195,6 @@ def cifar_baseline(name: str, num_classes: int = CIFAR_NUM_CLASSES, which: int =
 # results files (written by tools/train_cifar10.py, read by tools/plot_cifar10.py)
 RESULTS_NAME = "results.json"
 RESULTS_SCHEMA = "fbnet_zoo.cifar10.results/v1"
-
-
-class ResultsError(ValueError):
-    """A results file that cannot be read or is not a CIFAR-10 results file."""
 
 
 def find_results(paths: Any) -> list:

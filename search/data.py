@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
+from fbnet_zoo.errors import DataError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
 log = logging.getLogger(__name__)
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -41,11 +43,6 @@ EMBEDDED_STD = (0.25, 0.25, 0.25)
 EMBEDDED_CLASSES = ("disk", "square", "triangle", "ring", "plus", "diamond", "hbars", "vbars",
                     "checker", "two_dots")
 DATASETS = ("embedded", "cifar10", "imagefolder")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be read: missing folder, wrong format, bad option. The message
-    names the path or option and what was expected."""
 
 
 # --------------------------------------------------------------------------------------------

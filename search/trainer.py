@@ -49,6 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fbnet_zoo.errors import Diverged, TrainConfigError  # noqa: F401 - re-exported (their home is fbnet_zoo.errors)
+
 from .candidate import Candidate, TrainResult
 from .ema import ModelEma
 from .recipe import Recipe, dataclass_kwargs
@@ -56,14 +58,6 @@ from .recipe import Recipe, dataclass_kwargs
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-class TrainConfigError(ValueError):
-    """Invalid training settings; the message names the key, the bad value and what is allowed."""
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------------------------
