@@ -90,10 +90,10 @@ _RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSettings))
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class TrainSettings(RunSettings, DataSettings):
     """Where and how candidates train (the search config's ``train:`` section).
 
-    Data (``DataSettings``):
+    The fields of both halves, data first (``DataSettings``):
     dataset: a registered dataset: "embedded" (default, generated in memory), "cifar10"
       (``data_dir`` holds ``cifar-10-batches-py``) or "imagefolder" (``data_dir`` holds
       ``train/`` [and ``val/``]).
@@ -126,50 +126,20 @@ class TrainSettings:
       CUDA, and about 1.4x faster for small FBNets on CPU too).
     """
 
-    dataset: str = "embedded"
-    data_dir: Optional[str] = None
-    num_classes: Optional[int] = None
-    holdout: Union[int, float, None] = None
-    num_workers: Optional[int] = None
-    device: str = "auto"
-    seed: int = 0
-    data_seed: int = 0
-    teacher: Union[None, str, Mapping[str, Any]] = None
-    distill_temperature: float = 1.0
-    eval_batch_size: int = 256
-    threads: Optional[int] = 1
-    cpus: Optional[int] = None
-    augment: bool = True
-    embedded_train_size: int = 2500
-    embedded_val_size: int = 1000
-    max_train_images: Optional[int] = None
-    max_val_images: Optional[int] = None
-    download: bool = False
-    checkpoint: bool = True
-    amp: Optional[bool] = None
-    channels_last: bool = True
-
     def __post_init__(self) -> None:
-        # Validation happens in the two halves; building them once here catches every bad key.
-        object.__setattr__(self, "_data", DataSettings(**{k: getattr(self, k) for k in _DATA_FIELDS}))
-        object.__setattr__(self, "_run", RunSettings(**{k: getattr(self, k) for k in _RUN_FIELDS}))
+        _validate_data(self)
+        _validate_run(self)
 
     @property
     def data(self) -> DataSettings:
-        return self._data  # type: ignore[attr-defined]
+        return DataSettings(**{k: getattr(self, k) for k in _DATA_FIELDS})
 
     @property
     def run(self) -> RunSettings:
-        return self._run  # type: ignore[attr-defined]
+        return RunSettings(**{k: getattr(self, k) for k in _RUN_FIELDS})
 
     def replace(self, **changes: Any) -> "TrainSettings":
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if isinstance(self.teacher, Mapping):
-            d["teacher"] = dict(self.teacher)
-        return d
 
     @classmethod
     def from_dict(cls, data: Union[Mapping[str, Any], "TrainSettings", None]) -> "TrainSettings":
