@@ -15,9 +15,11 @@ Each ``--arch`` (zoo name, arch YAML path, ``fbnetv3`` for the paper's FBNetV3-A
 for every registered model, or a baseline
 ``efficientnet_b0``..``b3``) becomes its CIFAR variant (fbnet_zoo.cifar: the second stride-2
 block set to stride 1, input 32x32 grown by the model's own resolution scaling; timm's
-EfficientNet, randomly initialised, adapted the same way) and is trained by the search's
-trainer (``fbnet_zoo.search.trainer.train_model``) with one recipe: the CIFAR defaults below,
-updated by ``--recipe recipe.yaml`` and the flags. No distillation.
+EfficientNet, randomly initialised, adapted the same way) and is trained by
+``fbnet_zoo.training.train_model`` with one recipe: the CIFAR defaults
+(``fbnet_zoo.training.cifar10.DEFAULT_RECIPE``), updated by ``--recipe recipe.yaml`` and the
+flags. No distillation. The experiment lives in ``fbnet_zoo.training.cifar10``; this script
+only parses arguments.
 
 Per arch, ``OUT/<arch>-cifar/`` holds ``checkpoint.pt`` (after every epoch), ``arch.yaml``,
 ``recipe.yaml`` and ``results.json`` (atomic; rewritten after every epoch with status
@@ -36,6 +38,7 @@ import sys
 from typing import Optional, Sequence
 
 from fbnet_zoo.training.cifar10 import CifarError, build_recipe, expand_archs, parse_base, resolve_arch, run_experiment
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],

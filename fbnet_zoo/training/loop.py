@@ -326,9 +326,11 @@ def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoc
     hw, settings, result = run.hw, run.settings, run.result
     bs = run.recipe.batch_size
     pin = hw.device.type == "cuda"
+    # Workers are not persistent: each epoch's workers are seeded from ``gen``, reseeded per epoch,
+    # so a resumed run draws the same augmentations as an uninterrupted one.
     gen = torch.Generator()
     loader = DataLoader(train_data, batch_size=bs, shuffle=True, generator=gen, num_workers=hw.num_workers,
-                        drop_last=len(train_data) > bs, pin_memory=pin, persistent_workers=hw.num_workers > 0)
+                        drop_last=len(train_data) > bs, pin_memory=pin)
     val_loader = DataLoader(val_data, batch_size=settings.eval_batch_size, shuffle=False,
                             num_workers=hw.num_workers, pin_memory=pin)
     steps = len(loader)
