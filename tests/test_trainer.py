@@ -223,6 +223,26 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     assert "resumed_from" not in other.extra
 
 
+def test_resume_is_exact_with_data_loader_workers(tmp_path):
+    """ImageFolder data gets worker processes by default; their augmentation RNG is seeded per
+    epoch, so a resumed run still continues exactly."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "data" / "train" / c)
+        for j in range(8):
+            img = torch.randint(0, 256, (24, 24, 3), generator=rng, dtype=torch.uint8).numpy()
+            Image.fromarray(img).save(tmp_path / "data" / "train" / c / f"{j}.png")
+    settings = TrainSettings(dataset="imagefolder", data_dir=str(tmp_path / "data"), holdout=4, cpus=2)
+    recipe = BASE.replace(batch_size=4, resolution=16)
+    full = run(recipe, epochs=2, settings=settings)
+    assert full.extra["steps_per_epoch"] == 3
+    run(recipe, epochs=1, settings=settings, workdir=str(tmp_path / "w"))
+    resumed = run(recipe, epochs=2, settings=settings, workdir=str(tmp_path / "w"))
+    assert resumed.extra["resumed_from"] == 1 and resumed.loss == full.loss and resumed.top1 == full.top1
+
+
 def test_nan_recipe_fails_with_a_reason():
     res = train_candidate(cand(BASE.replace(lr=1e6)), 2, SMALL, progress=False)
     assert res.status == "failed" and not res.ok
