@@ -68,7 +68,7 @@ _MOVED = {
     **dict.fromkeys(["RMSpropTF", "param_groups", "build_optimizer"], "fbnet_zoo.training.optim"),
     "lr_at": "fbnet_zoo.training.schedule",
     **dict.fromkeys(["soft_targets", "mixup", "soft_cross_entropy", "distillation_loss"], "fbnet_zoo.training.losses"),
-    "Recipe": "fbnet_zoo.training.recipe",
+    **dict.fromkeys(["Recipe", "dataclass_kwargs"], "fbnet_zoo.training.recipe"),
     "ModelEma": "fbnet_zoo.training.ema",
 }
 
