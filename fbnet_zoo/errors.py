@@ -52,6 +52,10 @@ class ResultsError(FBNetZooError):
     """A CIFAR-10 results file that cannot be read or has another schema."""
 
 
+class CifarError(FBNetZooError):
+    """A CIFAR-10 experiment input that cannot work (arch, recipe file, data or run folder)."""
+
+
 # ---- training / search
 class RecipeError(FBNetZooError):
     """An invalid training recipe field."""
