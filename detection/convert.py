@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from fbnet_zoo.checkpoints import get_source
-from fbnet_zoo.converters import CheckpointError, mobile_cv_block_keys, rename_state_dict, strip_prefix
+from fbnet_zoo.converters import mobile_cv_block_keys, rename_state_dict, strip_prefix
+from fbnet_zoo.errors import CheckpointError
 
 from .core import DetectionError, FBNetTrunk, KeypointPredictor, LightRPNHead, StagesBoxHead
 
