@@ -274,7 +274,7 @@ class SearchRun:
             info.update(rep.to_dict())
         info["seconds"] = time.perf_counter() - t0
         self.store.save_checkpoint("stage1", pred.to_bytes(), info, progress=("stage1", "done", info))
-        logger.info("stage 1: pool %d, pretrain val MSE %s", len(pool), info.get("val_mse"))
+        logger.info("stage 1: pool %d, pretrain val MSE %.3g", len(pool), info.get("val_mse", float("nan")))
         return pred
 
     # ------------------------------------------------------------------ stage 2
