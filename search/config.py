@@ -407,10 +407,12 @@ def build_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
-                constraints: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                constraints: Optional[Sequence[str]] = None, base: Optional[Mapping[str, Any]] = None
+                ) -> Dict[str, Any]:
     """Load ``path`` (None: the embedded default; a shipped name like 'cifar10' works too),
-    apply dotted ``overrides`` and optional command-line ``constraints``; validate."""
-    raw = apply_overrides(read_raw(path), overrides)
+    apply dotted ``overrides`` and optional command-line ``constraints``; validate.
+    ``base``: start from this config mapping instead of a file (a resumed run's stored config)."""
+    raw = apply_overrides(read_raw(path) if base is None else dict(base), overrides)
     if constraints is not None:
         raw.setdefault("stage3", {})
         raw["stage3"]["constraints"] = list(constraints)

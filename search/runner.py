@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -36,6 +37,7 @@ from .executors import RETRYABLE, ExecutorError, make_executor
 from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
 from .recipe import Recipe
+from .report import write_report
 from .space import SearchSpace
 from .store import DB_NAME, RunLock, RunStore
 from .trainer import TrainSettings
@@ -78,6 +80,20 @@ def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
         raise SearchConfigError(f"executor: {e}") from None
 
 
+def stored_config(run_dir: str) -> Dict[str, Any]:
+    """The config a run was started with (what ``--resume DIR KEY=VALUE`` edits)."""
+    if not RunStore.exists(run_dir):
+        raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({DB_NAME} missing)")
+    store = RunStore(run_dir, create=False)
+    try:
+        cfg = store.get_meta("config")
+    finally:
+        store.close()
+    if cfg is None:
+        raise SearchConfigError(f"--resume: {run_dir!r} holds no config (the run never started)")
+    return cfg
+
+
 class SearchRun:
     """One run directory: open (new or resumed), then ``stage1()``, ``stage2()``, ``stage3()``."""
 
@@ -104,10 +120,13 @@ class SearchRun:
             raise SearchConfigError(f"run dir {run_dir!r}: cannot create it ({e})") from None
         self.lock = RunLock(run_dir)  # before reading the store: its holder may be writing it
         try:
+            self._stage3_update: Optional[Dict[str, Any]] = None
             if exists:
                 self.store = RunStore(run_dir, create=False)
                 cfg = self._resumed_config(cfg)
             self._open(cfg, progress, executor, executor_kind, ray_address)
+            if self._stage3_update is not None:  # validated: keep it with the run
+                self.store.set_meta(config=self._stage3_update)
         except BaseException:
             if self.store is not None:
                 self.store.close()
@@ -133,8 +152,9 @@ class SearchRun:
                 "sections that decide what is trained: " + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
                 + f"); only {list(PLACEMENT_SECTIONS + STAGE3_SECTIONS)} may change on resume")
         changed = diff_configs({k: stored.get(k) for k in STAGE3_SECTIONS}, {k: cfg.get(k) for k in STAGE3_SECTIONS})
-        if changed:
+        if changed:  # the run dir keeps the stage-3 settings its outputs were made with
             logger.info("resume with changed stage-3 settings: %s", "; ".join(changed))
+            self._stage3_update = dict(stored, **{k: cfg[k] for k in STAGE3_SECTIONS})
         return dict(stored, **{k: cfg[k] for k in PLACEMENT_SECTIONS + STAGE3_SECTIONS})
 
     def _open(self, cfg: Dict[str, Any], progress: bool, executor: Any, executor_kind: Optional[str],
@@ -553,9 +573,10 @@ def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = Fa
             timings["stage3"] = time.perf_counter() - t0
         summary["timings"] = timings
         if report:
-            from .report import write_report
-
             summary["report"] = write_report(run, summary.get("outputs"))
+    except (sqlite3.OperationalError, OSError) as e:  # the driver's own disk / store failed (ENOSPC, I/O)
+        raise SearchRunError(f"run dir {run_dir!r}: the environment failed while the run was writing "
+                             f"({type(e).__name__}: {e}); fix it and continue with --resume {run_dir}") from e
     finally:
         run.close()
     return summary

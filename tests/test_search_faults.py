@@ -189,6 +189,15 @@ def test_stage3_settings_change_on_resume_and_training_settings_do_not(tmp_path)
     assert first["results"]["0p9m"]["generations"] <= 2
     assert first["results"]["0p9m"]["stage3_digest"] != again["results"]["0p9m"]["stage3_digest"]  # recomputed
     assert _trained(run_dir) == trained  # nothing trained again
+    # on the command line, --constraints alone edits the run's own config
+    assert _tool().main(["--resume", run_dir, "--constraints", "flops<=1M", "--no-progress"]) == 0
+    store = RunStore(run_dir, create=False)
+    try:
+        assert "1m" in store.results() and store.get_meta("config")["stage2"]["m"] == 3
+        assert store.get_meta("config")["stage3"]["constraints"] == [{"flops": 1e6}]
+    finally:
+        store.close()
+    assert _trained(run_dir) == trained
 
 
 # ------------------------------------------------------------------------ item 3: nothing from nothing

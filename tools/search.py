@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     from fbnet_zoo.search.config import SearchConfigError, SearchError, load_config
     from fbnet_zoo.search.executors import executor_kinds
-    from fbnet_zoo.search.runner import run_search
+    from fbnet_zoo.search.runner import run_search, stored_config
 
     config_path = None
     overrides = []
@@ -70,8 +70,10 @@ def main(argv=None) -> int:
         cfg = None
         if args.resume:
             run_dir = args.resume
-            if config_path or overrides or args.constraints:  # else the run's stored config
-                cfg = load_config(config_path, overrides, args.constraints)
+            if config_path or overrides or args.constraints:  # else the run's stored config as it is
+                # overrides without a config file edit the run's own config (e.g. corrected constraints)
+                base = None if config_path else stored_config(run_dir)
+                cfg = load_config(config_path, overrides, args.constraints, base=base)
         else:
             cfg = load_config(config_path, overrides, args.constraints)
             run_dir = args.run_dir or _fresh_dir(os.path.join("runs", cfg["name"]))
