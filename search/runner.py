@@ -132,8 +132,11 @@ class SearchRun:
                 self.store.close()
             self.lock.release()
             if created and self.store is None:  # a refused new run leaves no directory behind
-                os.remove(self.lock.path)
-                os.rmdir(run_dir)
+                try:
+                    os.remove(self.lock.path)
+                    os.rmdir(run_dir)
+                except OSError:
+                    pass
             raise
 
     def _resumed_config(self, cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
