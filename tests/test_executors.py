@@ -162,4 +162,4 @@ def test_a_task_that_raises_an_os_error_is_retryable_a_diverging_one_is_not(ray_
     with make_executor("ray", TRAIN, str(tmp_path), max_retries=0, progress=False, train_fn=fail) as ex:
         ex.run(batch()[:2], 1, lambda r: results.__setitem__(r.key, r))
     assert results["a"].status == "retryable" and "OSError" in results["a"].error
-    assert results["b"].status == "failed"
+    assert results["nan"].status == "failed"
