@@ -32,6 +32,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from fbnet_zoo.errors import FBNetZooError, SearchConfigError  # noqa: F401 - SearchConfigError re-exported
+
 from .executors import executor_kinds
 
 MODES = ("joint", "recipe_only", "arch_only")
@@ -44,15 +46,7 @@ STAGE3_SECTIONS = ("stage3", "family", "output")
 PLACEMENT_SECTIONS = ("executor",)  # where candidates train: free to change on resume
 
 
-class SearchError(ValueError):
-    """Root of the search's errors (re-rooted under fbnet_zoo.errors.FBNetZooError by the core branch)."""
-
-
-class SearchConfigError(SearchError):
-    """An invalid search config, space, override, constraint or run directory."""
-
-
-class SearchRunError(SearchError):
+class SearchRunError(FBNetZooError):
     """A run that cannot go on: nothing measured, environment failures to retry, a locked or broken run dir."""
 
 

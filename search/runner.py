@@ -27,6 +27,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.training.recipe import Recipe
+from fbnet_zoo.training.settings import TrainSettings
+
 from .candidate import Candidate, TrainResult
 from .config import (PLACEMENT_SECTIONS, STAGE3_SECTIONS, SearchConfigError, SearchRunError, config_digest,
                      constraint_label, diff_configs)
@@ -36,11 +39,9 @@ from .evolution import AdaptiveGA, satisfies
 from .executors import RETRYABLE, ExecutorError, make_executor
 from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
-from .recipe import Recipe
 from .report import write_report
 from .space import SearchSpace
 from .store import DB_NAME, RunLock, RunStore
-from .trainer import TrainSettings
 
 logger = logging.getLogger(__name__)
 

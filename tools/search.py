@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
-    from fbnet_zoo.search.config import SearchConfigError, SearchError, load_config
+    from fbnet_zoo.search.config import SearchConfigError, SearchRunError, load_config
     from fbnet_zoo.search.executors import executor_kinds
     from fbnet_zoo.search.runner import run_search, stored_config
 
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     except SearchConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except SearchError as e:  # the run stopped: nothing measured, environment failures, locked or broken store
+    except SearchRunError as e:  # the run stopped: nothing measured, environment failures, locked or broken store
         print(f"error: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
