@@ -1,0 +1,120 @@
+"""Deploying a detectron2 detector built with our adapters: BatchNorm folded, the authors'
+test-time proposal count, optional channels_last, and a TorchScript export that keeps the
+whole post-processing (box decoding, per-class NMS, score threshold, mask pasting inputs).
+
+    >>> fast = deploy_detector(model, test_proposals=30)          # eval copy, BN folded
+    >>> ts = export_torchscript(fast, image, "detector.ts")       # traced, checked against eager
+    >>> boxes, classes, scores, *rest = ts(image)                 # CHW float image, model's format
+
+The export traces detectron2's ``TracingAdapter`` (its own export path): the graph takes one
+CHW image (any size: shapes are traced symbolically) and returns the flattened ``Instances``
+fields in detectron2's order (``pred_boxes``, ``pred_classes``, ``[pred_keypoint_heatmaps,
+pred_keypoints]``, ``[pred_masks]``, ``scores``); ``outputs_schema`` rebuilds ``Instances``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.export import TracingAdapter
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.structures import Boxes, Instances
+
+from fbnet_zoo.deploy import fold_bn, strip_identities
+from fbnet_zoo.errors import DetectionError
+from fbnet_zoo.io_utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["deploy_detector", "export_torchscript", "instances_from_outputs"]
+
+
+def _frozen_to_bn(module: nn.Module) -> nn.Module:
+    """FrozenBatchNorm2d -> an eval-mode BatchNorm2d with the same statistics, so that
+    ``fold_bn`` folds it like any other (FREEZE_AT / FrozenBN models)."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, FrozenBatchNorm2d):
+            bn = nn.BatchNorm2d(child.num_features, eps=child.eps).eval()
+            with torch.no_grad():
+                bn.weight.copy_(child.weight)
+                bn.bias.copy_(child.bias)
+                bn.running_mean.copy_(child.running_mean)
+                bn.running_var.copy_(child.running_var)
+            setattr(module, name, bn)
+        else:
+            _frozen_to_bn(child)
+    return module
+
+
+def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, channels_last: bool = False) -> nn.Module:
+    """An eval-mode copy of a detectron2 ``GeneralizedRCNN`` for inference: every conv -> BN
+    pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``),
+    BN-free placeholders removed, the RPN keeping ``test_proposals`` boxes after NMS (the
+    authors test their C4 models with 30; None keeps the config's), channels_last weights if
+    asked. Outputs equal the original's in eval mode up to float rounding."""
+    if not hasattr(model, "proposal_generator") or not hasattr(model, "roi_heads"):
+        raise DetectionError(f"deploy_detector: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
+    out = _frozen_to_bn(copy.deepcopy(model).eval())
+    fold_bn(out, inplace=True)
+    strip_identities(out)
+    if test_proposals is not None:
+        if int(test_proposals) < 1:
+            raise DetectionError(f"test_proposals: {test_proposals!r} must be a positive number of RPN boxes")
+        out.proposal_generator.post_nms_topk = {**out.proposal_generator.post_nms_topk, False: int(test_proposals)}
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    logger.info("deploy_detector: folded %d BatchNorm layers, %s test proposals, channels_last=%s",
+                getattr(out, "folded_bn", 0), out.proposal_generator.post_nms_topk[False], channels_last)
+    return out
+
+
+def _inference(model: nn.Module, image: torch.Tensor) -> Instances:
+    return model.inference([{"image": image}], do_postprocess=False)[0]
+
+
+def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str] = None,
+                       atol: float = 1e-3) -> torch.jit.ScriptModule:
+    """Trace ``model`` (deploy it first: ``deploy_detector``) on ``image`` (CHW, the model's
+    input format and pixel range), check the traced outputs against eager on that image
+    (DetectionError above ``atol``, relative to the largest value), save to ``path``
+    atomically when given. The module's ``outputs_schema`` attribute is not kept in the file;
+    ``instances_from_outputs`` rebuilds ``Instances`` from the flat tensors."""
+    model = model.eval()
+    adapter = TracingAdapter(model, (image,), _inference)
+    with torch.no_grad():
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+        want = adapter(*adapter.flattened_inputs)
+        got = traced(*adapter.flattened_inputs)
+    if len(want) != len(got):
+        raise DetectionError(f"export_torchscript: the traced detector returns {len(got)} tensors, eager {len(want)}")
+    for i, (a, b) in enumerate(zip(want, got)):
+        if a.shape != b.shape:
+            raise DetectionError(f"export_torchscript: output {i} has shape {tuple(b.shape)} traced, "
+                                 f"{tuple(a.shape)} eager")
+        if a.numel() and a.is_floating_point():
+            err = float((a - b).abs().max())
+            if err > atol * max(1.0, float(a.abs().max())):
+                raise DetectionError(f"export_torchscript: output {i} differs from eager by {err:.3g} (atol {atol})")
+    traced.outputs_schema = adapter.outputs_schema  # type: ignore[attr-defined]
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, tmp)
+        logger.info("export_torchscript: wrote %s", path)
+    return traced
+
+
+def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[int, int],
+                           fields: List[str]) -> Instances:
+    """``Instances`` of ``image_size`` from a loaded export's flat outputs, ``fields`` in the
+    order the export returns them (sorted field names, as detectron2 flattens them)."""
+    if len(outputs) != len(fields):
+        raise DetectionError(f"instances_from_outputs: {len(outputs)} outputs for fields {fields}")
+    inst = Instances(image_size)
+    for name, value in zip(fields, outputs):
+        inst.set(name, Boxes(value) if name == "pred_boxes" else value)
+    return inst
