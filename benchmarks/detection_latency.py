@@ -1,13 +1,25 @@
 #!/usr/bin/env python
-"""CPU inference latency, parameters and fvcore FLOPs of Faster R-CNN detectors, in one run.
+"""CPU latency of mobile Faster R-CNN detectors, timed round-robin in one run.
 
-detectron2 (if installed): Faster R-CNN C4 with FBNetV3-A and FBNetV3-E (our configs) vs
-detectron2's R-50-C4 (its model-zoo config), all at the same input size and the same RPN
-proposal count. torchvision: our C4 models vs fasterrcnn_mobilenet_v3_large_fpn and
-fasterrcnn_resnet50_fpn, same size and proposal count. Random weights (latency does not
-depend on them; nothing is downloaded). Goal: FBNetV3-A C4 >= 3x faster than R-50-C4.
+Models (random weights: latency does not depend on them; nothing is downloaded):
 
-    nice -n 10 python benchmarks/detection_latency.py --size 320 --proposals 100 --runs 5
+* ours: Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml),
+  eager (the config's RPN test top-k 6000 / 100) and deployed (``fbnet_zoo.detection.d2.deploy``:
+  BN folded, the authors' test top-k 1000 / 30, TorchScript with the post-processing; also
+  with channels_last weights);
+* the authors' (d2go-config) variant FBNetV3-A-d2go C4 (model_configs/detection/authors/),
+  eager (their config: 1000 / 30) and deployed;
+* torchvision's fasterrcnn_mobilenet_v3_large_320_fpn and fasterrcnn_mobilenet_v3_large_fpn
+  (weights=None, weights_backbone=None), with their own test settings.
+
+Each model runs at the size it is published for and at a common 320 x 320:
+ours / d2go at 224 x 298 (their test size: short side 224, long side <= 320, a 3:4 image),
+torchvision's 320 model at 320 x 427 and the other at 800 x 1066 (their transforms resize a
+480 x 640 image to that inside the model; ours are fed the resized image, as detectron2's
+predictor resizes outside the model). Timing is interleaved: every round times each model
+once, in turn, so machine load falls on all models alike; medians over rounds.
+
+    nice -n 10 python benchmarks/detection_latency.py --rounds 15 --threads 1
 Writes benchmarks/results/detection_latency.json.
 """
 
@@ -20,179 +32,155 @@ import platform
 import statistics
 import time
 import warnings
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
 warnings.filterwarnings("ignore")
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-
-
-def timed(fn: Callable[[], Any], runs: int, warmup: int) -> Dict[str, float]:
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(runs):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs}
+OURS = os.path.join(ROOT, "model_configs", "detection", "faster_rcnn_fbnetv3a_C4.yaml")
+AUTHORS = os.path.join(ROOT, "model_configs", "detection", "authors", "faster_rcnn_fbnetv3a_C4.yaml")
 
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def calibrate_bn(backbone: torch.nn.Module, x: torch.Tensor) -> None:
-    """Set every BatchNorm's running statistics to those of ``x`` (one train-mode pass,
-    momentum 1), so randomly initialised backbones give sane activations and every RPN keeps
-    its full proposal count (an uncalibrated random ResNet overflows and its RPN drops
-    non-finite boxes, which would make it look faster than it is)."""
-    bns = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
+def calibrate_bn(model: torch.nn.Module, run: Callable[[], Any]) -> None:
+    """Every BatchNorm's running statistics from one train-mode pass (momentum None), so
+    random backbones give sane activations and every RPN keeps its full proposal count."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in bns:
-        m.momentum = 1.0
-    backbone.train()
+        m.train()
+        m.momentum = None
+        m.reset_running_stats()
     with torch.no_grad():
-        backbone(x)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    backbone.eval()
+        run()
+    for m in bns:
+        m.eval()
 
 
-def d2_models(size: int, proposals: int) -> Dict[str, Any]:
-    from detectron2 import model_zoo
+def d2_model(path: str, test_proposals: int = None):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
 
     from fbnet_zoo.detection import d2
 
-    common = ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", size, "INPUT.MAX_SIZE_TEST", size,
-              "MODEL.RPN.POST_NMS_TOPK_TEST", proposals, "MODEL.RPN.PRE_NMS_TOPK_TEST", 6000,
-              "MODEL.ROI_HEADS.NUM_CLASSES", 80]
-    out = {}
-    for name, path in (("FBNetV3-A C4", os.path.join(ROOT, "model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml")),
-                       ("FBNetV3-E C4", os.path.join(ROOT, "model_configs/detection/faster_rcnn_fbnetv3e_C4.yaml")),
-                       ("R-50-C4", model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_C4_1x.yaml"))):
-        cfg = get_cfg()
-        d2.add_fbnet_config(cfg)
-        cfg.merge_from_file(path)
-        cfg.merge_from_list(common)
-        if name == "R-50-C4":
-            cfg.MODEL.RESNETS.NORM = "BN"  # eval-mode BN = FrozenBN's arithmetic; lets calibrate_bn work
-        model = build_model(cfg).eval()
-        out[name] = model
+    cfg = get_cfg()
+    d2.add_fbnet_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.FBNET.NORM", "BN", "MODEL.FBNET.HEAD_NORM", "BN"])
+    if test_proposals:
+        cfg.MODEL.RPN.POST_NMS_TOPK_TEST = test_proposals
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -> Dict[str, Tuple[Callable, dict]]:
+    """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config."""
+    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
+
+    cfg, model = d2_model(path)
+    calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
+    eager_props = cfg.MODEL.RPN.POST_NMS_TOPK_TEST
+    out = {f"{tag} eager": (lambda: model.inference([{"image": image}], do_postprocess=False),
+                            {"params": n_params(model), "proposals": eager_props,
+                             "pre_nms_topk": cfg.MODEL.RPN.PRE_NMS_TOPK_TEST})}
+    dep = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    ts = export_torchscript(dep, calib)
+    cl = deploy_detector(model, channels_last=True, **AUTHORS_C4_TEST_TOPK)
+    ts_cl = export_torchscript(cl, calib)
+    info = {"params": n_params(dep), "proposals": 30, "pre_nms_topk": 1000, "folded_bn": dep.folded_bn}
+    out[f"{tag} deploy"] = (lambda: dep.inference([{"image": image}], do_postprocess=False), info)
+    out[f"{tag} deploy TorchScript"] = (lambda: ts(image), info)
+    out[f"{tag} deploy TorchScript channels_last"] = (lambda: ts_cl(image), info)
     return out
 
 
-def d2_entry(model, image: torch.Tensor, runs: int, warmup: int) -> Dict[str, Any]:
-    from detectron2.utils.analysis import FlopCountAnalysis
+def tv_variants(image: torch.Tensor, size: int = 0) -> Dict[str, Tuple[Callable, dict]]:
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, fasterrcnn_mobilenet_v3_large_fpn
 
-    fmt = model.input_format if hasattr(model, "input_format") else "BGR"
-    img = image if fmt == "RGB" else image.flip(0)
-    inputs = [{"image": img * 255.0, "height": img.shape[1], "width": img.shape[2]}]
-    entry: Dict[str, Any] = {"params": n_params(model)}
+    out = {}
+    for name, fn in (("tv mobilenet_v3_large_320_fpn", fasterrcnn_mobilenet_v3_large_320_fpn),
+                     ("tv mobilenet_v3_large_fpn", fasterrcnn_mobilenet_v3_large_fpn)):
+        kw = {"min_size": size, "max_size": size} if size else {}
+        torch.manual_seed(0)
+        model = fn(weights=None, weights_backbone=None, **kw).eval()
+        calibrate_bn(model.backbone, lambda m=model: m.backbone(m.transform([image])[0].tensors))
+        info = {"params": n_params(model), "proposals": model.rpn._post_nms_top_n["testing"],
+                "min_size": model.transform.min_size[0], "max_size": model.transform.max_size}
+        out[name] = (lambda m=model: m([image]), info)
+    return out
+
+
+def interleaved(models: Dict[str, Tuple[Callable, dict]], rounds: int, warmup: int) -> Dict[str, List[float]]:
+    times: Dict[str, List[float]] = {k: [] for k in models}
     with torch.no_grad():
-        images = model.preprocess_image(inputs)
-        calibrate_bn(model.backbone, images.tensor)
-        proposals, _ = model.proposal_generator(images, model.backbone(images.tensor), None)
-    entry["proposals"] = len(proposals[0])
-    entry.update(timed(lambda: model(inputs), runs, warmup))
-    try:
-        with torch.no_grad():
-            fca = FlopCountAnalysis(model, inputs)
-            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            entry["fvcore_flops"] = int(fca.total())
-    except Exception as e:  # noqa: BLE001 - a benchmark reports what it could not measure
-        entry["fvcore_flops_error"] = f"{type(e).__name__}: {e}"[:200]
-    return entry
-
-
-def tv_models(size: int, proposals: int) -> Dict[str, Any]:
-    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
-
-    from fbnet_zoo.detection.tv import fasterrcnn_fbnet
-
-    kw = dict(min_size=size, max_size=size, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=proposals)
-    return {
-        "FBNetV3-A C4": fasterrcnn_fbnet("FBNetV3-A", "c4", num_classes=91, **kw).eval(),
-        "FBNetV3-E C4": fasterrcnn_fbnet("FBNetV3-E", "c4", num_classes=91, **kw).eval(),
-        "mobilenet_v3_large_fpn": fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, **kw).eval(),
-        "resnet50_fpn": fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **kw).eval(),
-    }
-
-
-def tv_entry(model, image: torch.Tensor, runs: int, warmup: int) -> Dict[str, Any]:
-    from fvcore.nn import FlopCountAnalysis
-
-    entry: Dict[str, Any] = {"params": n_params(model)}
-    with torch.no_grad():
-        images, _ = model.transform([image])
-        calibrate_bn(model.backbone, images.tensors)
-        proposals, _ = model.rpn(images, model.backbone(images.tensors))
-    entry["proposals"] = len(proposals[0])
-    entry.update(timed(lambda: model([image]), runs, warmup))
-    try:
-        with torch.no_grad():
-            fca = FlopCountAnalysis(model, ([image],))
-            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            entry["fvcore_flops"] = int(fca.total())
-    except Exception as e:  # noqa: BLE001
-        entry["fvcore_flops_error"] = f"{type(e).__name__}: {e}"[:200]
-    return entry
+        for _ in range(warmup):
+            for fn, _ in models.values():
+                fn()
+        for _ in range(rounds):
+            for name, (fn, _) in models.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t) * 1000)
+    return times
 
 
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=320, help="square input side (min = max size)")
-    p.add_argument("--proposals", type=int, default=100, help="RPN proposals kept at test time, all models")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (each times every model once)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join(HERE, "results", "detection_latency.json"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    image = torch.rand(3, a.size, a.size)
-    result: Dict[str, Any] = {
-        "setup": {"size": a.size, "proposals": a.proposals, "runs": a.runs, "warmup": a.warmup,
-                  "threads": a.threads, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-                  "weights": "random (latency-equivalent; nothing downloaded)", "batch": 1},
-    }
-    rows = []
-    try:
-        import detectron2  # noqa: F401
+    g = torch.Generator().manual_seed(0)
+    # a smooth random image (not noise), so that proposals and detections are image-like
+    photo = torch.nn.functional.interpolate(torch.rand(1, 3, 30, 40, generator=g), size=(480, 640),
+                                            mode="bilinear", align_corners=False)[0]
+    square = photo[:, :, 80:560][:, 80:400]  # 320 x 320 crop
 
-        have_d2 = True
-    except ImportError:
-        have_d2 = False
-        result["detectron2"] = "not installed"
-    if have_d2:
-        result["detectron2"] = {}
-        for name, model in d2_models(a.size, a.proposals).items():
-            result["detectron2"][name] = e = d2_entry(model, image, a.runs, a.warmup)
-            rows.append(("detectron2", name, e))
-            del model
-        d = result["detectron2"]
-        base = d["R-50-C4"]["median_ms"]
-        result["detectron2_speedup_vs_R50_C4"] = {k: base / v["median_ms"] for k, v in d.items()}
-        result["goal_fbnetv3a_c4_3x_faster_than_r50_c4"] = result["detectron2_speedup_vs_R50_C4"]["FBNetV3-A C4"] >= 3.0
-    result["torchvision"] = {}
-    for name, model in tv_models(a.size, a.proposals).items():
-        result["torchvision"][name] = e = tv_entry(model, image, a.runs, a.warmup)
-        rows.append(("torchvision", name, e))
-    t = result["torchvision"]
-    result["torchvision_speedup_vs_resnet50_fpn"] = {k: t["resnet50_fpn"]["median_ms"] / v["median_ms"]
-                                                     for k, v in t.items()}
-    print(f"{'framework':<12} {'model':<24} {'median ms':>10} {'params M':>9} {'GFLOPs':>8} {'RoIs':>5}")
-    for fw, name, e in rows:
-        fl = f"{e['fvcore_flops'] / 1e9:8.2f}" if "fvcore_flops" in e else "     n/a"
-        print(f"{fw:<12} {name:<24} {e['median_ms']:10.1f} {e['params'] / 1e6:9.2f} {fl} {e['proposals']:5d}")
-    if have_d2:
-        print("speed-up vs R-50-C4:", {k: round(v, 2) for k, v in result["detectron2_speedup_vs_R50_C4"].items()})
-    print("speed-up vs resnet50_fpn:", {k: round(v, 2) for k, v in result["torchvision_speedup_vs_resnet50_fpn"].items()})
+    def resized(h, w):
+        return torch.nn.functional.interpolate(photo[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+
+    settings = {
+        "published": {"ours / d2go": resized(224, 298) * 255, "torchvision": photo},
+        "320": {"ours / d2go": square * 255, "torchvision": square},
+    }
+    load_before = os.getloadavg()
+    result: Dict[str, Any] = {"setup": {
+        "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "batch": 1,
+        "weights": "random (latency-equivalent; nothing downloaded)", "timing": "interleaved round-robin, median",
+        "sizes": {"published": "ours/d2go 224x298; tv 320_fpn 320x427, tv fpn 800x1066 (480x640 resized inside)",
+                  "320": "every model 320x320"}}}
+    for setting, images in settings.items():
+        models: Dict[str, Tuple[Callable, dict]] = {}
+        img, calib = images["ours / d2go"], images["ours / d2go"]
+        models.update(d2_variants("ours FBNetV3-A C4", OURS, img, calib))
+        models.update(d2_variants("d2go FBNetV3-A-d2go C4", AUTHORS, img, calib))
+        models.update(tv_variants(images["torchvision"], 320 if setting == "320" else 0))
+        times = interleaved(models, a.rounds, a.warmup)
+        rows = {}
+        for name, (_, info) in models.items():
+            t = times[name]
+            rows[name] = {**info, "median_ms": statistics.median(t), "min_ms": min(t),
+                          "iqr_ms": (statistics.quantiles(t, n=4)[2] - statistics.quantiles(t, n=4)[0]) if len(t) > 1 else 0.0}
+        ref = rows["tv mobilenet_v3_large_320_fpn"]["median_ms"]
+        for r in rows.values():
+            r["speed_vs_tv_320_fpn"] = ref / r["median_ms"]
+        result[setting] = rows
+        print(f"\n[{setting}]  {'model':<44} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
+        for name, r in rows.items():
+            print(f"{'':<{len(setting) + 4}}{name:<44} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
+                  f"{r['speed_vs_tv_320_fpn']:8.2f} {r['proposals']:5d} {r['params'] / 1e6:8.2f}")
+    best = max(result["320"][k]["speed_vs_tv_320_fpn"] for k in result["320"] if k.startswith("ours") and "deploy" in k)
+    result["goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"] = {"best_ratio": best, "met": best >= 1.0}
+    result["setup"]["loadavg_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
+    print("\ngoal (ours deployed >= tv 320_fpn at 320, 1 thread):", result["goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"],
+          " load average before/after:", load_before, os.getloadavg())
     from fbnet_zoo.io_utils import atomic_write_text
 
     atomic_write_text(a.out, json.dumps(result, indent=1) + "\n")

@@ -3,7 +3,7 @@
 The authors' FBNetV3-A C4 Faster / Mask R-CNN and the Keypoint R-CNN, every weight and BN
 statistic random (so that folding a BN wrongly, or dropping one, changes the outputs), at
 their real test size (240 x 320 image; the C4 configs test at 224-320): the deployed copy (BN
-folded, 30 test proposals) equals the eager model with 30 proposals, and its TorchScript
+folded, the authors' RPN test top-k 1000 / 30) equals the eager model with that top-k, and its TorchScript
 export, traced at one size, equals it at that size and at another (box decoding, NMS and
 score threshold included)."""
 
@@ -16,7 +16,7 @@ from detectron2.modeling import build_model  # noqa: E402
 
 from fbnet_zoo.detection import DetectionError  # noqa: E402
 from fbnet_zoo.detection import d2  # noqa: E402
-from fbnet_zoo.detection.d2.deploy import deploy_detector, export_torchscript, instances_from_outputs  # noqa: E402
+from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript, instances_from_outputs  # noqa: E402
 
 
 def randomised(source, seed=0, **opts):
@@ -69,19 +69,22 @@ def close(a, b, what, rtol=1e-3):
     assert err <= rtol * max(1.0, float(a.abs().max())), f"{what}: max difference {err:.3g}"
 
 
-CASES = [("FBNetV3-A-d2go:faster_rcnn_c4", ()), ("FBNetV3-A-d2go:mask_rcnn_c4", ("pred_masks",)),
-         ("FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4", ("pred_keypoints",))]
+CASES = [pytest.param("FBNetV3-A-d2go:faster_rcnn_c4", (), id="faster"),
+         pytest.param("FBNetV3-A-d2go:mask_rcnn_c4", ("pred_masks",), id="mask", marks=pytest.mark.slow),  # ~100 s
+         pytest.param("FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4", ("pred_keypoints",), id="keypoint")]
 
 
-@pytest.mark.parametrize("source, extra", CASES, ids=["faster", "mask", "keypoint"])
+@pytest.mark.parametrize("source, extra", CASES)
 def test_deployed_and_exported_detector_equal_eager(source, extra, tmp_path):
-    cfg, model = randomised(source, **{"MODEL.RPN.POST_NMS_TOPK_TEST": 1000})
-    deployed = deploy_detector(model, test_proposals=30)
+    cfg, model = randomised(source, **{"MODEL.RPN.POST_NMS_TOPK_TEST": 1000, "MODEL.RPN.PRE_NMS_TOPK_TEST": 6000})
+    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
     assert deployed.folded_bn > 50
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deployed.modules())
-    assert deployed.proposal_generator.post_nms_topk[False] == 30
+    assert (deployed.proposal_generator.pre_nms_topk[False], deployed.proposal_generator.post_nms_topk[False]) == \
+        (1000, 30)
     assert model.proposal_generator.post_nms_topk[False] == 1000  # the original is untouched
     model.proposal_generator.post_nms_topk[False] = 30
+    model.proposal_generator.pre_nms_topk[False] = 1000
 
     img = image(240, 320)
     with torch.no_grad():
@@ -125,5 +128,7 @@ def test_frozen_bn_folds_and_bad_proposals_are_refused():
     close(a.pred_boxes.tensor, b.pred_boxes.tensor, "boxes")
     with pytest.raises(DetectionError, match="test_proposals: 0"):
         deploy_detector(model, test_proposals=0)
+    with pytest.raises(DetectionError, match="pre_nms_topk: -1"):
+        deploy_detector(model, pre_nms_topk=-1)
     with pytest.raises(DetectionError, match="GeneralizedRCNN"):
         deploy_detector(torch.nn.Conv2d(3, 3, 1))

@@ -31,7 +31,11 @@ from fbnet_zoo.io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["deploy_detector", "export_torchscript", "instances_from_outputs"]
+# The authors' test-time RPN top-k for their C4 detectors (d2go configs: PRE_NMS_TOPK_TEST 1000,
+# POST_NMS_TOPK_TEST 30; "we use smaller numbers" than detectron2's 6000 / 1000).
+AUTHORS_C4_TEST_TOPK = {"pre_nms_topk": 1000, "test_proposals": 30}
+
+__all__ = ["AUTHORS_C4_TEST_TOPK", "deploy_detector", "export_torchscript", "instances_from_outputs"]
 
 
 def _frozen_to_bn(module: nn.Module) -> nn.Module:
@@ -51,25 +55,31 @@ def _frozen_to_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, channels_last: bool = False) -> nn.Module:
+def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, pre_nms_topk: Optional[int] = None,
+                    channels_last: bool = False) -> nn.Module:
     """An eval-mode copy of a detectron2 ``GeneralizedRCNN`` for inference: every conv -> BN
     pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``),
-    BN-free placeholders removed, the RPN keeping ``test_proposals`` boxes after NMS (the
-    authors test their C4 models with 30; None keeps the config's), channels_last weights if
-    asked. Outputs equal the original's in eval mode up to float rounding."""
+    BN-free placeholders removed, the RPN keeping its ``pre_nms_topk`` best anchors per level
+    before NMS and ``test_proposals`` boxes after it (the authors test their C4 models with
+    1000 / 30: ``AUTHORS_C4_TEST_TOPK``; None keeps the config's), channels_last weights if
+    asked. Outputs equal the original's (with the same top-k) up to float rounding."""
     if not hasattr(model, "proposal_generator") or not hasattr(model, "roi_heads"):
         raise DetectionError(f"deploy_detector: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     out = _frozen_to_bn(copy.deepcopy(model).eval())
     fold_bn(out, inplace=True)
     strip_identities(out)
-    if test_proposals is not None:
-        if int(test_proposals) < 1:
-            raise DetectionError(f"test_proposals: {test_proposals!r} must be a positive number of RPN boxes")
-        out.proposal_generator.post_nms_topk = {**out.proposal_generator.post_nms_topk, False: int(test_proposals)}
+    rpn = out.proposal_generator
+    for option, value, attr in (("test_proposals", test_proposals, "post_nms_topk"),
+                                ("pre_nms_topk", pre_nms_topk, "pre_nms_topk")):
+        if value is None:
+            continue
+        if int(value) < 1:
+            raise DetectionError(f"{option}: {value!r} must be a positive number of RPN boxes")
+        setattr(rpn, attr, {**getattr(rpn, attr), False: int(value)})
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
-    logger.info("deploy_detector: folded %d BatchNorm layers, %s test proposals, channels_last=%s",
-                getattr(out, "folded_bn", 0), out.proposal_generator.post_nms_topk[False], channels_last)
+    logger.info("deploy_detector: folded %d BatchNorm layers, RPN test top-k %s / %s, channels_last=%s",
+                getattr(out, "folded_bn", 0), rpn.pre_nms_topk[False], rpn.post_nms_topk[False], channels_last)
     return out
 
 
