@@ -38,7 +38,8 @@ def test_d2go_variants_match_reference_block_params(key):
 
 def test_d2go_variants_are_zoo_specs():
     names = fbnet_zoo.list_models("*d2go*")
-    assert names == ["FBNetV3-A-d2go", "FBNetV3-E-d2go", "FBNetV3-G-d2go"]
+    assert names == ["FBNetV3-A-d2go", "FBNetV3-A-dsmask-d2go", "FBNetV3-A-dsmask-w075-d2go", "FBNetV3-E-d2go",
+                     "FBNetV3-G-d2go"]
     spec = fbnet_zoo.get_spec("fbnetv3_a_d2go")
     ir = [row for _, _, _, row in spec.blocks() if row.type == "ir"]
     assert all(r.act == "relu" and not r.dw_bn_act for r in ir)
