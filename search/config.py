@@ -5,13 +5,14 @@ A search config is one mapping::
     name: default             # run name; winners are called fbnetv3_search_<name>_<constraint>
     seed: 0                   # every random choice of the run derives from it
     mode: joint               # joint | recipe_only | arch_only
+    flops_convention: fvcore  # how FLOPs/params are counted: fvcore | paper (fbnet_zoo.conventions)
     space: {...}              # the search space (see space.py)
     fixed_arch: null          # recipe_only: zoo name, YAML path or arch mapping
     pool: {...}               # stage 1: Sobol pool size and FLOPs window
     predictor: {...}          # MLP sizes, pretraining and refit schedules
     stage2: {...}             # rounds T, candidates per round m, epochs, early stop
     stage3: {...}             # constraints and the adaptive GA's settings
-    family: {...}             # optional compound scaling of the smallest / largest winners
+    family: {...}             # models derived from the winners by scaling (see family.py)
     executor: {...}           # kind (local | ray | oracle), ray_address
     train: {...}              # passed through to candidate training (TrainSettings)
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
@@ -32,7 +33,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from fbnet_zoo.conventions import CONVENTIONS
+from fbnet_zoo.scaling import FBNETV3_COMPOUND
+
 MODES = ("joint", "recipe_only", "arch_only")
+DEFAULT_RULE = {"alpha": FBNETV3_COMPOUND.alpha, "beta": FBNETV3_COMPOUND.beta, "gamma": FBNETV3_COMPOUND.gamma}
 EXECUTORS = ("local", "ray", "oracle")
 RANK_METHODS = ("kendall", "spearman")
 CONSTRAINT_KEYS = ("flops", "params")
@@ -48,6 +53,7 @@ DEFAULTS: Dict[str, Any] = {
     "name": "search",
     "seed": 0,
     "mode": "joint",
+    "flops_convention": "fvcore",
     "space": None,
     "fixed_arch": None,
     "pool": {"n": 20000, "flops_min": None, "flops_max": None, "params_min": None, "params_max": None,
@@ -85,8 +91,7 @@ DEFAULTS: Dict[str, Any] = {
         "k1": 1.0, "k2": 0.5, "k3": 1.0, "k4": 0.5,
         "max_tries": 20,
     },
-    "family": {"enabled": False, "down": {"width": 0.9, "depth": 0.9, "resolution": 0.9},
-               "up": {"width": 1.1, "depth": 1.1, "resolution": 1.1}},
+    "family": {"enabled": False, "rule": dict(DEFAULT_RULE), "members": []},
     "executor": {"kind": "local", "ray_address": None, "num_cpus_per_candidate": 1.0,
                  "num_gpus_per_candidate": 0.0, "max_retries": 2},
     "train": {},
@@ -283,16 +288,17 @@ def _validate(cfg: Dict[str, Any]) -> None:
     if not isinstance(cfg["stage3"]["constraints"], list):
         raise _fail("stage3.constraints", cfg["stage3"]["constraints"], "is not a list")
     cfg["stage3"]["constraints"] = [parse_constraint(c) for c in cfg["stage3"]["constraints"]]
-    for which in ("down", "up"):
-        for k, v in cfg["family"][which].items():
-            if v <= 0:
-                raise _fail(f"family.{which}.{k}", v, "is not a positive number")
+    if cfg["flops_convention"] not in CONVENTIONS:
+        raise _fail("flops_convention", cfg["flops_convention"], f"is not one of {sorted(CONVENTIONS)}")
     if cfg["oracle"]["delay_s"] < 0:
         raise _fail("oracle.delay_s", cfg["oracle"]["delay_s"], "is negative")
     if cfg["space"] is None:
         raise _fail("space", None, "is missing: a search config needs a space")
-    # the space validates itself (ranges, choices, ties, specs it can produce)
+    # the space and the family validate themselves (ranges, choices, ties, specs it can produce)
+    from .family import parse_family
     from .space import SearchSpace
+
+    parse_family(cfg["family"])
 
     SearchSpace.from_config(cfg)
 

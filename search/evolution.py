@@ -61,7 +61,7 @@ class AdaptiveGA:
         s = {**{k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}, "sigma": 0.2}
         s.update({k: v for k, v in (settings or {}).items() if k in s})
         self.s = s
-        self.cache = cache or RowCostCache()
+        self.cache = cache or RowCostCache(space.flops_convention)
 
     def _make(self, unit: np.ndarray) -> Individual:
         values = self.space.decode(unit)

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from fbnet_zoo.complexity import complexity
+from fbnet_zoo.conventions import cost_rules
 
 from .config import SearchConfigError
 from .space import SearchSpace
@@ -53,8 +54,9 @@ class RowCostCache:
     candidates costs a dict lookup per row instead of a walk per block. Equal to
     ``fbnet_zoo.count_flops`` / ``count_params`` exactly (tests pin it)."""
 
-    def __init__(self, max_entries: int = 500_000) -> None:
+    def __init__(self, convention: str = "fvcore", max_entries: int = 500_000) -> None:
         self._rows: Dict[tuple, tuple] = {}
+        self.rules = cost_rules(convention, "flops_convention")
         self.max_entries = max_entries
 
     def cost(self, arch, num_classes: int) -> tuple:
@@ -69,7 +71,7 @@ class RowCostCache:
                 key = (row, h, w, c, div)
                 hit = self._rows.get(key)
                 if hit is None:
-                    cx = Cx(h, w, c)
+                    cx = Cx(h, w, c, rules=self.rules)
                     for k in range(row.repeats):
                         block_complexity(cx, row, k == 0, div)
                     if cx.h < 1 or cx.w < 1:  # let the zoo's counter raise its own error
@@ -81,7 +83,7 @@ class RowCostCache:
                 params += hit[1]
                 h, w, c = hit[2], hit[3], hit[4]
         if num_classes > 0:
-            cx = Cx(h, w, c)
+            cx = Cx(h, w, c, rules=self.rules)
             Classifier.complexity(cx, num_classes)
             flops += cx.flops
             params += cx.params
@@ -93,7 +95,7 @@ def label(space: SearchSpace, values: Mapping[str, Any], cache: Optional[RowCost
     arch = space.build_arch(values)
     if cache is not None:
         return cache.cost(arch, space.num_classes)
-    cx = complexity(arch, None, space.num_classes)
+    cx = complexity(arch, None, space.num_classes, space.flops_convention)
     return float(cx.flops), float(cx.params)
 
 
@@ -120,7 +122,7 @@ def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optio
     from scipy.stats import qmc
 
     sampler = qmc.Sobol(d=space.ndim, scramble=True, seed=np.random.default_rng(seed))
-    cache = RowCostCache()
+    cache = RowCostCache(space.flops_convention)
     try:
         while len(keys) < n and drawn < limit:
             with warnings.catch_warnings():

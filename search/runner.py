@@ -30,6 +30,7 @@ from .config import SearchConfigError, config_digest, constraint_label, diff_con
 from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
+from .family import parse_family
 from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
 from .recipe import Recipe
@@ -108,7 +109,7 @@ class SearchRun:
         self.progress = progress
         self.space = SearchSpace.from_config(cfg)
         self.encoder = Encoder(self.space)
-        self.cache = RowCostCache()
+        self.cache = RowCostCache(self.space.flops_convention)
         self.constraints = list(cfg["stage3"]["constraints"])
         self._executor = executor
         self._executor_kind = executor_kind
@@ -391,7 +392,6 @@ class SearchRun:
     def write_outputs(self, results: Mapping[str, Mapping[str, Any]], install_dir: Optional[str] = None
                       ) -> List[Dict[str, Any]]:
         """Arch + recipe YAML per winner (and family members) in the run dir; optionally install."""
-        from fbnet_zoo.scaling import scale
         from fbnet_zoo.spec import ArchSpec
 
         arch_dir = os.path.join(self.run_dir, "archs")
@@ -405,14 +405,9 @@ class SearchRun:
             recipe = Recipe.from_dict(data["recipe"])
             winners.append((data["flops"], arch, recipe, data))
         members = [(a, r, "searched", d["label"]) for _, a, r, d in winners]
-        fam = self.cfg["family"]
-        if fam["enabled"] and winners:
-            winners.sort(key=lambda w: w[0])
-            for which, (_, a, r, d) in (("down", winners[0]), ("up", winners[-1])):
-                f = fam[which]
-                scaled = scale(a, f["width"], f["depth"], f["resolution"], name=f"{a.name}_{which}")
-                members.append((scaled, r.replace(resolution=scaled.input_size), f"scaled {which} from {a.name}",
-                                d["label"]))
+        family = parse_family(self.cfg["family"])
+        if family is not None:
+            members += family.derive([(f, a, r, d["label"]) for f, a, r, d in winners])
         from fbnet_zoo.complexity import complexity
 
         for arch, recipe, origin, label in members:
@@ -420,7 +415,7 @@ class SearchRun:
             rp = os.path.join(recipe_dir, f"{arch.name}.yaml")
             arch.save_yaml(ap)
             recipe.save_yaml(rp)
-            cx = complexity(arch, None, self.space.num_classes)
+            cx = complexity(arch, None, self.space.num_classes, self.space.flops_convention)
             written.append({"name": arch.name, "arch_yaml": ap, "recipe_yaml": rp, "origin": origin,
                             "constraint": label, "flops": cx.flops, "params": cx.params})
         if install_dir:

@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec
+from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
 
 from .recipe import Recipe, RecipeError
 from .config import SearchConfigError
@@ -186,6 +186,27 @@ def parse_dim(name: str, v: Any, kind_hint: Optional[str] = None) -> Tuple[Optio
     raise _fail(name, v, "is not a value, a range [min, max(, step)] or {choices: [...]}")
 
 
+def built_channels(name: str, dim: Optional[Dim], fixed: Any, divisor: int) -> Tuple[Optional[Dim], Any]:
+    """A channels dimension as the builder builds it: every value rounded with
+    ``make_divisible(c, divisor)`` (nearest multiple, bumped up one if that loses over 5%),
+    duplicates merged. The predictor then encodes the width that is built, and sampling is
+    uniform over built widths. An uneven built grid becomes choices."""
+    if dim is None:
+        return None, make_divisible(fixed, divisor) if _is_num(fixed) else fixed
+    if dim.kind == "float" and dim.step is None:
+        raise _fail(name, [dim.low, dim.high], "is a continuous range; channels need a step or choices")
+    values = dim.values()
+    if not all(_is_num(v) and float(v).is_integer() and v >= 1 for v in values):
+        raise _fail(name, values, "holds a value that is not a positive integer")
+    built = sorted({make_divisible(int(v), divisor) for v in values})
+    if len(built) == 1:
+        return None, built[0]
+    steps = {b - a for a, b in zip(built, built[1:])}
+    if len(steps) == 1:
+        return Dim(name, "int", float(built[0]), float(built[-1]), float(steps.pop()), tie=dim.tie), None
+    return Dim(name, "choice", choices=tuple(built), tie=dim.tie), None
+
+
 @dataclass(frozen=True)
 class BlockGroup:
     """One Table-2 row: a first block (with the stride) plus depth-1 more."""
@@ -203,13 +224,15 @@ _INT_FIELDS = {"kernel.first": "int", "kernel.other": "int", "channels": "int", 
 class SearchSpace:
     """Architecture + recipe dimensions of one search (mode-dependent, see config.MODES)."""
 
-    def __init__(self, space: Mapping[str, Any], mode: str = "joint", fixed_arch: Any = None) -> None:
+    def __init__(self, space: Mapping[str, Any], mode: str = "joint", fixed_arch: Any = None,
+                 flops_convention: str = "fvcore") -> None:
         if not isinstance(space, Mapping):
             raise _fail("space", space, "is not a mapping")
         unknown = [k for k in space if k not in SPACE_KEYS]
         if unknown:
             raise SearchConfigError(f"space.{unknown[0]}: unknown key; allowed: {list(SPACE_KEYS)}")
         self.mode = mode
+        self.flops_convention = flops_convention  # how FLOPs/params are counted (fbnet_zoo.conventions)
         self.raw = dict(space)
         self.num_classes = space.get("num_classes", 1000)
         self.width_divisor = space.get("width_divisor", 8)
@@ -256,7 +279,7 @@ class SearchSpace:
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "SearchSpace":
-        return cls(cfg["space"], cfg.get("mode", "joint"), cfg.get("fixed_arch"))
+        return cls(cfg["space"], cfg.get("mode", "joint"), cfg.get("fixed_arch"), cfg.get("flops_convention", "fvcore"))
 
     def _add(self, dim: Dim) -> str:
         self.dims.append(dim)
@@ -316,6 +339,8 @@ class SearchSpace:
                             fixed[f"{field}.first"] = fixed[f"{field}.other"] = val
                 else:
                     dim, val = parse_dim(f"{path}.{field}", v, _INT_FIELDS.get(field))
+                    if field == "channels":
+                        dim, val = built_channels(f"{path}.channels", dim, val, self.width_divisor)
                     if dim:
                         searched[field] = self._add(dim)
                     else:
@@ -524,7 +549,7 @@ class SearchSpace:
         from fbnet_zoo.complexity import complexity
 
         arch, _ = self.decode_point(self.extreme_point(False), "min")
-        cx = complexity(arch, None, self.num_classes)
+        cx = complexity(arch, None, self.num_classes, self.flops_convention)
         return {"flops": float(cx.flops), "params": float(cx.params)}
 
     def describe(self) -> Dict[str, Any]:
