@@ -122,3 +122,28 @@ def test_family_section_derives_a_f_g_from_any_winners(cfg):
 def test_bad_family_sections_are_named(section, match):
     with pytest.raises(SearchConfigError, match=match):
         parse_family(section)
+
+
+def test_recipe_only_config_has_the_papers_settings_and_runs(tmp_path):
+    from fbnet_zoo.search.runner import run_search
+
+    cfg = load_config("imagenet_recipe_only")
+    assert (cfg["mode"], cfg["pool"]["n"], cfg["stage2"]["m"], cfg["stage2"]["rounds"]) == ("recipe_only", 20000, 48, 4)
+    assert cfg["flops_convention"] == "paper"
+    space = SearchSpace.from_config(cfg)
+    assert all(d.name.startswith("recipe.") for d in space.dims)
+    assert space.base_recipe.epochs == 150 and space.base_recipe.lr_decay == 0.963
+    # the one constraint admits every searched resolution of the fixed arch
+    top = max(space.dims[0].values()) if space.dims[0].name == "recipe.resolution" else None
+    assert top == 272 and count_flops("FBNetV3-B", top, convention="paper") <= cfg["stage3"]["constraints"][0]["flops"]
+    small = load_config("imagenet_recipe_only", [
+        "executor.kind=oracle", "pool.n=256", "stage2.rounds=2", "stage2.m=4", "stage3.population=16",
+        "stage3.top_k=8", "stage3.max_generations=5", "predictor.pretrain_epochs=2",
+        "predictor.refit_frozen_epochs=2", "predictor.refit_full_epochs=2"])
+    summary = run_search(small, str(tmp_path / "rec"), report=False)
+    (result,) = summary["results"].values()
+    winner = get_spec(result["name"])
+    assert winner.stages == get_spec("FBNetV3-B").stages  # only the recipe was searched
+    recipe = Recipe.from_dict(result["recipe"])
+    assert winner.input_size == recipe.resolution and recipe.epochs == 150
+    assert result["flops"] == count_flops(winner, convention="paper")
