@@ -29,15 +29,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from fbnet_zoo.scaling import CompoundScaling, scale
 from fbnet_zoo.spec import ArchSpec
 
-from .config import DEFAULT_RULE, SearchConfigError
+from .config import DEFAULT_RULE, SearchConfigError, _fail
 from .recipe import Recipe
 
 SOURCES = ("smallest", "largest")
 MEMBER_KEYS = ("name", "from", "phi", "width", "depth", "resolution", "input_size", "recipe")
-
-
-def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:
-    return SearchConfigError(f"{key}: {value!r} {allowed}")
 
 
 def _positive(key: str, value: Any) -> float:
