@@ -28,9 +28,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fbnet_zoo.scaling import CompoundScaling, scale
 from fbnet_zoo.spec import ArchSpec
+from fbnet_zoo.training.recipe import Recipe
 
 from .config import DEFAULT_RULE, SearchConfigError, _fail
-from .recipe import Recipe
 
 SOURCES = ("smallest", "largest")
 MEMBER_KEYS = ("name", "from", "phi", "width", "depth", "resolution", "input_size", "recipe")

@@ -9,7 +9,7 @@ from fbnet_zoo.scaling import FBNETV3_COMPOUND, FBNETV3_PHI
 from fbnet_zoo.search.config import SearchConfigError, load_config
 from fbnet_zoo.search.family import parse_family
 from fbnet_zoo.search.pool import RowCostCache, sobol_points
-from fbnet_zoo.search.recipe import Recipe
+from fbnet_zoo.training.recipe import Recipe
 from fbnet_zoo.search.space import SearchSpace
 
 

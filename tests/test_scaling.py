@@ -9,7 +9,7 @@ import fbnet_zoo
 from fbnet_zoo import count_flops, count_params, get_spec, scale
 from fbnet_zoo.scaling import (FBNETV3_A_INPUT_SIZE, FBNETV3_COMPOUND, FBNETV3_PHI, CompoundScaling,
                                fit_compound, fitted_factors, scaled_repeats)
-from fbnet_zoo.search.recipe import Recipe
+from fbnet_zoo.training.recipe import Recipe
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "recipes")
 
