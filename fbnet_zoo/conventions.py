@@ -10,8 +10,9 @@ nearest upsampling 1 per output element; activations, gates, adds and multiplies
 ``paper``: the FBNetV3 authors' counter (mobile_cv.lut ``FlopsEstimation``), which gave the
 paper's FLOPs (Table 4) and defined its search constraints. Only Conv2d, Linear and
 AdaptiveAvgPool2d count: a conv/linear one flop per multiply-add, pooling 1 per input
-element; BatchNorm, upsampling, activations, gates and adds cost 0. Parameters are the
-conv/linear weights only: no biases, no BatchNorm affines.
+element; BatchNorm, upsampling, activations, gates and adds cost 0, and so does any
+functional op (it hooks modules: the pooling of a headless model's forward is invisible to
+it). Parameters are the conv/linear weights only: no biases, no BatchNorm affines.
 """
 
 from __future__ import annotations
@@ -19,11 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict
 
-from .spec import SpecError
-
-
-class UnknownConventionError(SpecError):
-    """A counting convention name that is not one of CONVENTIONS."""
+from .errors import UnknownConventionError, check_choice
 
 
 @dataclass(frozen=True)
@@ -35,12 +32,13 @@ class CostRules:
     upsample_flops_per_element: int
     counts_norm_params: bool
     counts_bias_params: bool
+    counts_functional_ops: bool
 
 
 FVCORE = CostRules("fvcore", norm_flops_per_element=2, upsample_flops_per_element=1,
-                   counts_norm_params=True, counts_bias_params=True)
+                   counts_norm_params=True, counts_bias_params=True, counts_functional_ops=True)
 PAPER = CostRules("paper", norm_flops_per_element=0, upsample_flops_per_element=0,
-                  counts_norm_params=False, counts_bias_params=False)
+                  counts_norm_params=False, counts_bias_params=False, counts_functional_ops=False)
 
 CONVENTIONS: Dict[str, CostRules] = {r.name: r for r in (FVCORE, PAPER)}
 DEFAULT_CONVENTION = FVCORE.name
@@ -48,7 +46,4 @@ DEFAULT_CONVENTION = FVCORE.name
 
 def cost_rules(convention: str, path: str = "convention") -> CostRules:
     """The rules named ``convention``; ``path`` names the field in the error message."""
-    rules = CONVENTIONS.get(convention) if isinstance(convention, str) else None
-    if rules is None:
-        raise UnknownConventionError(f"{path}: {convention!r} is not one of {sorted(CONVENTIONS)}")
-    return rules
+    return CONVENTIONS[check_choice(path, convention, sorted(CONVENTIONS), error=UnknownConventionError)]

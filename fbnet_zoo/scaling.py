@@ -19,16 +19,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .complexity import count_flops
-from .spec import ArchSpec, SpecError, load_spec, make_divisible
+from .errors import SpecError, check_number
+from .registry import load_spec
+from .spec import ArchSpec, make_divisible
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 RESOLUTION_MULTIPLE = 8
 
 
 def _factor(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SpecError(f"{name}: {value!r} is not a positive number")
-    return float(value)
+    return float(check_number(name, value, 0.0))
 
 
 def scaled_repeats(repeats: int, depth: float) -> int:

@@ -34,17 +34,14 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 import yaml
 
 from fbnet_zoo.conventions import CONVENTIONS
-from fbnet_zoo.scaling import FBNETV3_COMPOUND
+from fbnet_zoo.errors import SearchConfigError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
+from .family import DEFAULT_RULE, parse_family
 
 MODES = ("joint", "recipe_only", "arch_only")
-DEFAULT_RULE = {"alpha": FBNETV3_COMPOUND.alpha, "beta": FBNETV3_COMPOUND.beta, "gamma": FBNETV3_COMPOUND.gamma}
 EXECUTORS = ("local", "ray", "oracle")
 RANK_METHODS = ("kendall", "spearman")
 CONSTRAINT_KEYS = ("flops", "params")
-
-
-class SearchConfigError(ValueError):
-    """An invalid search config, space, override, constraint or run directory."""
 
 
 # Defaults: the schema. A key present here is allowed; its default's type is checked.
@@ -295,7 +292,6 @@ def _validate(cfg: Dict[str, Any]) -> None:
     if cfg["space"] is None:
         raise _fail("space", None, "is missing: a search config needs a space")
     # the space and the family validate themselves (ranges, choices, ties, specs it can produce)
-    from .family import parse_family
     from .space import SearchSpace
 
     parse_family(cfg["family"])

@@ -26,20 +26,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from fbnet_zoo.scaling import CompoundScaling, scale
+from fbnet_zoo.errors import SearchConfigError, check_bool, check_choice, check_int, check_number, show_value
+from fbnet_zoo.scaling import FBNETV3_COMPOUND, CompoundScaling, scale
 from fbnet_zoo.spec import ArchSpec
 from fbnet_zoo.training.recipe import Recipe
 
-from .config import DEFAULT_RULE, SearchConfigError, _fail
-
+DEFAULT_RULE = {"alpha": FBNETV3_COMPOUND.alpha, "beta": FBNETV3_COMPOUND.beta, "gamma": FBNETV3_COMPOUND.gamma}
 SOURCES = ("smallest", "largest")
 MEMBER_KEYS = ("name", "from", "phi", "width", "depth", "resolution", "input_size", "recipe")
 
 
+def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:
+    return SearchConfigError(f"{key}: {show_value(value)} {allowed}")
+
+
 def _positive(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _fail(key, value, "is not a positive number")
-    return float(value)
+    return float(check_number(key, value, 0.0, error=SearchConfigError))
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,7 @@ def parse_family(section: Mapping[str, Any], where: str = "family") -> Optional[
     unknown = [k for k in section if k not in ("enabled", "rule", "members")]
     if unknown:
         raise SearchConfigError(f"{where}.{unknown[0]}: unknown key; allowed: ['enabled', 'members', 'rule']")
-    if not isinstance(section.get("enabled", False), bool):
-        raise _fail(f"{where}.enabled", section["enabled"], "is not a boolean")
+    check_bool(f"{where}.enabled", section.get("enabled", False), error=SearchConfigError)
     rule_raw = section.get("rule") or DEFAULT_RULE
     if not isinstance(rule_raw, Mapping) or sorted(rule_raw) != ["alpha", "beta", "gamma"]:
         raise _fail(f"{where}.rule", rule_raw, "is not a mapping with exactly alpha, beta, gamma")
@@ -110,23 +111,19 @@ def _parse_member(m: Any, rule: CompoundScaling, path: str) -> FamilyMember:
     name = m.get("name")
     if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise _fail(f"{path}.name", name, "is not a non-empty name of letters, digits, '_' or '-'")
-    source = m.get("from")
-    if source not in SOURCES:
-        raise _fail(f"{path}.from", source, f"is not one of {list(SOURCES)}")
+    source = check_choice(f"{path}.from", m.get("from"), SOURCES, error=SearchConfigError)
     explicit = [k for k in ("width", "depth", "resolution") if k in m]
     phi = None
     if "phi" in m:
         if explicit:
             raise _fail(f"{path}.{explicit[0]}", m[explicit[0]], "cannot be given with phi (phi sets all three)")
-        phi = m["phi"]
-        if isinstance(phi, bool) or not isinstance(phi, (int, float)) or not math.isfinite(phi):
-            raise _fail(f"{path}.phi", phi, "is not a finite number")
-        factors = rule.factors(float(phi))
+        phi = float(check_number(f"{path}.phi", m["phi"], -math.inf, error=SearchConfigError))
+        factors = rule.factors(phi)
     else:
         factors = {k: _positive(f"{path}.{k}", m.get(k, 1.0)) for k in ("width", "depth", "resolution")}
     size = m.get("input_size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
-        raise _fail(f"{path}.input_size", size, "is not an integer >= 8")
+    if size is not None:
+        check_int(f"{path}.input_size", size, 8, error=SearchConfigError)
     if phi is None and not explicit and size is None:
         raise SearchConfigError(f"{path}: scales nothing; give phi, width/depth/resolution or input_size")
     overrides = m.get("recipe") or {}
@@ -141,4 +138,4 @@ def _parse_member(m: Any, rule: CompoundScaling, path: str) -> FamilyMember:
         Recipe().replace(**overrides)
     except (ValueError, TypeError) as e:
         raise SearchConfigError(f"{path}.recipe: {e}") from None
-    return FamilyMember(name, source, factors, size, dict(overrides), None if phi is None else float(phi))
+    return FamilyMember(name, source, factors, size, dict(overrides), phi)

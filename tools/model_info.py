@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Table of registered models: input size, params and FLOPs in both counting conventions
-(fvcore's, the default everywhere, and the FBNetV3 paper's: the authors' counter), stage strides/channels.
+(fvcore's, the default everywhere, and the FBNetV3 paper's: the authors' counter), features
+(res{k}: stride, channels).
 
     python tools/model_info.py                       # every registered model
     python tools/model_info.py --arch my_arch.yaml   # one spec
@@ -25,8 +26,8 @@ def describe(spec, input_size, num_classes, verify):
         "flops": c.flops,
         "paper_params": paper.params,
         "paper_flops": paper.flops,
-        "stages": {name: {"stride": stride, "channels": spec.stage_channels()[name]}
-                   for name, stride in spec.stage_strides().items()},
+        "features": {f.name: {"stride": f.stride, "channels": f.channels, "stage": f.stage}
+                     for f in spec.features()},
     }
     if verify:
         model = fbnet_zoo.FBNet(spec, num_classes=num_classes)
@@ -49,18 +50,18 @@ def main(argv=None):
         else:
             specs = [fbnet_zoo.get_spec(n) for n in (args.models or fbnet_zoo.list_models())]
         rows = [describe(s, args.input_size, args.num_classes, args.verify) for s in specs]
-    except (fbnet_zoo.SpecError, fbnet_zoo.UnknownModelError) as e:
+    except fbnet_zoo.FBNetZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     header = (f"{'model':<22} {'input':>7} {'params (M)':>11} {'MFLOPs':>9} {'paper params':>13} "
-              f"{'paper MFLOPs':>13}  stages (stride:channels)")
+              f"{'paper MFLOPs':>13}  features (stride:channels)")
     print(header)
     print("-" * len(header))
     for r in rows:
-        stages = " ".join(f"{v['stride']}:{v['channels']}" for v in r["stages"].values())
+        stages = " ".join(f"{v['stride']}:{v['channels']}" for v in r["features"].values())
         check = ""
         if "fvcore_flops" in r:
             check = "  fvcore ok" if r["fvcore_flops"] == r["flops"] else f"  fvcore {r['fvcore_flops']} MISMATCH"
