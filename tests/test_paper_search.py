@@ -139,7 +139,7 @@ def test_recipe_only_config_has_the_papers_settings_and_runs(tmp_path):
     small = load_config("imagenet_recipe_only", [
         "executor.kind=oracle", "pool.n=256", "stage2.rounds=2", "stage2.m=4", "stage3.population=16",
         "stage3.top_k=8", "stage3.max_generations=5", "predictor.pretrain_epochs=2",
-        "predictor.refit_frozen_epochs=2", "predictor.refit_full_epochs=2"])
+        "predictor.refit_frozen_epochs=2", "predictor.refit_full_epochs=2", f"train.data_dir={tmp_path}"])
     summary = run_search(small, str(tmp_path / "rec"), report=False)
     (result,) = summary["results"].values()
     winner = get_spec(result["name"])
