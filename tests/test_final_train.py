@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,7 @@ def final_weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow  # two torchrun processes importing torch + the package: 30-50 s on 2 shared cores
 def test_two_gloo_processes_match_one_process_with_twice_the_batch(setup_dir, reference):
     """2 processes x 4 images (torchrun, gloo, SyncBN) vs 1 process x 8 images: compared are the
     global mean training loss of each of the 18 steps of 2 epochs (the 2-process loss is the
@@ -123,6 +125,7 @@ def _load_tool():
     return mod
 
 
+@pytest.mark.slow  # a tool subprocess, killed, then resumed: ~30 s on 2 shared cores
 def test_kill_9_mid_run_then_resume_ends_with_the_uninterrupted_weights(setup_dir, reference):
     _, ref_path = reference
     workdir = setup_dir / "killed"
@@ -159,7 +162,9 @@ def test_kd_loss_is_point_8_kd_plus_point_2_ce_by_hand(setup_dir):
     0.8 * T^2 * KL(teacher_T || student_T) + 0.2 * label-smoothed CE, from the same logits."""
     torch.manual_seed(0)
     student = fbnet_zoo.build_model(str(setup_dir / "tiny.yaml"), num_classes=5, dropout=0.0)
-    teacher = fbnet_zoo.build_model(str(setup_dir / "tiny.yaml"), num_classes=5).eval()
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5)).eval()
+    with torch.no_grad():  # a confident teacher (logits of a few units), so that KD and CE differ
+        teacher[1].weight.normal_(0.0, 0.1)
     x, y = torch.randn(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, 4, 0])
     recipe = Recipe(optimizer="sgd", lr=1e-3, batch_size=6, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
                     label_smoothing=0.1, distill_weight=0.8)
@@ -181,7 +186,8 @@ def test_kd_loss_is_point_8_kd_plus_point_2_ce_by_hand(setup_dir):
     assert loss == pytest.approx(float(0.8 * kd + 0.2 * ce), rel=1e-5)
 
 
-def test_final_checkpoint_loads_through_build_model_and_as_a_registered_source(setup_dir, reference):
+def test_final_checkpoint_loads_through_build_model_and_as_a_registered_source(setup_dir, reference, tmp_path,
+                                                                              monkeypatch):
     _, path = reference
     saved = final_weights(path)
     meta = torch.load(path, map_location="cpu", weights_only=True)
@@ -191,14 +197,18 @@ def test_final_checkpoint_loads_through_build_model_and_as_a_registered_source(s
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     register_sources({"model": "tiny_winner", "default": "final",
-                      "sources": {"final": {"url": str(path), "format": "torch", "converter": "ours",
+                      "sources": {"final": {"url": Path(path).resolve().as_uri(), "format": "torch", "converter": "ours",
                                             "num_classes": CLASSES}}})
+    monkeypatch.setenv("FBNET_ZOO_CACHE", str(tmp_path / "cache"))  # file:// URLs are copied into the cache
     again = fbnet_zoo.build_model(arch, num_classes=CLASSES, pretrained=True)
     assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())
 
 
 def test_shipped_final_recipe_is_the_papers():
-    cfg = load_final_config(os.path.join(ROOT, "model_configs", "recipes", "fbnetv3_final.yaml"))
+    path = os.path.join(ROOT, "model_configs", "recipes", "fbnetv3_final.yaml")
+    with pytest.raises(TrainConfigError, match="data_dir: required"):  # the tool's --data-dir
+        load_final_config(path)
+    cfg = load_final_config(path, {"train.data_dir": "/data/imagenet"})
     r = cfg.recipe
     assert (r.epochs, r.warmup_epochs, r.lr_decay, r.distill_weight, r.ema) == (400, 5, 0.9875, 0.8, True)
     assert cfg.sync_bn is True
@@ -215,7 +225,7 @@ def test_config_errors_name_the_field(tmp_path):
         load_final_config(bad)
     with pytest.raises(TrainConfigError, match="not recipe.<field>"):
         load_final_config(None, {"lr": 0.1})
-    model = fbnet_zoo.build_model(fbnet_zoo.load_spec(TINY_YAML), num_classes=3)
+    model = fbnet_zoo.build_model(fbnet_zoo.ArchSpec.from_yaml(TINY_YAML), num_classes=3)
     with pytest.raises(TrainConfigError, match="batch_size: 8 .* not divisible by the 3 processes"):
         _setup(model, Recipe(batch_size=8), 1, None, TrainSettings(), None, None, 3, TrainResult("x", "ok"),
                dist=DistContext(rank=0, world_size=3))
