@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from fbnet_zoo import build_model
+from fbnet_zoo.errors import Diverged  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
 from fbnet_zoo.io_utils import atomic_write_bytes
 
 from .distributed import DistContext, all_reduce_sum, barrier, convert_sync_batchnorm, shard
@@ -59,10 +60,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_KEYS = ("top1", "loss", "epoch_seconds", "val_loss", "lr")
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------------------------
