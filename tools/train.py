@@ -26,12 +26,8 @@ import logging
 import os
 import sys
 
-import yaml
-
-from fbnet_zoo.checkpoints import CheckpointError
-from fbnet_zoo.registry import UnknownModelError
-from fbnet_zoo.spec import SpecError
-from fbnet_zoo.training import DataError, RecipeError, TrainConfigError
+from fbnet_zoo.errors import FBNetZooError, TrainConfigError
+from fbnet_zoo.io_utils import load_yaml
 from fbnet_zoo.training.distributed import shutdown_distributed
 from fbnet_zoo.training.final import load_final_config, train_final
 
@@ -62,7 +58,7 @@ def overrides_from(args: argparse.Namespace) -> dict:
         key, sep, value = item.partition("=")
         if not sep:
             raise TrainConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. recipe.lr=0.02")
-        out[key.strip()] = yaml.safe_load(value)
+        out[key.strip()] = load_yaml(value, f"--set {key.strip()}", TrainConfigError)
     if args.data_dir:
         out["train.data_dir"] = args.data_dir
         out.setdefault("train.dataset", "imagefolder")
@@ -86,7 +82,7 @@ def main(argv=None) -> int:
         config = load_final_config(args.config, overrides_from(args))
         result, path = train_final(args.arch, config, args.workdir, epochs=args.epochs, output=args.output,
                                    progress=not args.no_progress)
-    except (TrainConfigError, RecipeError, DataError, CheckpointError, SpecError, UnknownModelError) as e:
+    except FBNetZooError as e:  # bad arch / config / data / checkpoint, or a diverged run
         print(f"tools/train.py: {e}", file=sys.stderr)
         return 2
     finally:

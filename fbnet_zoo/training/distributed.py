@@ -8,8 +8,8 @@ trains on one device.
 
 SyncBN: on CUDA, torch's ``nn.SyncBatchNorm``. torch's SyncBatchNorm refuses CPU tensors, so on
 CPU (gloo) the BatchNorms become ``GlobalBatchNorm2d``, which computes the batch statistics over
-all processes with differentiable all-reduces (two passes: the global mean, then the global
-centred sum of squares), so a 2 x b run normalises exactly as a 1 x 2b run does.
+all processes with one differentiable all-reduce per layer, so a 2 x b run normalises as a
+1 x 2b run does (up to float rounding).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def shard(n: int, ctx: DistContext) -> Sequence[int]:
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the whole global batch (all processes),
     for backends torch's SyncBatchNorm does not run on (CPU / gloo). Eval mode, or a single
-    process, is plain BatchNorm2d. Gradients flow through the all-reduces
+    process, is plain BatchNorm2d. Gradients flow through the all-reduce
     (torch's functional collectives, whose all-reduce is differentiable), as in SyncBatchNorm."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,18 +116,22 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         c = x.shape[1]
         xf = x.float()
-        local_n = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
-        s = torch.cat([xf.sum(dim=(0, 2, 3)), local_n])
-        s = funcol.all_reduce(s, "sum", dist.group.WORLD)
+        # one all-reduce per layer: each process's (n, n * mean, n * E[x^2]) from its own (stable)
+        # mean / variance, summed in float64 so that E[x^2] - mean^2 does not cancel
+        var_l, mean_l = torch.var_mean(xf, dim=(0, 2, 3), unbiased=False)
+        mean_l, var_l = mean_l.double(), var_l.double()
+        n = torch.full((1,), x.numel() / c, dtype=torch.float64, device=x.device)
+        s = funcol.all_reduce(torch.cat([mean_l * n, (var_l + mean_l * mean_l) * n, n]), "sum", dist.group.WORLD)
         count = s[-1]
-        mean = s[:c] / count
+        mean64 = s[:c] / count
+        var64 = torch.clamp(s[c:2 * c] / count - mean64 * mean64, min=0.0)
+        mean, var = mean64.float(), var64.float()
         centred = xf - mean.view(1, c, 1, 1)
-        var = funcol.all_reduce((centred * centred).sum(dim=(0, 2, 3)), "sum", dist.group.WORLD) / count
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var.detach() * (count / torch.clamp(count - 1, min=1))
+                unbiased = var.detach() * float(count / torch.clamp(count - 1, min=1))
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), m)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
         y = centred * torch.rsqrt(var + self.eps).view(1, c, 1, 1)

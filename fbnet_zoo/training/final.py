@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-import yaml
 
-from fbnet_zoo import build_model
-from fbnet_zoo.io_utils import atomic_write_bytes, atomic_write_text
-from fbnet_zoo.spec import ArchSpec, load_spec
+from fbnet_zoo import build_model, load_spec
+from fbnet_zoo.io_utils import atomic_write_bytes, atomic_write_text, read_yaml_file
+from fbnet_zoo.spec import ArchSpec
 
 from .datasets import build_datasets
 from .distributed import DistContext, barrier, init_distributed
@@ -76,13 +75,7 @@ def load_final_config(path: Union[str, os.PathLike, None] = None, overrides: Opt
     data: Dict[str, Any] = {}
     where = os.fspath(path) if path is not None else "config"
     if path is not None:
-        try:
-            with open(path) as f:
-                raw = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise TrainConfigError(f"{where}: cannot read the config ({e})") from None
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{where}: not valid YAML ({e})") from None
+        raw = read_yaml_file(where, TrainConfigError) or {}
         if not isinstance(raw, Mapping):
             raise TrainConfigError(f"{where}: expected a mapping with sections {list(CONFIG_SECTIONS)}")
         if set(raw) <= set(CONFIG_SECTIONS):
