@@ -197,8 +197,8 @@ def test_final_checkpoint_loads_through_build_model_and_as_a_registered_source(s
     for k, v in model.state_dict().items():
         assert torch.equal(v, saved[k]), k
     register_sources({"model": "tiny_winner", "default": "final",
-                      "sources": {"final": {"url": Path(path).resolve().as_uri(), "format": "torch", "converter": "ours",
-                                            "num_classes": CLASSES}}})
+                      "sources": {"final": {"url": Path(path).resolve().as_uri(), "format": "torch",
+                                            "converter": "ours", "num_classes": CLASSES}}})
     monkeypatch.setenv("FBNET_ZOO_CACHE", str(tmp_path / "cache"))  # file:// URLs are copied into the cache
     again = fbnet_zoo.build_model(arch, num_classes=CLASSES, pretrained=True)
     assert all(torch.equal(v, saved[k]) for k, v in again.state_dict().items())

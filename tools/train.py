@@ -38,16 +38,20 @@ DEFAULT_CONFIG = os.path.join(REPO, "model_configs", "recipes", "fbnetv3_final.y
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", help="zoo name or arch YAML path")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="final-training config or recipe YAML (default: %(default)s)")
-    p.add_argument("--workdir", required=True, help="checkpoints, result.json and model_final.pth (shared by all nodes)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="final-training config or recipe YAML (default: %(default)s)")
+    p.add_argument("--workdir", required=True,
+                   help="checkpoints, result.json and model_final.pth (on a filesystem all nodes share)")
     p.add_argument("--data-dir", help="ImageFolder root (train/<class>/..., val/<class>/...); sets train.data_dir")
     p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's)")
     p.add_argument("--teacher", help="distillation teacher: zoo name or arch YAML (sets train.teacher)")
-    p.add_argument("--teacher-weights", help="teacher checkpoint: path, URL or source name (default: its default source)")
+    p.add_argument("--teacher-weights",
+                   help="teacher checkpoint: path, URL or source name (default: its default source)")
     p.add_argument("--no-teacher", action="store_true", help="train without distillation")
     p.add_argument("--device", help="auto | cpu | cuda (sets train.device)")
     p.add_argument("--output", help="final checkpoint path (default: WORKDIR/model_final.pth)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override recipe.* / train.* / sync_bn")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override recipe.* / train.* / sync_bn")
     p.add_argument("--no-progress", action="store_true")
     return p
 
