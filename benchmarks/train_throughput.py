@@ -14,7 +14,7 @@ DDP row (``--ddp``, or ``--ddp-only`` to run just it): final training's data-par
 (``fbnet_zoo.training.final.train_final``: DistributedSampler, DDP, SyncBN) with 2 gloo processes
 vs 1 process, same global batch (64), same data and recipe, CPU, ``--threads`` threads per
 process; reported as the ratio of global images/s (2 processes / 1 process; ideal 2.0 with two
-free cores).
+free cores), plus 2 processes without SyncBN (what the per-layer BN all-reduces cost).
 
     python benchmarks/train_throughput.py [--images 2500] [--epochs 1] [--repeats 5] [--threads 1] [--search]
     python benchmarks/train_throughput.py --ddp-only [--ddp-repeats 2]
@@ -98,11 +98,12 @@ def trainer(settings: TrainSettings, recipe: Recipe, epochs: int) -> float:
 
 
 def _ddp_worker(rank: int, world: int, port: int, settings: TrainSettings, epochs: int, workdir: str,
-                out: str) -> None:
+                out: str, sync_bn: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     try:
-        res, _ = train_final(ARCH, FinalConfig(FULL.replace(epochs=epochs), settings), workdir, progress=False)
+        res, _ = train_final(ARCH, FinalConfig(FULL.replace(epochs=epochs), settings, sync_bn), workdir,
+                             progress=False)
         if rank == 0:
             with open(out, "w") as f:
                 json.dump(res.extra["train_images_per_second"], f)
@@ -110,7 +111,7 @@ def _ddp_worker(rank: int, world: int, port: int, settings: TrainSettings, epoch
         shutdown_distributed()
 
 
-def final_training(settings: TrainSettings, epochs: int, world: int) -> float:
+def final_training(settings: TrainSettings, epochs: int, world: int, sync_bn: bool = True) -> float:
     """Global images/s of final training's data-parallel path with ``world`` processes (1: in
     this process, through the same DistributedSampler path)."""
     settings = settings.replace(checkpoint=False)
@@ -123,22 +124,27 @@ def final_training(settings: TrainSettings, epochs: int, world: int) -> float:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         out = os.path.join(tmp, "ips.json")
-        mp.spawn(_ddp_worker, args=(world, port, settings, epochs, tmp, out), nprocs=world, join=True)
+        mp.spawn(_ddp_worker, args=(world, port, settings, epochs, tmp, out, sync_bn), nprocs=world, join=True)
         with open(out) as f:
             return json.load(f)
 
 
 def ddp_rows(settings: TrainSettings, epochs: int, repeats: int) -> dict:
-    best = {1: 0.0, 2: 0.0}
+    runs = {"1": (1, True), "2": (2, True), "2_no_sync_bn": (2, False)}
+    best = {k: 0.0 for k in runs}
     for _ in range(repeats):  # alternate, keep the best of each
-        for world in (1, 2):
-            best[world] = max(best[world], final_training(settings, epochs, world))
-    ratio = best[2] / best[1]
-    print(f"final training, 1 process:            {best[1]:8.1f} images/s")
-    print(f"final training, DDP 2 gloo processes: {best[2]:8.1f} images/s  (ratio {ratio:.2f}, ideal 2.0)")
+        for k, (world, sync_bn) in runs.items():
+            best[k] = max(best[k], final_training(settings, epochs, world, sync_bn))
+    ratio, ratio_plain = best["2"] / best["1"], best["2_no_sync_bn"] / best["1"]
+    print(f"final training, 1 process:              {best['1']:8.1f} images/s")
+    print(f"final training, DDP 2 gloo, SyncBN:     {best['2']:8.1f} images/s  (ratio {ratio:.2f}, ideal 2.0)")
+    print(f"final training, DDP 2 gloo, no SyncBN:  {best['2_no_sync_bn']:8.1f} images/s  "
+          f"(ratio {ratio_plain:.2f})")
     return {"global_batch": FULL.batch_size, "threads_per_process": settings.threads, "repeats": repeats,
-            "one_process_images_per_s": round(best[1], 1), "ddp_2_gloo_images_per_s": round(best[2], 1),
-            "ratio_2_vs_1": round(ratio, 3), "cpus": len(os.sched_getaffinity(0)), "load_avg": os.getloadavg()}
+            "one_process_images_per_s": round(best["1"], 1), "ddp_2_gloo_images_per_s": round(best["2"], 1),
+            "ratio_2_vs_1": round(ratio, 3), "ddp_2_gloo_no_sync_bn_images_per_s": round(best["2_no_sync_bn"], 1),
+            "ratio_2_no_sync_bn_vs_1": round(ratio_plain, 3), "cpus": len(os.sched_getaffinity(0)),
+            "load_avg": os.getloadavg()}
 
 
 def main():
