@@ -9,7 +9,7 @@ import fbnet_zoo
 from fbnet_zoo import count_flops, count_params, get_spec, scale
 from fbnet_zoo.scaling import (FBNETV3_A_INPUT_SIZE, FBNETV3_COMPOUND, FBNETV3_PHI, CompoundScaling,
                                fit_compound, fitted_factors, scaled_repeats)
-from fbnet_zoo.training.recipe import Recipe
+from fbnet_zoo.training.final import load_final_config
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "recipes")
 
@@ -79,7 +79,13 @@ def test_repeats_rule():
 
 @pytest.mark.parametrize("name", ["fbnetv3_f", "fbnetv3_g"])
 def test_f_and_g_recipes_use_stochastic_depth_0_2(name):
-    recipe = Recipe.from_yaml(os.path.join(RECIPES, f"{name}.yaml"))
+    data = {"train.data_dir": "/data/imagenet"}  # required by the imagefolder dataset, given at run time
+    config = load_final_config(os.path.join(RECIPES, f"{name}.yaml"), data)
+    recipe = config.recipe
     assert recipe.drop_path == 0.2
     assert recipe.resolution == get_spec(name).input_size
     assert (recipe.epochs, recipe.warmup_epochs, recipe.lr_decay, recipe.ema) == (400, 5, 0.9875, True)
+    # everything else is the shared final-training recipe
+    final = load_final_config(os.path.join(RECIPES, "fbnetv3_final.yaml"), data)
+    assert recipe.replace(drop_path=final.recipe.drop_path, resolution=final.recipe.resolution) == final.recipe
+    assert config.train == final.train and config.sync_bn
