@@ -178,7 +178,8 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
     ax.set_xscale("log")
     ax.set_xlabel("MFLOPs (log)")
     ax.set_ylabel("top-1 on the search task")
-    zoo = zoo_reference(1000)  # the zoo's own (ImageNet, 1000-class) FLOPs
+    # the zoo's own (ImageNet, 1000-class) FLOPs; only meaningful next to FBNet candidates
+    zoo = zoo_reference(1000) if data["space"].get("kind", "fbnet") == "fbnet" else []
     if zoo:
         ax2 = ax.twinx()
         ax2.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
@@ -209,9 +210,13 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
               f"- pretraining: {s1.get('pretrained')}, validation MSE {s1.get('val_mse')}, rank correlation "
               f"FLOPs {corr.get('flops')}, params {corr.get('params')}; {s1.get('seconds', 0):.1f} s", ""]
     es = data["early_stop"]
+    if es.get("skipped"):
+        es_line = f"early stopping skipped ({es['skipped']}); every candidate counts at its final accuracy"
+    else:
+        es_line = (f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
+                   f"{es.get('threshold')})")
     L += ["## Stage 2: rounds", "",
-          f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
-          f"{es.get('threshold')}); predictor Spearman (predicted before training vs measured): "
+          f"{es_line}; predictor Spearman (predicted before training vs measured): "
           f"{data['predicted_vs_measured']['spearman']}", "",
           "| round | candidates | ok | failed | best top-1 | train s |", "|---|---|---|---|---|---|"]
     for r in data["rounds"]:
@@ -231,9 +236,9 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     if outputs:
         L += ["", "## Outputs", ""]
         for o in outputs:
+            recipe = f", recipe `{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`" if o.get("recipe_yaml") else ""
             L.append(f"- `{o['name']}` ({o['origin']}): {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M "
-                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`, recipe "
-                     f"`{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`")
+                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`{recipe}")
     if plots:
         L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
     return "\n".join(L) + "\n"

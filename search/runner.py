@@ -30,10 +30,10 @@ from .config import SearchConfigError, config_digest, constraint_label, diff_con
 from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
-from .pool import Pool, RowCostCache, build_pool
+from .pool import Pool, build_pool
 from .predictor import Predictor, rank_corr
 from .recipe import Recipe
-from .space import SearchSpace
+from .spaces import Space, make_space
 from .store import DB_NAME, RunStore
 
 logger = logging.getLogger(__name__)
@@ -50,11 +50,15 @@ def arch_name(run: str, label: str) -> str:
     return f"fbnetv3_search_{run}_{label}"
 
 
-def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
+def make_executor_for(cfg: Mapping[str, Any], space: Space, run_dir: str,
                       values_of: Callable[[Candidate], dict], kind: Optional[str] = None,
                       ray_address: Optional[str] = None, **opts: Any):
-    """The executor named by ``kind`` (default: the config's): oracle, local or ray."""
+    """The executor named by ``kind`` (default: the config's): oracle, table, local or ray."""
     kind = kind or cfg["executor"]["kind"]
+    if kind == "table":
+        from .tabular import TableExecutor
+
+        return TableExecutor.from_config(cfg["bench"], log_path=os.path.join(run_dir, "table_queries.log"))
     if kind == "oracle":
         from .oracle import OracleExecutor
 
@@ -62,7 +66,7 @@ def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
         return OracleExecutor(space, seed=o["seed"], hidden=o["hidden"], noise=o["noise"], delay_s=o["delay_s"],
                               values_of=values_of, log_path=os.path.join(run_dir, "oracle_trained.log"))
     if kind not in ("local", "ray"):
-        raise SearchConfigError(f"executor.kind: {kind!r} is not one of ['local', 'ray', 'oracle']")
+        raise SearchConfigError(f"executor.kind: {kind!r} is not one of ['local', 'ray', 'oracle', 'table']")
     from .executors import make_executor
 
     ex = cfg["executor"]
@@ -106,9 +110,8 @@ class SearchRun:
         self.cfg = cfg
         self.seed = int(cfg["seed"])
         self.progress = progress
-        self.space = SearchSpace.from_config(cfg)
+        self.space = make_space(cfg)
         self.encoder = Encoder(self.space)
-        self.cache = RowCostCache()
         self.constraints = list(cfg["stage3"]["constraints"])
         self._executor = executor
         self._executor_kind = executor_kind
@@ -118,6 +121,8 @@ class SearchRun:
         try:  # everything that can be wrong with the input fails here, before the run dir is written
             self.check_constraints()
             kind = executor_kind or cfg["executor"]["kind"]
+            if kind in ("table", "oracle") and self.space.kind != {"table": "nas_bench_201", "oracle": "fbnet"}[kind]:
+                raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
             if executor is None and kind in ("local", "ray"):
                 try:
                     from .trainer import TrainSettings
@@ -153,7 +158,7 @@ class SearchRun:
 
     def executor(self):
         if self._executor is None:
-            opts = {} if (self._executor_kind or self.cfg["executor"]["kind"]) == "oracle" else \
+            opts = {} if (self._executor_kind or self.cfg["executor"]["kind"]) in ("oracle", "table") else \
                 {"progress": self.progress}
             try:
                 self._executor = make_executor_for(self.cfg, self.space, self.run_dir, self._values_of,
@@ -214,12 +219,12 @@ class SearchRun:
 
     # ------------------------------------------------------------------ stage 2
     def _full_epochs(self) -> int:
-        return int(self.cfg["stage2"]["epochs"] or self.space.base_recipe.epochs)
+        return int(self.cfg["stage2"]["epochs"] or self.space.full_epochs)
 
     def _entry(self, key: str, values: dict, predicted: Optional[float]) -> Dict[str, Any]:
-        arch, recipe = self.space.build(values, name=f"cand_{key}")
-        f, p = self.cache.cost(arch, self.space.num_classes)
-        return {"key": key, "arch": arch.to_dict(), "recipe": recipe.to_dict(), "values": values, "flops": f,
+        cand = self.space.candidate(key, values, name=f"cand_{key}").to_dict()
+        f, p = self.space.cost(values)
+        return {"key": key, "arch": cand["arch"], "recipe": cand["recipe"], "values": values, "flops": f,
                 "params": p, "predicted": predicted}
 
     def _target(self, row: Mapping[str, Any], epoch: int) -> float:
@@ -332,6 +337,13 @@ class SearchRun:
         rows = self.store.candidates(rnd=1, status="ok")
         full = self._full_epochs()
         curves = [r["top1"] for r in rows if len(r["top1"]) >= full]
+        if es["enabled"] and rows and all(len(r["top1"]) <= 1 for r in rows):
+            # a table (or any executor reporting final accuracies only): nothing to calibrate on
+            self.store.set_progress("early_stop", "done", {
+                "epoch": full, "full_epochs": full, "method": es["method"], "threshold": es["threshold"],
+                "correlations": [], "curves": 0,
+                "skipped": "no learning curves: the executor reports final accuracies only"})
+            return
         if es["enabled"]:
             e, corrs = select_early_stop_epoch(curves, es["threshold"], es["method"])
             e = e or full
@@ -355,7 +367,7 @@ class SearchRun:
         e = self.target_epoch()
         measured = [r for r in self.store.candidates(status="ok")]
         s3 = self.cfg["stage3"]
-        ga = AdaptiveGA(self.space, pred, self.encoder, s3, self.cache)
+        ga = AdaptiveGA(self.space, pred, self.encoder, s3)
         pool_scores = pred.predict(self.pool_features)
         out: Dict[str, Dict[str, Any]] = {}
         for ci, c in enumerate(self.constraints):
@@ -374,9 +386,9 @@ class SearchRun:
             res = ga.run(c, seeds, seed=self.seed * 7 + ci, progress=self.progress, desc=f"stage 3: {label}")
             best = res.best
             name = arch_name(self.run, label)
-            arch, recipe = self.space.build(best.values, name=name)
+            cand = self.space.candidate(best.key, best.values, name=name).to_dict()
             data = {"label": label, "constraint": c, "name": name, "key": best.key, "values": best.values,
-                    "arch": arch.to_dict(), "recipe": recipe.to_dict(), "flops": best.flops, "params": best.params,
+                    "arch": cand["arch"], "recipe": cand["recipe"], "flops": best.flops, "params": best.params,
                     "predicted_top1": best.score, "generations": res.generations, "evaluated": res.evaluated,
                     "rejected": res.rejected, "history": res.history, "seconds": time.perf_counter() - t0,
                     "best_measured": ({"key": ok_measured[0]["key"], "top1": self._target(ok_measured[0], e),
@@ -391,6 +403,9 @@ class SearchRun:
     def write_outputs(self, results: Mapping[str, Mapping[str, Any]], install_dir: Optional[str] = None
                       ) -> List[Dict[str, Any]]:
         """Arch + recipe YAML per winner (and family members) in the run dir; optionally install."""
+        if not self.space.zoo_archs:  # e.g. NAS-Bench-201 cells: the space writes its own winners
+            return [{**self.space.write_winner(d["values"], d["name"], self.run_dir), "origin": "searched",
+                     "constraint": label} for label, d in results.items()]
         from fbnet_zoo.scaling import scale
         from fbnet_zoo.spec import ArchSpec
 

@@ -6,6 +6,7 @@
     python tools/search.py my_search.yaml stage2.m=16 seed=3 --constraints "flops<=450M" "flops<=550M"
     python tools/search.py --resume runs/default             # continue a killed run
     python tools/search.py cifar10 --stage 1                 # one stage (later: --resume DIR --stage 2)
+    python tools/search.py nas_bench_201 bench.dataset=cifar100   # NAS-Bench-201 cells, table look-ups
 
 CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3); KEY=VALUE
 items override dotted keys (values parsed as YAML). Winners land in RUN_DIR/archs and
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
                    help="config file or shipped name (first, optional), then dotted overrides")
     p.add_argument("--run-dir", help="run directory (default: runs/<config name>, numbered if taken)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--executor", choices=["local", "ray", "oracle"], help="where candidates train")
+    p.add_argument("--executor", choices=["local", "ray", "oracle", "table"], help="where candidates train")
     p.add_argument("--ray-address", help="Ray cluster address (e.g. auto); implies --executor ray")
     p.add_argument("--constraints", nargs="+", metavar="C", help="stage-3 constraints, e.g. 'flops<=450M' "
                    "'flops<=550M&params<=9M' (replaces the config's)")
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         print(f"  {k}: {v:.1f} s")
     for o in summary.get("outputs", []):
         print(f"  {o['name']}: {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M params ({o['origin']})")
-        print(f"    arch {o['arch_yaml']}\n    recipe {o['recipe_yaml']}")
+        print(f"    arch {o['arch_yaml']}" + (f"\n    recipe {o['recipe_yaml']}" if o.get("recipe_yaml") else ""))
     if "report" in summary:
         print(f"report: {summary['report']['markdown']}")
     return 0
