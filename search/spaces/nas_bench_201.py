@@ -7,7 +7,9 @@ operation on each edge i -> j (i < j). An architecture is written the benchmark'
 
 (``op~i`` is the edge from node i; ``+`` separates nodes 1, 2, 3). Operations: ``none`` (no
 edge: contributes zeros), ``skip_connect``, ``nor_conv_1x1`` / ``nor_conv_3x3`` (ReLU-Conv-BN),
-``avg_pool_3x3`` (stride 1, padding 1, padding not counted in the mean).
+``avg_pool_3x3`` (stride 1, padding 1, padding not counted in the mean). An edge whose
+result cannot reach the output (its target node has no non-``none`` way out) is not computed
+and costs no FLOPs, but its parameters exist (see ``live_edges``).
 
 The network is the benchmark's macro skeleton: a 3x3 conv stem (C channels) + BN; three
 stages of N cells with C, 2C, 4C channels, a residual reduction block (stride 2) between
@@ -91,6 +93,18 @@ def format_arch(ops: Sequence[str]) -> str:
     return "+".join("|" + "|".join(f"{next(it)}~{i}" for i in range(j)) + "|" for j in range(1, NODES + 1))
 
 
+def live_edges(ops: Sequence[str]) -> Tuple[bool, ...]:
+    """Per edge (``EDGES`` order): does it feed the cell's output? An edge into a node that
+    no non-'none' path leads out of computes nothing the network uses: the network skips it
+    and it costs no FLOPs (as a traced graph, e.g. fvcore's, drops it), though its
+    parameters exist like the benchmark's."""
+    op = dict(zip(EDGES, ops))
+    live_node = {NODES: True}
+    for j in range(NODES - 1, 0, -1):
+        live_node[j] = any(op[(k, j)] != "none" and live_node[k] for k in range(j + 1, NODES + 1))
+    return tuple(o != "none" and live_node[j] for (j, _), o in zip(EDGES, ops))
+
+
 # ---------------------------------------------------------------------------- the network
 class ReLUConvBN(nn.Module):
     def __init__(self, c_in: int, c_out: int, k: int, stride: int) -> None:
@@ -137,19 +151,23 @@ class Cell(nn.Module):
         self.ops = tuple(ops)
         self.edges = nn.ModuleDict({edge_name(j, i): edge_op(op, c) for (j, i), op in zip(EDGES, self.ops)
                                     if op != "none"})
+        self.live = {edge_name(j, i) for (j, i), alive in zip(EDGES, live_edges(self.ops)) if alive}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes = [x]
         for j in range(1, NODES + 1):
-            terms = [self.edges[edge_name(j, i)](nodes[i]) for i in range(j) if edge_name(j, i) in self.edges]
-            # all-'none' inputs: the benchmark's zero op, a node of zeros
+            terms = [self.edges[edge_name(j, i)](nodes[i]) for i in range(j) if edge_name(j, i) in self.live]
+            # all-'none' (or unused) inputs: the benchmark's zero op, a node of zeros
             nodes.append(functools.reduce(operator.add, terms) if terms else torch.zeros_like(x))
         return nodes[-1]
 
     @staticmethod
     def complexity(cx: Cx, ops: Sequence[str]) -> Cx:
-        for op in ops:  # every edge maps the cell's input shape to itself
+        for op, alive in zip(ops, live_edges(ops)):  # every edge maps the cell's input shape to itself
             e = edge_op_complexity(Cx(cx.h, cx.w, cx.c), op)
+            if not alive:  # parameters only
+                cx.params += e.params
+                continue
             cx.flops += e.flops
             cx.params += e.params
         return cx
