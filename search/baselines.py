@@ -195,7 +195,7 @@ class NARSResult:
     winners: Dict[int, List[int]]   # budget -> stage-3 winners
 
 
-def sobol_pool(table: TabularSpace, n: int, seed: int, max_draws: int = 1 << 20) -> np.ndarray:
+def sobol_pool(table: TabularSpace, n: int, seed: int, max_draws: int = 1 << 22) -> np.ndarray:
     """The first ``n`` distinct ids of the scrambled Sobol sequence for ``seed`` (the search's
     pool order; ``build_pool`` with no resource window draws the same candidates)."""
     from scipy.stats import qmc
@@ -203,18 +203,15 @@ def sobol_pool(table: TabularSpace, n: int, seed: int, max_draws: int = 1 << 20)
     sampler = qmc.Sobol(d=table.space.ndim, scramble=True, seed=np.random.default_rng(seed))
     n = min(n, len(table))
     ids = np.zeros(0, dtype=np.int64)
-    chunk = 1 << max(8, math.ceil(math.log2(max(n, 2))))
-    drawn = 0
-    while drawn < max_draws:
+    draw = 1 << max(8, math.ceil(math.log2(max(n, 2))))
+    while len(ids) < max_draws:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pts = sampler.random(chunk)
-        drawn += chunk
-        ids = np.concatenate([ids, table.id_of_units(pts)])
+            ids = np.concatenate([ids, table.id_of_units(sampler.random(draw))])
         _, first = np.unique(ids, return_index=True)
         if len(first) >= n:
             break
-    _, first = np.unique(ids, return_index=True)
+        draw = len(ids)  # double: covering a whole finite space takes ~n log n draws
     return ids[np.sort(first)][:n]
 
 
