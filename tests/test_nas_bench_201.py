@@ -17,7 +17,7 @@ from fbnet_zoo.search.config import SearchConfigError, load_config
 from fbnet_zoo.search.pool import build_pool
 from fbnet_zoo.search.runner import run_search
 from fbnet_zoo.search.spaces import NASBench201Space, make_space
-from fbnet_zoo.search.spaces.nas_bench_201 import (EDGES, OPS, CellArchError, CellNetwork, all_archs, format_arch,
+from fbnet_zoo.search.spaces.nas_bench_201 import (OPS, CellArchError, CellNetwork, all_archs, format_arch,
                                                    parse_arch)
 from fbnet_zoo.search.store import RunStore
 from fbnet_zoo.search.tabular import Table, TableError, TableExecutor, csv_datasets, packaged_table
