@@ -25,6 +25,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.training.recipe import Recipe
+from fbnet_zoo.training.settings import TrainSettings
+
 from .candidate import Candidate, TrainResult
 from .config import SearchConfigError, config_digest, constraint_label, diff_configs
 from .early_stop import select_early_stop_epoch
@@ -32,7 +35,6 @@ from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
 from .pool import Pool, build_pool
 from .predictor import Predictor, rank_corr
-from .recipe import Recipe
 from .spaces import Space, make_space
 from .store import DB_NAME, RunStore
 
@@ -125,8 +127,6 @@ class SearchRun:
                 raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
             if executor is None and kind in ("local", "ray"):
                 try:
-                    from .trainer import TrainSettings
-
                     TrainSettings.from_dict(cfg["train"])
                 except ValueError as e:
                     raise SearchConfigError(f"train: {e}") from None
