@@ -8,7 +8,7 @@
     python tools/search.py cifar10 --stage 1                 # one stage (later: --resume DIR --stage 2)
     python tools/search.py nas_bench_201 bench.dataset=cifar100   # NAS-Bench-201 cells, table look-ups
 
-CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3); KEY=VALUE
+CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3, nas_bench_201); KEY=VALUE
 items override dotted keys (values parsed as YAML). Winners land in RUN_DIR/archs and
 RUN_DIR/recipes, are registered for build_model(), and with --install-dir are copied into a
 user arch dir (fbnet_zoo.register_arch_dir / FBNET_ZOO_ARCH_DIRS).
