@@ -37,8 +37,8 @@ REA = {"population": 20, "sample": 5}           # Real et al. 2019 settings used
 # them each round), rounds of 10, a small MLP refit full-batch from stage 1's weights each
 # round, one unconstrained stage-3 GA whose winner is the last query.
 NARS = {"pool_n": 15625, "m": 10,
-        "predictor": {"hidden": [64, 64], "head_hidden": 32, "pretrain_epochs": 4, "batch_size": 1024,
-                      "refit_batch_size": 1024, "refit_frozen_epochs": 30, "refit_full_epochs": 30},
+        "predictor": {"hidden": [64, 64], "head_hidden": 32, "pretrain_epochs": 5, "batch_size": 1024,
+                      "refit_batch_size": 1024, "refit_frozen_epochs": 40, "refit_full_epochs": 40},
         "stage3": {"population": 32, "top_k": 16, "max_generations": 30, "patience": 5, "seeds": 8}}
 TARGET_QUANTILE = 0.995    # queries-to-target: reach the top 0.5% of the table's accuracies
 
