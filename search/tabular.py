@@ -140,6 +140,21 @@ class Table:
         return cls.from_official(table, dataset, source)
 
 
+def make_table_executor(run_dir: Optional[str] = None, search_config: Optional[Mapping[str, Any]] = None,
+                        table: Optional[str] = None, dataset: Optional[str] = None, source: Optional[str] = None,
+                        log_path: Optional[str] = None, **_context: Any) -> "TableExecutor":
+    """The ``table`` executor kind: settings from the search config's ``bench:`` section
+    (explicit arguments win); every look-up is logged to ``<run_dir>/table_queries.log``."""
+    b = dict((search_config or {}).get("bench") or {})
+    given = {"table": table, "dataset": dataset, "source": source}
+    b.update({k: v for k, v in given.items() if v is not None})
+    if "dataset" not in b:
+        raise TableError("bench.dataset: missing (the table's dataset, e.g. cifar10)")
+    if log_path is None and run_dir is not None and search_config is not None:
+        log_path = os.path.join(run_dir, "table_queries.log")
+    return TableExecutor.from_config(b, log_path)
+
+
 class TableExecutor:
     """The ``table`` executor: each candidate's result is its table entry (one query each)."""
 
