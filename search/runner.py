@@ -239,6 +239,9 @@ class SearchRun:
 
     def check_data(self) -> None:
         """Build the training data and read a batch in this process before anything trains."""
+        if not self.space.zoo_archs:  # benchmark cells: nothing trains; building the executor reads its table
+            self.executor()
+            return
         arch, recipe = self.space.decode_point(self.space.extreme_point(False), "data_check")
         try:
             self.executor().check_data(recipe.resolution or arch.input_size)

@@ -26,6 +26,7 @@ import numpy as np
 
 from .candidate import Candidate, TrainResult
 from .config import SearchConfigError
+from .executors import Executor
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def make_table_executor(run_dir: Optional[str] = None, search_config: Optional[M
     return TableExecutor.from_config(b, log_path)
 
 
-class TableExecutor:
+class TableExecutor(Executor):
     """The ``table`` executor: each candidate's result is its table entry (one query each)."""
 
     learning_curves = False
@@ -183,5 +184,5 @@ class TableExecutor:
                                   epochs_planned=epochs,
                                   extra={"table": self.table.source, "dataset": self.table.dataset}))
 
-    def close(self) -> None:
-        pass
+    def check_data(self, resolution: int) -> None:
+        """Nothing to read: the table was loaded (and checked) when the executor was built."""
