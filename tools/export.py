@@ -5,7 +5,9 @@
     python tools/export.py --arch my_arch.yaml --weights ckpt.pth --num-classes 10 \
         --format onnx --input-size 224 --dynamic batch,height,width --out model.onnx
 
---out is a directory (files named after the arch) or, for a single format, a file name.
+--out is a directory (files named after the arch) or, for a single format, a file name. A
+file name made from the arch name must be one plain name inside --out: an arch named
+``../../x`` or ``/abs`` is refused (fbnet_zoo.io_utils.output_file), never written elsewhere.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import sys
 import fbnet_zoo
 from fbnet_zoo.checkpoints import CheckpointError
 from fbnet_zoo.deploy import DeployError, check_onnx, example_input, export_onnx, export_torchscript
+from fbnet_zoo.io_utils import UnsafeNameError, output_file
 
 
 def main(argv=None):
@@ -44,7 +47,7 @@ def main(argv=None):
         x = example_input(model, args.batch, args.input_size)
         for fmt in formats:
             ext = ".ts" if fmt == "torchscript" else ".onnx"
-            path = os.path.join(args.out, name + ext) if is_dir else args.out
+            path = output_file(args.out, name, ext, what="arch name") if is_dir else args.out
             if fmt == "torchscript":
                 export_torchscript(model, path, fold=not args.no_fold, method="trace" if args.trace else "script",
                                    example=x)
@@ -53,7 +56,7 @@ def main(argv=None):
                 export_onnx(model, path, fold=not args.no_fold, batch=args.batch, input_size=args.input_size,
                             opset=args.opset, dynamic=[d for d in args.dynamic.split(",") if d])
                 print(f"onnx: {path} (onnxruntime vs eager max |diff| {check_onnx(path, model, x):.2e})")
-    except (CheckpointError, DeployError, fbnet_zoo.SpecError, KeyError) as e:
+    except (CheckpointError, DeployError, UnsafeNameError, fbnet_zoo.SpecError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
