@@ -46,6 +46,7 @@ from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.quantize import default_backend, export_int8_torchscript, quantize_static, top1_agreement
 from fbnet_zoo.search.data import make_embedded_arrays
+from latency import _time  # benchmarks/latency.py: the same round-robin timer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -84,16 +85,6 @@ def timm_init_model(variant, seed):
     model = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm").eval()
     model.load_state_dict(timm_to_ours(ref.state_dict(), model))
     return model
-
-
-def _time(fn, x, iters):
-    out = []
-    with torch.inference_mode():
-        for _ in range(iters):
-            t = time.perf_counter()
-            fn(x)
-            out.append(time.perf_counter() - t)
-    return out
 
 
 def _onnxruntime(model, size, threads, calib):

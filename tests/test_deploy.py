@@ -100,14 +100,19 @@ def _tool(name):
     return mod
 
 
-def test_export_cli_writes_checked_files(tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+def _saved_tiny(tmp_path):
+    """(model, its checkpoint, its arch YAML, an output folder) for the CLI tests."""
     model = _model()
     ckpt = tmp_path / "tiny.pth"
     torch.save(model.state_dict(), ckpt)
     arch = tmp_path / "tiny.yaml"
     fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
-    out = tmp_path / "exported"
+    return model, ckpt, arch, tmp_path / "exported"
+
+
+def test_export_cli_writes_checked_files(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+    model, ckpt, arch, out = _saved_tiny(tmp_path)
     rc = _tool("export").main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10",
                                "--format", "both", "--out", str(out), "--input-size", "48"])
     assert rc == 0

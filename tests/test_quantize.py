@@ -2,7 +2,6 @@
 convert), the int8 TorchScript export and the export CLI's int8 format. Tiny arch: the
 speed and agreement figures of the zoo models are benchmarks/int8_latency.py's job."""
 
-import importlib.util
 import os
 
 import pytest
@@ -10,26 +9,9 @@ import torch
 from torch import nn
 
 import fbnet_zoo
-from conftest import randomize_bn
 from fbnet_zoo.quantize import (QATSchedule, QuantizationError, convert_qat, export_int8_torchscript, prepare_qat,
                                 quantize_static, top1_agreement)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"name": "Tiny-Int8", "input_size": 32, "stages": [
-    [{"type": "conv", "out_channels": 8, "stride": 2, "kernel": 3, "act": "hswish", "bias": True}],
-    [{"type": "ir", "out_channels": 8, "expansion": 1, "kernel": 3}],
-    [{"type": "ir", "out_channels": 16, "stride": 2, "expansion": 4, "kernel": 5, "se": True},
-     {"type": "ir", "out_channels": 16, "repeats": 2, "expansion": 3, "se": True, "act": "relu"}],
-    [{"type": "ir_pool", "out_channels": 64, "expansion": 6}]]}
-
-
-def _model(seed=0):
-    torch.manual_seed(seed)
-    model = fbnet_zoo.build_model(TINY, num_classes=10)
-    randomize_bn(model, seed)
-    with torch.no_grad():
-        model.classifier.fc.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
-    return model.eval()
+from test_deploy import TINY, _model, _saved_tiny, _tool
 
 
 def _images(n, seed):
@@ -124,24 +106,12 @@ def test_qat_with_stochastic_depth_names_the_fix():
         prepare_qat(model)
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_export_cli_int8(tmp_path, capsys):
-    model = _model()
-    ckpt = tmp_path / "tiny.pth"
-    torch.save(model.state_dict(), ckpt)
-    arch = tmp_path / "tiny.yaml"
-    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
-    out = tmp_path / "exported"
+    model, ckpt, arch, out = _saved_tiny(tmp_path)
     rc = _tool("export").main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10",
                                "--format", "int8", "--calibration-images", "16", "--out", str(out) + os.sep])
     assert rc == 0, capsys.readouterr().err
-    path = out / "tiny_int8_int8.ts"
+    path = out / "tiny_deploy_int8.ts"
     assert path.exists(), os.listdir(out)
     assert "top-1 agreement" in capsys.readouterr().out
     loaded = torch.jit.load(str(path))
