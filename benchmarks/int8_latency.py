@@ -13,7 +13,7 @@ Per model, in one run, one thread, batch 1, native input size:
     (no public weights can be fetched here), BN statistics recomputed on generated images,
     calibrated on 32 and evaluated on ``--held`` held-out generated images at the native size.
   * "trained": the same arch trained for a few epochs on the embedded 10-class procedural
-    image set (fbnet_zoo.search.data) at ``--train-res``, calibrated on 64 of its training
+    image set (fbnet_zoo.training.data) at ``--train-res``, calibrated on 64 of its training
     images, evaluated on its 500-image validation split at that resolution (fp32 and int8
     accuracy reported too).
   Random deep networks amplify any perturbation layer after layer, so the first figure is a
@@ -45,7 +45,7 @@ from fbnet_zoo.converters import timm_to_ours
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.quantize import default_backend, export_int8_torchscript, quantize_static, top1_agreement
-from fbnet_zoo.search.data import make_embedded_arrays
+from fbnet_zoo.training.data import make_embedded_arrays
 from latency import _time  # benchmarks/latency.py: the same round-robin timer
 
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -31,6 +31,7 @@ from fbnet_zoo.checkpoints import CheckpointError
 from fbnet_zoo.deploy import DeployError, check_onnx, example_input, export_onnx, export_torchscript
 from fbnet_zoo.io_utils import UnsafeNameError, output_file
 from fbnet_zoo.quantize import export_int8_torchscript, quantize_static, top1_agreement
+from fbnet_zoo.training.data import make_embedded_arrays
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -47,8 +48,6 @@ def calibration_images(folder, n, size, seed):
     order, shuffled by ``seed``) or generated; held-out is a disjoint quarter of the same kind."""
     n_held = max(1, n // 4)
     if folder is None:
-        from fbnet_zoo.search.data import make_embedded_arrays
-
         images, _ = make_embedded_arrays(n + n_held, seed=seed, size=size)
         x = _normalise(torch.from_numpy(images))
         return x[:n], x[n:]
