@@ -118,3 +118,27 @@ def test_export_cli_int8(tmp_path, capsys):
     x = _images(4, 9)
     with torch.no_grad():
         assert (loaded(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
+
+
+def test_qat_through_the_projects_trainer_with_the_schedule_callback():
+    from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
+
+    settings = TrainSettings(embedded_train_size=240, embedded_val_size=100, threads=1)
+    recipe = Recipe(optimizer="sgd", lr=0.02, batch_size=32, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
+                    label_smoothing=0.0, lr_decay=0.9, weight_decay=1e-5, resolution=32)
+    train, val, _ = cached_datasets(settings, 32)
+    qat = prepare_qat(_model(), example=torch.randn(1, 3, 32, 32))
+    before = {k: v.clone() for k, v in qat.state_dict().items() if v.is_floating_point()}
+    schedule = QATSchedule(qat, freeze_bn=2, freeze_observers=2)
+    result = train_model(qat, recipe, 2, train, val, settings, progress=False, on_epoch_end=schedule)
+    assert result.status == "ok", result.error
+    assert len(result.top1) == 2
+    changed = [k for k, v in qat.state_dict().items() if k in before and not torch.equal(before[k], v)]
+    assert any(k.endswith("weight") for k in changed)                      # the trainer's steps moved the weights
+    fq = next(m for m in qat.modules() if "FakeQuantize" in type(m).__name__)
+    assert fq.observer_enabled[0] == 0                                      # the schedule ran at the epoch end
+    q = convert_qat(qat)
+    assert _int8_modules(q)
+    x = next(iter(torch.utils.data.DataLoader(val, batch_size=16)))[0]
+    with torch.no_grad():
+        assert q(x).shape == (16, 10) and torch.isfinite(q(x)).all()
