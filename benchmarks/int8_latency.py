@@ -43,10 +43,9 @@ from torch import nn
 import fbnet_zoo
 from fbnet_zoo.converters import timm_to_ours
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
-from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.quantize import default_backend, export_int8_torchscript, quantize_static, top1_agreement
 from fbnet_zoo.training.data import make_embedded_arrays
-from latency import _time  # benchmarks/latency.py: the same round-robin timer
+from latency import _time, save_result  # benchmarks/latency.py: the same timer and result writer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -119,7 +118,7 @@ def _onnxruntime(model, size, threads, calib):
     return fns
 
 
-def latency(variant, iters, threads, seed, n_held):
+def latency(variant, iters, threads, seed, n_held, with_ort):
     model = timm_init_model(variant, seed)
     size = model.spec.input_size
     calib, _ = images(32, seed + 1, size)
@@ -134,10 +133,8 @@ def latency(variant, iters, threads, seed, n_held):
     with torch.no_grad():
         fp_ts = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(folded).eval()))
     modes = {"fp32_eager": model, "fp32_torchscript": fp_ts, "int8_eager": q, "int8_torchscript": q_ts}
-    try:
+    if with_ort:
         modes["fp32_onnxruntime"], modes["int8_onnxruntime_qdq"] = _onnxruntime(model, size, threads, calib)
-    except ImportError:
-        pass
     with torch.inference_mode():
         for fn in modes.values():
             fn(x)
@@ -210,6 +207,9 @@ def main(argv=None):
     p.add_argument("--train-res", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--held", type=int, default=256, help="held-out generated images for the timm-init agreement")
+    p.add_argument("--train-models", default="b,d,g", help="which models get the trained-model agreement")
+    p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime fp32 / int8 reference modes")
+    p.add_argument("--append", action="store_true", help="keep the rows of other models already in --out")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -217,8 +217,8 @@ def main(argv=None):
     print(f"{'model':<10} {'size':>4} {'fp32 ms':>8} {'fp32 ts':>8} {'int8 ts':>8} {'x eager':>7} {'x ts':>6} "
           f"{'x best':>6} {'agree(init)':>11} {'agree(trained)':>14}")
     for v in args.models.split(","):
-        _, r = latency(v, args.iters, args.threads, args.seed, args.held)
-        if args.train_epochs > 0:
+        _, r = latency(v, args.iters, args.threads, args.seed, args.held, not args.no_onnxruntime)
+        if args.train_epochs > 0 and v in args.train_models.split(","):
             r["trained"] = trained_agreement(v, args.train_epochs, args.train_res, args.seed)
         rows.append(r)
         m = r["median_ms"]
@@ -229,6 +229,10 @@ def main(argv=None):
               f"{r['timm_init']['top1_agreement']:>11.1%} {tr:>14}", flush=True)
     import onnxruntime
 
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as f:
+            done = {r["model"] for r in rows}
+            rows = [r for r in json.load(f)["rows"] if r["model"] not in done] + rows
     result = {
         "benchmark": "int8_latency", "device": "cpu", "threads": args.threads, "batch": 1,
         "quantized_engine": default_backend(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
@@ -239,8 +243,7 @@ def main(argv=None):
         "goals": {"ratio": ">= 2.0", "top1_agreement": ">= 0.99"},
         "rows": rows,
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_result(args.out, result)
     return 0
 
 
