@@ -44,8 +44,9 @@ import importlib
 import warnings
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from .registry import normalize_name
-from .spec import ArchSpec, SpecError, load_spec
+from .errors import SpecError
+from .registry import load_spec, normalize_name
+from .spec import ArchSpec
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 

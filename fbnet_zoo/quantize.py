@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from .blocks import DropPath
-from .deploy import DeployError, _writing, check_output_path, example_input, prepare_for_deploy
+from .deploy import _writing, check_output_path, example_input, prepare_for_deploy
+from .errors import QuantizationError
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ __all__ = ["BACKENDS", "QATSchedule", "QuantizationError", "convert_qat", "defau
            "top1_agreement"]
 
 BACKENDS = ("fbgemm", "x86", "qnnpack")
-
-
-class QuantizationError(DeployError):
-    """Quantizing or exporting an int8 model failed (the message names the step and why)."""
 
 
 def default_backend() -> str:

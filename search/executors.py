@@ -27,16 +27,14 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 
 from fbnet_zoo.training.settings import TrainConfigError, TrainSettings
 
+from fbnet_zoo.errors import ExecutorError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
 from .candidate import Candidate, TrainResult
 from .trainer import train_candidate
 
 log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., TrainResult]
-
-
-class ExecutorError(ValueError):
-    """A bad executor choice or option; the message names it and what is allowed."""
 
 
 def candidate_dir(run_dir: str, key: str) -> str:

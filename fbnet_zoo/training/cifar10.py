@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from fbnet_zoo import UnknownModelError, count_flops, count_params, list_models, load_spec
 from fbnet_zoo.cifar import CIFAR_BASE_RESOLUTION, CIFAR_NUM_CLASSES, CIFAR_SUFFIX, cifar_variant, unstrided_block
 from fbnet_zoo.complexity import fvcore_flops
+from fbnet_zoo.errors import CifarError, ResultsError  # noqa: F401 - re-exported (their home is fbnet_zoo.errors)
 from fbnet_zoo.io_utils import atomic_path, atomic_write_text
 from fbnet_zoo.model import FBNet
 from fbnet_zoo.spec import SpecError
@@ -37,11 +38,6 @@ from .recipe import Recipe, RecipeError
 from .settings import TrainConfigError, TrainSettings
 
 log = logging.getLogger(__name__)
-
-
-class CifarError(ValueError):
-    """A problem with the experiment's inputs (an unknown arch, a bad recipe file, a data folder
-    that cannot be CIFAR-10, a run folder in the way); the tool reports it as ``error: ...``."""
 
 
 # The CIFAR-10 recipe (Recipe fields). SGD (x4 lr multiplier -> 0.1 at batch 128), 5 warm-up
@@ -126,10 +122,6 @@ def cifar_baseline(name: str, num_classes: int = CIFAR_NUM_CLASSES, which: int =
 # Results files (written by run_job, read by tools/plot_cifar10.py)
 RESULTS_NAME = "results.json"
 RESULTS_SCHEMA = "fbnet_zoo.cifar10.results/v1"
-
-
-class ResultsError(ValueError):
-    """A results file that cannot be read or is not a CIFAR-10 results file."""
 
 
 def find_results(paths: Any) -> list:

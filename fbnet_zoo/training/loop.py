@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fbnet_zoo import build_model
+from fbnet_zoo.errors import Diverged  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
 from fbnet_zoo.io_utils import atomic_write_bytes
 
 from .ema import ModelEma
@@ -57,10 +58,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HISTORY_KEYS = ("top1", "loss", "epoch_seconds", "val_loss", "lr")
-
-
-class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,11 +8,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Type, Union
 
+from fbnet_zoo.errors import RecipeError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
 OPTIMIZERS = ("rmsprop", "sgd")
-
-
-class RecipeError(ValueError):
-    """An invalid recipe. The message names the field, the bad value and what is allowed."""
 
 
 def dataclass_kwargs(cls, data: Any, where: str, error: Type[Exception]) -> Dict[str, Any]:

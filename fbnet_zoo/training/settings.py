@@ -19,14 +19,12 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from fbnet_zoo.errors import TrainConfigError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
 from .data.registry import DATASETS
 from .recipe import dataclass_kwargs
 
 log = logging.getLogger(__name__)
-
-
-class TrainConfigError(ValueError):
-    """Invalid training settings; the message names the key, the bad value and what is allowed."""
 
 
 @dataclass(frozen=True)

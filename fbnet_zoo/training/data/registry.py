@@ -11,10 +11,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from torch.utils.data import Dataset
 
-
-class DataError(ValueError):
-    """A dataset that cannot be read: missing folder, wrong format, bad file, bad option. The
-    message names the path or option and what was expected."""
+from fbnet_zoo.errors import DataError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
 
 
 @dataclass
