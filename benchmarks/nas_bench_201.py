@@ -175,7 +175,7 @@ def plot(results: Dict[str, Any], details: Dict[str, Any], methods: Sequence[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fbnet_zoo.io_utils import atomic_path
+    from fbnet_zoo.search.report import save_figure
 
     files = []
     for ds, entry in results["datasets"].items():
@@ -198,12 +198,7 @@ def plot(results: Dict[str, Any], details: Dict[str, Any], methods: Sequence[str
         ax.set_title(f"NAS-Bench-201 {ds}: mean over seeds, band = ±1 s.e.; dots = result at each budget")
         ax.title.set_fontsize(8)
         ax.legend(fontsize=8, loc="lower right")
-        path = os.path.join(out_dir, f"{ds}.png")
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, os.path.join(out_dir, f"{ds}.png"), dpi=100))
     return files
 
 

@@ -238,13 +238,19 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
         fig = draw(data, plt)
         if fig is None:
             continue
-        path = os.path.join(plot_dir, name)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, os.path.join(plot_dir, name)))
     return files
+
+
+def save_figure(fig, path: str, dpi: int = 90) -> str:
+    """Lay out, write atomically (a reader never sees half a PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str, Any]]]) -> str:
