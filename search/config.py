@@ -16,6 +16,7 @@ A search config is one mapping::
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
     train: {...}              # passed through to candidate training (TrainSettings)
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
+    bench: {...}              # the benchmark table (executor kind "table"): table, dataset, source
     output: {...}             # install_dir: also copy winners into a user arch dir
 
 Every problem raises ``SearchConfigError`` naming the dotted key, the bad value and what is
@@ -102,6 +103,8 @@ DEFAULTS: Dict[str, Any] = {
                  "num_gpus_per_candidate": 0.0, "max_retries": 2},
     "train": {},
     "oracle": {"seed": 0, "hidden": 32, "noise": 0.6, "delay_s": 0.0},
+    # executor kind "table": look-ups in a benchmark table (search/tabular.py); table null: the packaged one
+    "bench": {"table": None, "dataset": "cifar10", "source": "csv"},
     "output": {"install_dir": None},
 }
 
@@ -111,6 +114,7 @@ _NULLABLE = {
     "pool.flops_min": (int, float), "pool.flops_max": (int, float), "pool.params_min": (int, float),
     "pool.params_max": (int, float), "stage2.epochs": (int,), "executor.ray_address": (str,),
     "output.install_dir": (str,),
+    "bench.table": (str,),
 }
 
 
@@ -302,14 +306,17 @@ def _validate(cfg: Dict[str, Any]) -> None:
         raise _fail("flops_convention", cfg["flops_convention"], f"is not one of {sorted(CONVENTIONS)}")
     if cfg["oracle"]["delay_s"] < 0:
         raise _fail("oracle.delay_s", cfg["oracle"]["delay_s"], "is negative")
+    if cfg["bench"]["source"] not in ("csv", "nats_bench", "nas_201_api"):
+        raise _fail("bench.source", cfg["bench"]["source"], "is not one of ['csv', 'nats_bench', 'nas_201_api']")
+    if not cfg["bench"]["dataset"]:
+        raise _fail("bench.dataset", cfg["bench"]["dataset"], "is not a dataset name (e.g. cifar10, cifar100)")
     if cfg["space"] is None:
         raise _fail("space", None, "is missing: a search config needs a space")
     # the space and the family validate themselves (ranges, choices, ties, specs it can produce)
-    from .space import SearchSpace
+    from .spaces import make_space
 
     parse_family(cfg["family"])
-
-    SearchSpace.from_config(cfg)
+    make_space(cfg)
 
 
 # --------------------------------------------------------------------------- overrides
