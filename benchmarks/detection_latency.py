@@ -6,7 +6,7 @@ Models (random weights: latency does not depend on them; nothing is downloaded):
 * ours: Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml),
   eager (the config's RPN test top-k 6000 / 100) and deployed (``fbnet_zoo.detection.d2.deploy``:
   BN folded, the authors' test top-k 1000 / 30, TorchScript with the post-processing; also
-  with channels_last weights);
+  with channels_last weights; and int8 trunk + box head, eager);
 * the authors' (d2go-config) variant FBNetV3-A-d2go C4 (model_configs/detection/authors/),
   eager (their config: 1000 / 30) and deployed;
 * torchvision's fasterrcnn_mobilenet_v3_large_320_fpn and fasterrcnn_mobilenet_v3_large_fpn
@@ -79,7 +79,7 @@ def d2_model(path: str, test_proposals: int = None):
 
 def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -> Dict[str, Tuple[Callable, dict]]:
     """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config."""
-    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
+    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript, quantize_detector
 
     cfg, model = d2_model(path)
     calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
@@ -95,6 +95,9 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -
     out[f"{tag} deploy"] = (lambda: dep.inference([{"image": image}], do_postprocess=False), info)
     out[f"{tag} deploy TorchScript"] = (lambda: ts(image), info)
     out[f"{tag} deploy TorchScript channels_last"] = (lambda: ts_cl(image), info)
+    # int8 trunk + box head (fbnet_zoo.quantize's PTQ flow), calibrated on shifted copies of the calibration image
+    q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
+    out[f"{tag} deploy int8 (trunk + box head)"] = (lambda: q.inference([{"image": image}], do_postprocess=False), info)
     return out
 
 
