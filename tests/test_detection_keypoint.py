@@ -7,14 +7,12 @@ a checkpoint written in d2go's layout loads back with equal outputs; the input c
 a model that normalises differently from the checkpoint. Outputs equal to d2go's own model:
 tests/test_detection_d2go_parity.py (needs d2go)."""
 
-import os
 
 import pytest
 import torch
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetMapper, build_detection_train_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
@@ -25,7 +23,6 @@ from fbnet_zoo.detection.convert import load_d2go_weights, ours_to_d2go  # noqa:
 from fbnet_zoo.detection.core import KeypointPredictor, mask_scale, resolve_arch  # noqa: E402
 from fbnet_zoo.detection.toy_data import KEYPOINT_NAMES, make_toy_keypoint_coco  # noqa: E402
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "detection")
 KEYPOINT_CONFIG = "authors/keypoint_rcnn_fbnetv3a_dsmask_C4.yaml"
 
 # Every FBNetV3 detector of d2go's MODEL_ZOO.md: source, config, published COCO val2017 figures.
