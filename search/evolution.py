@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import DEFAULTS, SearchConfigError
+from .config import SearchConfigError, Stage3Config
 from .encoding import Encoder
 from .pool import RowCostCache
 from .predictor import Predictor
@@ -53,14 +53,13 @@ class EvolutionResult:
 
 class AdaptiveGA:
     def __init__(self, space: SearchSpace, predictor: Predictor, encoder: Optional[Encoder] = None,
-                 settings: Optional[Mapping[str, Any]] = None, cache: Optional[RowCostCache] = None) -> None:
+                 settings: Optional[Stage3Config] = None, cache: Optional[RowCostCache] = None,
+                 sigma: float = 0.2) -> None:
         self.space = space
         self.predictor = predictor
         self.encoder = encoder or Encoder(space)
-        # the stage-3 config's defaults, plus the mutation step (not a config key)
-        s = {**{k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}, "sigma": 0.2}
-        s.update({k: v for k, v in (settings or {}).items() if k in s})
-        self.s = s
+        self.s = settings or Stage3Config()
+        self.sigma = sigma  # the mutation step (not a config key)
         self.cache = cache or RowCostCache()
 
     def _make(self, unit: np.ndarray) -> Individual:
@@ -82,7 +81,7 @@ class AdaptiveGA:
         mask = rng.random(len(child)) < pm
         if not mask.any():  # always move at least one coordinate
             mask[rng.integers(len(child))] = True
-        step = rng.normal(0.0, self.s["sigma"], len(child))
+        step = rng.normal(0.0, self.sigma, len(child))
         child[mask] = np.clip(child[mask] + step[mask], 0.0, 1.0 - 1e-9)
         return child
 
@@ -90,7 +89,7 @@ class AdaptiveGA:
             progress: bool = False, desc: str = "stage 3") -> EvolutionResult:
         s = self.s
         rng = np.random.default_rng(seed)
-        K, P = int(s["top_k"]), int(s["population"])
+        K, P = s.top_k, s.population
         pop: Dict[str, Individual] = {}
         rejected = 0
         for u in seeds:
@@ -100,7 +99,7 @@ class AdaptiveGA:
             else:
                 rejected += 1
         tries = 0
-        while len(pop) < K and tries < K * s["max_tries"]:  # fill: mutants of seeds, else random points
+        while len(pop) < K and tries < K * s.max_tries:  # fill: mutants of seeds, else random points
             tries += 1
             if pop and rng.random() < 0.7:
                 parent = list(pop.values())[rng.integers(len(pop))]
@@ -128,26 +127,26 @@ class AdaptiveGA:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=int(s["max_generations"]), desc=desc, unit="gen", leave=False)
-        for gens in range(1, int(s["max_generations"]) + 1):
+            bar = tqdm(total=s.max_generations, desc=desc, unit="gen", leave=False)
+        for gens in range(1, s.max_generations + 1):
             scores = np.array([i.score for i in population])
             fmax, favg = float(scores.max()), float(scores.mean())
             spread = max(fmax - favg, 1e-12)
             children: List[Individual] = []
             for _ in range(P):
-                for _attempt in range(int(s["max_tries"])):
+                for _attempt in range(s.max_tries):
                     a, b = (population[j] for j in rng.integers(len(population), size=2))
                     a2, b2 = (population[j] for j in rng.integers(len(population), size=2))
                     pa = a if a.score >= a2.score else a2          # binary tournaments
                     pb = b if b.score >= b2.score else b2
                     fprime = max(pa.score, pb.score)
-                    pc = s["k1"] * (fmax - fprime) / spread if fprime >= favg else s["k3"]
+                    pc = s.k1 * (fmax - fprime) / spread if fprime >= favg else s.k3
                     if rng.random() < min(pc, 1.0):
                         mask = rng.random(self.space.ndim) < 0.5
                         u = np.where(mask, pa.unit, pb.unit)
                     else:
                         u = (pa if pa.score >= pb.score else pb).unit
-                    pm = s["k2"] * (fmax - fprime) / spread if fprime >= favg else s["k4"]
+                    pm = s.k2 * (fmax - fprime) / spread if fprime >= favg else s.k4
                     u = self._mutate(u, min(max(pm, 0.0), 1.0), rng)
                     ind = self._make(u)
                     if ind.key in seen:
@@ -164,11 +163,11 @@ class AdaptiveGA:
             best = population[0].score
             gain = best - history[-1]
             history.append(best)
-            stale = stale + 1 if gain < s["tol"] else 0
+            stale = stale + 1 if gain < s.tol else 0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{best:.3f}")
-            if stale >= s["patience"]:
+            if stale >= s.patience:
                 break
         if bar is not None:
             bar.close()

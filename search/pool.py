@@ -15,7 +15,7 @@ from fbnet_zoo.blocks import Classifier, Cx, block_complexity, pool_cx
 from fbnet_zoo.complexity import complexity
 from fbnet_zoo.spec import walk_rows
 
-from .config import SearchConfigError
+from .config import PoolConfig, SearchConfigError
 from .space import SearchSpace
 
 logger = logging.getLogger(__name__)
@@ -99,16 +99,11 @@ def label(space: SearchSpace, values: Mapping[str, Any], cache: Optional[RowCost
     return float(cx.flops), float(cx.params)
 
 
-def in_window(flops: float, params: float, window: Mapping[str, Optional[float]]) -> bool:
-    lo, hi = window.get("flops_min"), window.get("flops_max")
-    plo, phi = window.get("params_min"), window.get("params_max")
-    return ((lo is None or flops >= lo) and (hi is None or flops <= hi)
-            and (plo is None or params >= plo) and (phi is None or params <= phi))
-
-
-def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optional[float]],
+def build_pool(space: SearchSpace, n: int, seed: int, window: Optional[PoolConfig] = None,
                max_draw_factor: int = 20, progress: bool = False) -> Pool:
-    """Draw Sobol points in chunks until ``n`` unique candidates fall in ``window``."""
+    """Draw Sobol points in chunks until ``n`` unique candidates fall in ``window`` (the pool
+    section's FLOPs / params bounds; None: no bounds)."""
+    window = window or PoolConfig()
     units, keys, flops, params, vals = [], [], [], [], []
     seen = set()
     drawn = 0
@@ -136,7 +131,7 @@ def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optio
                     continue
                 seen.add(k)
                 f, p = label(space, v, cache)
-                if not in_window(f, p, window):
+                if not window.contains(f, p):
                     continue
                 units.append(u)
                 keys.append(k)
@@ -151,7 +146,8 @@ def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optio
         if bar is not None:
             bar.close()
     if not keys:
-        raise SearchConfigError(f"pool: no candidate of {drawn} drawn falls in the window {dict(window)}; "
+        raise SearchConfigError(f"pool: no candidate of {drawn} drawn falls in the window "
+                                f"{ {k: v for k, v in window.to_dict().items() if k.endswith(('_min', '_max'))} }; "
                                 "widen pool.flops_min/flops_max")
     if len(keys) < n:
         logger.warning("pool: only %d unique candidates in the window after %d draws (asked %d)", len(keys), drawn, n)

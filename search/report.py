@@ -92,11 +92,11 @@ def collect(run) -> Dict[str, Any]:
     pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
     es = prog.get("early_stop", {}).get("info", {})
     arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
-    train = run.cfg["train"]
-    task = {"dataset": train.get("dataset", "embedded"), "train_classes": train.get("num_classes"),
+    train = run.cfg.train_settings()
+    task = {"dataset": train.dataset, "train_classes": train.num_classes,
             "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
     return {
-        "run": run.run, "run_dir": run.run_dir, "mode": run.cfg["mode"], "seed": run.seed,
+        "run": run.run, "run_dir": run.run_dir, "mode": run.cfg.mode, "seed": run.seed,
         "space": run.space.describe(), "task": task,
         "stage1": {k: v for k, v in stage1.items() if k != "samples"},
         "stage1_samples": stage1.get("samples", {}),

@@ -42,11 +42,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fbnet_zoo.errors import SearchConfigError
 from fbnet_zoo.registry import load_spec
 from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError
 from fbnet_zoo.training.recipe import Recipe, RecipeError
-
-from .config import SearchConfigError
 
 BLOCK_KEYS = ("stage", "type", "kernel", "expansion", "channels", "depth", "stride", "se", "act", "bias",
               "se_gate", "se_from", "se_ratio")
@@ -256,8 +255,10 @@ class SearchSpace:
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "SearchSpace":
-        return cls(cfg["space"], cfg.get("mode", "joint"), cfg.get("fixed_arch"))
+    def from_config(cls, cfg: Any) -> "SearchSpace":
+        """A new space from a SearchConfig's ``space`` / ``mode`` / ``fixed_arch`` (a loaded config
+        already holds its space: ``cfg.search_space``)."""
+        return cls(cfg.space, cfg.mode, cfg.fixed_arch)
 
     def _add(self, dim: Dim) -> str:
         self.dims.append(dim)
