@@ -232,7 +232,8 @@ class Stage3Config(_Section):
     def __post_init__(self) -> None:
         if not isinstance(self.constraints, (list, tuple)):
             raise SearchConfigError(f"stage3.constraints: {show_value(self.constraints)} is not a list")
-        object.__setattr__(self, "constraints", tuple(parse_constraint(c) for c in self.constraints))
+        object.__setattr__(self, "constraints", tuple(parse_constraint(c, f"stage3.constraints[{i}]")
+                                                          for i, c in enumerate(self.constraints)))
         for name in ("population", "top_k", "seeds", "max_generations", "patience", "max_tries"):
             check_int(f"stage3.{name}", getattr(self, name), error=SearchConfigError)
         check_number("stage3.tol", self.tol, -math.inf, error=SearchConfigError)
@@ -446,27 +447,28 @@ def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:
     return SearchConfigError(f"{key}: {value!r} {allowed}")
 
 
-def parse_constraint(text: Union[str, Mapping[str, Any], float, int]) -> Dict[str, float]:
+def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str = "constraint"
+                     ) -> Dict[str, float]:
     """A constraint from config or the command line.
 
     Mapping form: ``{flops: 450e6}``, ``{flops: 450e6, params: 9e6}`` (upper bounds).
     String form: ``flops<=450M``, ``450M`` (FLOPs), ``params<=9.5M``, ``flops<=450M&params<=9M``.
-    Suffixes K, M, G scale by 1e3, 1e6, 1e9.
+    Suffixes K, M, G scale by 1e3, 1e6, 1e9. Errors name ``path`` (e.g. ``stage3.constraints[0]``).
     """
     if isinstance(text, Mapping):
         unknown = [k for k in text if k not in CONSTRAINT_KEYS]
         if unknown:
-            raise _fail(f"constraint.{unknown[0]}", text[unknown[0]], f"is not a known resource; allowed: {list(CONSTRAINT_KEYS)}")
+            raise _fail(f"{path}.{unknown[0]}", text[unknown[0]], f"is not a known resource; allowed: {list(CONSTRAINT_KEYS)}")
         if not text:
-            raise _fail("constraint", dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
+            raise _fail(path, dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
         out = {}
         for k, v in text.items():
-            out[k] = _constraint_value(f"constraint.{k}", v)
+            out[k] = _constraint_value(f"{path}.{k}", v)
         return out
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return {"flops": _constraint_value("constraint.flops", text)}
+        return {"flops": _constraint_value(f"{path}.flops", text)}
     if not isinstance(text, str):
-        raise _fail("constraint", text, "is not a mapping, number or string like 'flops<=450M'")
+        raise _fail(path, text, "is not a mapping, number or string like 'flops<=450M'")
     out = {}
     for part in text.replace(" ", "").split("&"):
         if "<=" in part:
@@ -474,8 +476,8 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int]) -> Dict[st
         else:
             k, v = "flops", part
         if k not in CONSTRAINT_KEYS:
-            raise _fail("constraint", text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
-        out[k] = _constraint_value(f"constraint.{k}", v)
+            raise _fail(path, text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
+        out[k] = _constraint_value(f"{path}.{k}", v)
     return out
 
 
