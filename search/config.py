@@ -13,9 +13,16 @@ A search config is one mapping::
     stage3: {...}             # constraints and the adaptive GA's settings
     family: {...}             # optional compound scaling of the smallest / largest winners
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
-    train: {...}              # passed through to candidate training (TrainSettings)
+    train: {...}              # candidate training: the keys of TrainSettings
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
     output: {...}             # install_dir: also copy winners into a user arch dir
+
+It loads into a ``SearchConfig``: one frozen dataclass per section (``PoolConfig``,
+``PredictorConfig``, ``Stage2Config``, ...), each validated once, when it is built, with
+the shared validators of ``fbnet_zoo.errors``; readers use attributes (``cfg.stage2.m``).
+Loading also builds the ``SearchSpace`` once (``cfg.search_space``), which the run uses.
+``to_dict()`` is what the run store keeps and digests; ``DEFAULTS`` (the schema as a
+mapping) is derived from the dataclasses.
 
 Every problem raises ``SearchConfigError`` naming the dotted key, the bad value and what is
 allowed; unknown keys are errors. ``load_config(path, overrides)`` is the one entry point.
