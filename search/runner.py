@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.io_utils import output_file
 from fbnet_zoo.training.recipe import Recipe
 
 from .candidate import Candidate, TrainResult
@@ -526,8 +527,8 @@ class SearchRun:
         from fbnet_zoo.complexity import complexity
 
         for arch, recipe, origin, label in members:
-            ap = os.path.join(arch_dir, f"{arch.name}.yaml")
-            rp = os.path.join(recipe_dir, f"{arch.name}.yaml")
+            ap = output_file(arch_dir, arch.name, ".yaml", what="winner name")
+            rp = output_file(recipe_dir, arch.name, ".yaml", what="winner name")
             arch.save_yaml(ap)
             recipe.save_yaml(rp)
             cx = complexity(arch, None, self.space.num_classes)
@@ -537,7 +538,7 @@ class SearchRun:
             from fbnet_zoo.registry import register_arch_dir
 
             for arch, _, _, _ in members:
-                arch.save_yaml(os.path.join(install_dir, f"{arch.name}.yaml"))
+                arch.save_yaml(output_file(install_dir, arch.name, ".yaml", what="winner name"))
             register_arch_dir(install_dir)
         else:
             from fbnet_zoo.registry import register_arch
