@@ -629,6 +629,23 @@ def config_digest(cfg: Union[SearchConfig, Mapping[str, Any]], sections: Optiona
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def with_defaults(stored: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored config with every key the schema has gained since the run started filled in
+    with its default (a new key's default keeps what runs did before it existed), so that an
+    older run dir compares equal to today's config and resumes."""
+
+    def fill(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+        out = dict(node)
+        for k, default in schema.items():
+            if k not in out:
+                out[k] = copy.deepcopy(default)
+            elif isinstance(default, dict) and default and f"{prefix}{k}" not in _FREE and isinstance(out[k], Mapping):
+                out[k] = fill(out[k], default, f"{prefix}{k}.")
+        return out
+
+    return fill(stored, DEFAULTS, "")
+
+
 def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:
     out = []
     for k in sorted(set(a) | set(b)):

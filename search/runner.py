@@ -32,7 +32,7 @@ from fbnet_zoo.training.recipe import Recipe
 
 from .candidate import Candidate, TrainResult
 from .config import (PLACEMENT_SECTIONS, STAGE3_SECTIONS, SearchConfig, SearchConfigError, SearchRunError,
-                     config_digest, constraint_label, diff_configs)
+                     config_digest, constraint_label, diff_configs, with_defaults)
 from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
@@ -146,6 +146,7 @@ class SearchRun:
         stored = self.store.get_meta("config")
         if stored is None:
             raise SearchConfigError(f"--resume: {self.run_dir!r} holds no config (the run never started)")
+        stored = with_defaults(stored)  # a run dir older than a key runs as that key's default
         if cfg is None:
             return SearchConfig.from_mapping(stored)
         given = cfg.to_dict()

@@ -127,3 +127,21 @@ def test_the_space_is_built_exactly_once_per_run(tmp_path, count_spaces):
     assert len(count_spaces) == 3
     run_search(cfg2, run_dir, resume=True, report=False)
     assert len(count_spaces) == 3
+
+
+def test_a_run_dir_stored_before_a_key_existed_resumes_with_that_keys_default(tmp_path):
+    from fbnet_zoo.search.store import RunStore
+
+    run_dir = str(tmp_path / "run")
+    cfg = load_config("default", TINY)
+    run_search(cfg, run_dir, stages=(1,), report=False)
+    store = RunStore(run_dir, create=False)
+    try:  # as written by a version without oracle.delay_s and without the output section
+        old = store.get_meta("config")
+        del old["oracle"]["delay_s"], old["output"]
+        store.set_meta(config=old)
+    finally:
+        store.close()
+    run_search(cfg, run_dir, resume=True, stages=(1,), report=False)  # no "different config"
+    with pytest.raises(SearchConfigError, match=r"different config.*stage2.m: 3 != 4"):
+        run_search(load_config("default", TINY + ["stage2.m=4"]), run_dir, resume=True, stages=(1,), report=False)
