@@ -15,6 +15,7 @@ A search config is one mapping::
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
     train: {...}              # candidate training: the keys of TrainSettings
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
+    bench: {...}              # the benchmark table (executor kind "table"): table, dataset, source
     output: {...}             # install_dir: also copy winners into a user arch dir
 
 It loads into a ``SearchConfig``: one frozen dataclass per section (``PoolConfig``,
@@ -47,7 +48,8 @@ from fbnet_zoo.training.recipe import dataclass_kwargs
 from fbnet_zoo.training.settings import TrainSettings
 
 from .executors import executor_kinds
-from .space import SearchSpace
+from .spaces import Space, make_space
+from .tabular import SOURCES as TABLE_SOURCES
 
 MODES = ("joint", "recipe_only", "arch_only")
 RANK_METHODS = ("kendall", "spearman")
@@ -319,6 +321,25 @@ class OracleConfig(_Section):
 
 
 @dataclass(frozen=True)
+class BenchConfig(_Section):
+    """Executor kind ``table``: look-ups in a benchmark table (search/tabular.py); ``table``
+    null: the packaged one."""
+
+    PATH: ClassVar[str] = "bench"
+    table: Optional[str] = None
+    dataset: str = "cifar10"
+    source: str = "csv"
+
+    def __post_init__(self) -> None:
+        if self.table is not None and not isinstance(self.table, str):
+            raise SearchConfigError(f"bench.table: {show_value(self.table)} is not null or a path")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise SearchConfigError(f"bench.dataset: {show_value(self.dataset)} is not a dataset name (e.g. cifar10, "
+                                    "cifar100)")
+        check_choice("bench.source", self.source, TABLE_SOURCES, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
 class OutputConfig(_Section):
     """``install_dir``: also copy the winners into this user arch dir (and register it)."""
 
@@ -332,9 +353,9 @@ class OutputConfig(_Section):
 
 _SECTIONS: Dict[str, type] = {"pool": PoolConfig, "predictor": PredictorConfig, "stage2": Stage2Config,
                               "stage3": Stage3Config, "family": FamilyConfig, "executor": ExecutorConfig,
-                              "oracle": OracleConfig, "output": OutputConfig}
+                              "oracle": OracleConfig, "bench": BenchConfig, "output": OutputConfig}
 # what decides the space; replacing one of them rebuilds it
-_SPACE_FIELDS = ("space", "mode", "fixed_arch")
+_SPACE_FIELDS = ("space", "mode", "fixed_arch", "bench")
 
 
 @dataclass(frozen=True)
@@ -363,6 +384,7 @@ class SearchConfig:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     train: Mapping[str, Any] = field(default_factory=dict)
     oracle: OracleConfig = field(default_factory=OracleConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def __post_init__(self) -> None:
@@ -410,10 +432,10 @@ class SearchConfig:
             raise SearchConfigError(text if text.startswith("train") else f"train: {text}") from None
 
     @property
-    def search_space(self) -> SearchSpace:
-        """The search space of this config, built on first use and then shared."""
+    def search_space(self) -> Space:
+        """The search space of this config (of kind ``space.kind``), built on first use and then shared."""
         if self._search_space is None:
-            object.__setattr__(self, "_search_space", SearchSpace(self.space, self.mode, self.fixed_arch))
+            object.__setattr__(self, "_search_space", make_space(self))
         return self._search_space
 
     def replace(self, **changes: Any) -> "SearchConfig":

@@ -91,10 +91,14 @@ def collect(run) -> Dict[str, Any]:
     pred_vs_meas = [(c["predicted"], run._target(c, e), c["round"]) for c in measured if c["predicted"] is not None]
     pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
     es = prog.get("early_stop", {}).get("info", {})
-    arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
-    train = run.cfg.train_settings()
-    task = {"dataset": train.dataset, "train_classes": train.num_classes,
-            "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
+    if run.space.zoo_archs:
+        arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
+        train = run.cfg.train_settings()
+        task = {"dataset": train.dataset, "train_classes": train.num_classes,
+                "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
+    else:  # a space of benchmark cells: the task is the table's dataset
+        task = {"dataset": f"table:{run.cfg.bench.dataset}", "train_classes": None,
+                "num_classes": run.space.num_classes, "resolution": getattr(run.space, "input_size", None)}
     return {
         "run": run.run, "run_dir": run.run_dir, "mode": run.cfg.mode, "seed": run.seed,
         "space": run.space.describe(), "task": task,
@@ -234,13 +238,19 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
         fig = draw(data, plt)
         if fig is None:
             continue
-        path = os.path.join(plot_dir, name)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, os.path.join(plot_dir, name)))
     return files
+
+
+def save_figure(fig, path: str, dpi: int = 90) -> str:
+    """Lay out, write atomically (a reader never sees half a PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str, Any]]]) -> str:
@@ -258,9 +268,13 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
               f"correlation FLOPs {fmt_dec(corr.get('flops'))}, params {fmt_dec(corr.get('params'))}; "
               f"{s1.get('seconds', 0):.1f} s", ""]
     es = data["early_stop"]
+    if es.get("skipped"):
+        es_line = f"early stopping skipped ({es['skipped']}); every candidate counts at its final accuracy"
+    else:
+        es_line = (f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
+                   f"{es.get('threshold')})")
     L += ["## Stage 2: rounds", "",
-          f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
-          f"{es.get('threshold')}); predictor Spearman (predicted before training vs measured): "
+          f"{es_line}; predictor Spearman (predicted before training vs measured): "
           f"{fmt_dec(data['predicted_vs_measured']['spearman'])}", "",
           "| round | candidates | ok | failed | retryable | best top-1 | train s |", "|---|---|---|---|---|---|---|"]
     for r in data["rounds"]:
@@ -280,9 +294,9 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     if outputs:
         L += ["", "## Outputs", ""]
         for o in outputs:
+            recipe = f", recipe `{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`" if o.get("recipe_yaml") else ""
             L.append(f"- `{o['name']}` ({o['origin']}): {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M "
-                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`, recipe "
-                     f"`{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`")
+                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`{recipe}")
     if plots:
         L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
     return "\n".join(L) + "\n"
