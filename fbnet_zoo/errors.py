@@ -64,6 +64,10 @@ class CifarError(FBNetZooError):
     """A CIFAR-10 experiment input that cannot work (arch, recipe file, data or run folder)."""
 
 
+class UnknownConventionError(FBNetZooError):
+    """A FLOPs/params counting convention that is not one of fbnet_zoo.conventions.CONVENTIONS."""
+
+
 # ---- training / search
 class RecipeError(FBNetZooError):
     """An invalid training recipe field."""

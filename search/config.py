@@ -5,13 +5,14 @@ A search config is one mapping::
     name: default             # run name; winners are called fbnetv3_search_<name>_<constraint>
     seed: 0                   # every random choice of the run derives from it
     mode: joint               # joint | recipe_only | arch_only
+    flops_convention: fvcore  # how FLOPs/params are counted: fvcore | paper (fbnet_zoo.conventions)
     space: {...}              # the search space (see space.py)
     fixed_arch: null          # recipe_only: zoo name, YAML path or arch mapping
     pool: {...}               # stage 1: Sobol pool size and FLOPs window
     predictor: {...}          # MLP sizes, pretraining and refit schedules
     stage2: {...}             # rounds T, candidates per round m, epochs, early stop
     stage3: {...}             # constraints and the adaptive GA's settings
-    family: {...}             # optional compound scaling of the smallest / largest winners
+    family: {...}             # models derived from the winners by scaling (see family.py)
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
     train: {...}              # candidate training: the keys of TrainSettings
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
@@ -42,12 +43,14 @@ from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Seque
 
 import yaml
 
+from fbnet_zoo.conventions import CONVENTIONS
 from fbnet_zoo.errors import (FBNetZooError, SearchConfigError, TrainConfigError, check_bool, check_choice, check_int,
                               check_number, show_value)
 from fbnet_zoo.training.recipe import dataclass_kwargs
 from fbnet_zoo.training.settings import TrainSettings
 
 from .executors import executor_kinds
+from .family import DEFAULT_RULE, Family, parse_family
 from .spaces import Space, make_space
 from .tabular import SOURCES as TABLE_SOURCES
 
@@ -253,32 +256,40 @@ class Stage3Config(_Section):
 
 
 @dataclass(frozen=True)
-class FamilyScale(_Section):
-    """Compound-scaling multipliers of one family member."""
+class FamilyRule(_Section):
+    """The compound-scaling bases: depth alpha^phi, width beta^phi, resolution gamma^phi."""
 
-    width: float = 1.0
-    depth: float = 1.0
-    resolution: float = 1.0
+    PATH: ClassVar[str] = "family.rule"
+    alpha: float = DEFAULT_RULE["alpha"]
+    beta: float = DEFAULT_RULE["beta"]
+    gamma: float = DEFAULT_RULE["gamma"]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive_number(f"{self.PATH}.{f.name}", getattr(self, f.name))
 
 
 @dataclass(frozen=True)
 class FamilyConfig(_Section):
-    """Optional compound scaling of the smallest (``down``) and largest (``up``) winners."""
+    """Models derived from the stage-3 winners by scaling (``members``: see family.py, which
+    validates them); ``derived`` is the parsed family, None when disabled."""
 
     PATH: ClassVar[str] = "family"
-    NESTED: ClassVar[Dict[str, type]] = {"down": FamilyScale, "up": FamilyScale}
+    NESTED: ClassVar[Dict[str, type]] = {"rule": FamilyRule}
     enabled: bool = False
-    down: FamilyScale = field(default_factory=lambda: FamilyScale(0.9, 0.9, 0.9))
-    up: FamilyScale = field(default_factory=lambda: FamilyScale(1.1, 1.1, 1.1))
+    rule: FamilyRule = field(default_factory=FamilyRule)
+    members: Tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
-        check_bool("family.enabled", self.enabled, error=SearchConfigError)
-        for which in ("down", "up"):
-            scale = getattr(self, which)
-            if not isinstance(scale, FamilyScale):
-                raise SearchConfigError(f"family.{which}: {show_value(scale)} is not a FamilyScale")
-            for f in dataclasses.fields(FamilyScale):
-                _positive_number(f"family.{which}.{f.name}", getattr(scale, f.name))
+        if not isinstance(self.rule, FamilyRule):
+            raise SearchConfigError(f"family.rule: {show_value(self.rule)} is not a FamilyRule")
+        if isinstance(self.members, (list, tuple)):
+            object.__setattr__(self, "members", tuple(copy.deepcopy(list(self.members))))
+        object.__setattr__(self, "_derived", parse_family(self.to_dict(), self.PATH))
+
+    @property
+    def derived(self) -> Optional[Family]:
+        return self._derived
 
 
 @dataclass(frozen=True)
@@ -355,7 +366,7 @@ _SECTIONS: Dict[str, type] = {"pool": PoolConfig, "predictor": PredictorConfig, 
                               "stage3": Stage3Config, "family": FamilyConfig, "executor": ExecutorConfig,
                               "oracle": OracleConfig, "bench": BenchConfig, "output": OutputConfig}
 # what decides the space; replacing one of them rebuilds it
-_SPACE_FIELDS = ("space", "mode", "fixed_arch", "bench")
+_SPACE_FIELDS = ("space", "mode", "fixed_arch", "flops_convention", "bench")
 
 
 @dataclass(frozen=True)
@@ -374,6 +385,7 @@ class SearchConfig:
     name: str = "search"
     seed: int = 0
     mode: str = "joint"
+    flops_convention: str = "fvcore"
     space: Optional[Mapping[str, Any]] = None
     fixed_arch: Any = None
     pool: PoolConfig = field(default_factory=PoolConfig)
@@ -393,6 +405,7 @@ class SearchConfig:
                                     "'_' or '-'")
         _seed("seed", self.seed)
         check_choice("mode", self.mode, MODES, error=SearchConfigError)
+        check_choice("flops_convention", self.flops_convention, sorted(CONVENTIONS), error=SearchConfigError)
         if self.mode == "recipe_only" and self.fixed_arch is None:
             raise SearchConfigError("fixed_arch: None is required in mode 'recipe_only' (a zoo name, YAML path or "
                                     "arch mapping)")

@@ -38,7 +38,7 @@ def pareto_front(points: List[tuple]) -> List[tuple]:
     return front
 
 
-def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
+def zoo_reference(num_classes: int, convention: str = "fvcore") -> List[Dict[str, Any]]:
     from fbnet_zoo.complexity import complexity
     from fbnet_zoo.registry import get_spec
 
@@ -48,7 +48,7 @@ def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
             spec = get_spec(name)
         except Exception:  # a stripped-down install without the zoo YAMLs
             continue
-        cx = complexity(spec, None, num_classes)
+        cx = complexity(spec, None, num_classes, convention)
         out.append({"name": name, "flops": cx.flops, "params": cx.params, "paper_top1": top1})
     return out
 
@@ -114,6 +114,7 @@ def collect(run) -> Dict[str, Any]:
                         "error": c["error"], "wall_seconds": c["wall_seconds"]} for c in cands],
         "results": results,
         "failed": [{"key": c["key"], "error": c["error"]} for c in cands if c["status"] == "failed"],
+        "flops_convention": run.space.flops_convention,
     }
 
 
@@ -205,7 +206,7 @@ def _plot_pareto(data: Dict[str, Any], plt) -> Any:
         ax.scatter([], [], marker="*", color="tab:red", label="stage-3 winners (predicted)")
     task = data["task"]
     if zoo_shares_task(task):  # same axis: the zoo's ImageNet-1k top-1 is this task's number
-        zoo = zoo_reference(task["num_classes"])
+        zoo = zoo_reference(task["num_classes"], data["flops_convention"])
         ax.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
                 ms=4, label="zoo FBNetV3 (paper ImageNet top-1)")
         for z in zoo:
@@ -256,7 +257,8 @@ def save_figure(fig, path: str, dpi: int = 90) -> str:
 def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str, Any]]]) -> str:
     L = [f"# Search report: {data['run']}", "",
          f"mode `{data['mode']}`, seed {data['seed']}, space of {data['space']['ndim']} coordinates "
-         f"({len(data['space']['dims'])} dimensions, ties: {data['space']['ties'] or 'none'})", ""]
+         f"({len(data['space']['dims'])} dimensions, ties: {data['space']['ties'] or 'none'}); "
+         f"FLOPs and params in the {data['flops_convention']} convention", ""]
     s1 = data["stage1"]
     if s1:
         corr = s1.get("val_rank_corr") or {}
@@ -305,7 +307,7 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
 def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: bool = True) -> Dict[str, str]:
     data = collect(run)
     if outputs is None:
-        outputs = _outputs_on_disk(run.run_dir, run.space.num_classes)
+        outputs = _outputs_on_disk(run.run_dir, run.space.num_classes, run.space.flops_convention)
     data["outputs"] = outputs
     files: List[str] = []
     if plots:
@@ -321,7 +323,7 @@ def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: boo
     return {"markdown": md, "json": js, "plots": files}
 
 
-def _outputs_on_disk(run_dir: str, num_classes: int = 1000) -> List[Dict[str, Any]]:
+def _outputs_on_disk(run_dir: str, num_classes: int = 1000, convention: str = "fvcore") -> List[Dict[str, Any]]:
     from fbnet_zoo.spec import ArchSpec
     from fbnet_zoo.complexity import complexity
 
@@ -332,7 +334,7 @@ def _outputs_on_disk(run_dir: str, num_classes: int = 1000) -> List[Dict[str, An
     for n in sorted(os.listdir(d)):
         if n.endswith(".yaml"):
             a = ArchSpec.from_yaml(os.path.join(d, n))
-            cx = complexity(a, None, num_classes)
+            cx = complexity(a, None, num_classes, convention)
             out.append({"name": a.name, "arch_yaml": os.path.join(d, n),
                         "recipe_yaml": os.path.join(run_dir, "recipes", n), "origin": "", "flops": cx.flops,
                         "params": cx.params})

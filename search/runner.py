@@ -518,7 +518,6 @@ class SearchRun:
         if not self.space.zoo_archs:  # e.g. NAS-Bench-201 cells: the space writes its own winners
             return [{**self.space.write_winner(d["values"], d["name"], self.run_dir), "origin": "searched",
                      "constraint": label} for label, d in results.items()]
-        from fbnet_zoo.scaling import scale
         from fbnet_zoo.spec import ArchSpec
 
         arch_dir = os.path.join(self.run_dir, "archs")
@@ -532,14 +531,9 @@ class SearchRun:
             recipe = Recipe.from_dict(data["recipe"])
             winners.append((data["flops"], arch, recipe, data))
         members = [(a, r, "searched", d["label"]) for _, a, r, d in winners]
-        fam = self.cfg.family
-        if fam.enabled and winners:
-            winners.sort(key=lambda w: w[0])
-            for which, (_, a, r, d) in (("down", winners[0]), ("up", winners[-1])):
-                f = getattr(fam, which)
-                scaled = scale(a, f.width, f.depth, f.resolution, name=f"{a.name}_{which}")
-                members.append((scaled, r.replace(resolution=scaled.input_size), f"scaled {which} from {a.name}",
-                                d["label"]))
+        family = self.cfg.family.derived
+        if family is not None:
+            members += family.derive([(f, a, r, d["label"]) for f, a, r, d in winners])
         from fbnet_zoo.complexity import complexity
 
         for arch, recipe, origin, label in members:
@@ -547,7 +541,7 @@ class SearchRun:
             rp = output_file(recipe_dir, arch.name, ".yaml", what="winner name")
             arch.save_yaml(ap)
             recipe.save_yaml(rp)
-            cx = complexity(arch, None, self.space.num_classes)
+            cx = complexity(arch, None, self.space.num_classes, self.space.flops_convention)
             written.append({"name": arch.name, "arch_yaml": ap, "recipe_yaml": rp, "origin": origin,
                             "constraint": label, "flops": cx.flops, "params": cx.params})
         if install_dir:

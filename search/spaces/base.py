@@ -166,6 +166,7 @@ class Space(abc.ABC):
 
     kind: str = ""
     num_classes: int = 1000
+    flops_convention: str = "fvcore"  # how cost() counts (fbnet_zoo.conventions); the FBNet space takes the config's
     dims: List[Dim]
 
     def _init_coords(self) -> None:

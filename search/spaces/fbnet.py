@@ -41,11 +41,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fbnet_zoo.blocks import Classifier, Cx, block_complexity, pool_cx
+from fbnet_zoo.blocks import Classifier, Cx, block_complexity, headless_pool_cx
 from fbnet_zoo.complexity import complexity
+from fbnet_zoo.conventions import cost_rules
 from fbnet_zoo.errors import SearchConfigError
 from fbnet_zoo.registry import load_spec
-from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, walk_rows
+from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, make_divisible, walk_rows
 from fbnet_zoo.training.recipe import Recipe, RecipeError
 
 from ..candidate import Candidate
@@ -70,8 +71,9 @@ class RowCostCache:
     candidates costs a dict lookup per row instead of a walk per block. Equal to
     ``fbnet_zoo.count_flops`` / ``count_params`` exactly (tests pin it)."""
 
-    def __init__(self, max_entries: int = 500_000) -> None:
+    def __init__(self, convention: str = "fvcore", max_entries: int = 500_000) -> None:
         self._rows: Dict[tuple, tuple] = {}
+        self.rules = cost_rules(convention, "flops_convention")
         self.max_entries = max_entries
 
     def cost(self, arch: ArchSpec, num_classes: int) -> tuple:
@@ -84,7 +86,7 @@ class RowCostCache:
                 key = (row, h, w, c, div)
                 hit = self._rows.get(key)
                 if hit is None:
-                    cx = Cx(h, w, c)
+                    cx = Cx(h, w, c, rules=self.rules)
                     for block in walk_rows((row,), c, div):
                         block_complexity(cx, block)
                     if cx.h < 1 or cx.w < 1:  # let the zoo's counter raise its own error
@@ -95,14 +97,35 @@ class RowCostCache:
                 flops += hit[0]
                 params += hit[1]
                 h, w, c = hit[2], hit[3], hit[4]
-        cx = Cx(h, w, c)
+        cx = Cx(h, w, c, rules=self.rules)
         if num_classes > 0:
             Classifier.complexity(cx, num_classes)
         else:  # the headless forward pools, as fbnet_zoo.complexity counts it
-            pool_cx(cx)
+            headless_pool_cx(cx)
         flops += cx.flops
         params += cx.params
         return float(flops), float(params)
+
+
+def built_channels(name: str, dim: Optional[Dim], fixed: Any, divisor: int) -> Tuple[Optional[Dim], Any]:
+    """A channels dimension as the builder builds it: every value rounded with
+    ``make_divisible(c, divisor)`` (nearest multiple, bumped up one if that loses over 5%),
+    duplicates merged. The predictor then encodes the width that is built, and sampling is
+    uniform over built widths. An uneven built grid becomes choices."""
+    if dim is None:
+        return None, make_divisible(fixed, divisor) if _is_num(fixed) else fixed
+    if dim.kind == "float" and dim.step is None:
+        raise _fail(name, [dim.low, dim.high], "is a continuous range; channels need a step or choices")
+    values = dim.values()
+    if not all(_is_num(v) and float(v).is_integer() and v >= 1 for v in values):
+        raise _fail(name, values, "holds a value that is not a positive integer")
+    built = sorted({make_divisible(int(v), divisor) for v in values})
+    if len(built) == 1:
+        return None, built[0]
+    steps = {b - a for a, b in zip(built, built[1:])}
+    if len(steps) == 1:
+        return Dim(name, "int", float(built[0]), float(built[-1]), float(steps.pop()), tie=dim.tie), None
+    return Dim(name, "choice", choices=tuple(built), tie=dim.tie), None
 
 
 @dataclass(frozen=True)
@@ -125,13 +148,15 @@ class FBNetSpace(Space):
     kind = "fbnet"
     zoo_archs = True   # winners are ArchSpecs: scaled into a family, registered with the zoo
 
-    def __init__(self, space: Mapping[str, Any], mode: str = "joint", fixed_arch: Any = None) -> None:
+    def __init__(self, space: Mapping[str, Any], mode: str = "joint", fixed_arch: Any = None,
+                 flops_convention: str = "fvcore") -> None:
         if not isinstance(space, Mapping):
             raise _fail("space", space, "is not a mapping")
         unknown = [k for k in space if k not in SPACE_KEYS]
         if unknown:
             raise SearchConfigError(f"space.{unknown[0]}: unknown key; allowed: {list(SPACE_KEYS)}")
         self.mode = mode
+        self.flops_convention = flops_convention  # how FLOPs/params are counted (fbnet_zoo.conventions)
         self.raw = dict(space)
         self.num_classes = space.get("num_classes", 1000)
         self.width_divisor = space.get("width_divisor", 8)
@@ -157,15 +182,15 @@ class FBNetSpace(Space):
             raise SearchConfigError("space: has no searched dimension in mode "
                                     f"{mode!r} (give ranges or choices)")
         self._init_coords()
-        self.cost_cache = RowCostCache()
+        self.cost_cache = RowCostCache(flops_convention)
         self._check_corners()
 
     # ------------------------------------------------------------------ parsing
     @classmethod
     def from_config(cls, cfg: Any) -> "FBNetSpace":
-        """The space of a SearchConfig (``space``, ``mode``, ``fixed_arch``); a loaded config
-        already holds it: ``cfg.search_space``."""
-        return cls(cfg.space, cfg.mode, cfg.fixed_arch)
+        """The space of a SearchConfig (``space``, ``mode``, ``fixed_arch``, ``flops_convention``);
+        a loaded config already holds it: ``cfg.search_space``."""
+        return cls(cfg.space, cfg.mode, cfg.fixed_arch, cfg.flops_convention)
 
     def _add(self, dim: Dim) -> str:
         self.dims.append(dim)
@@ -225,6 +250,8 @@ class FBNetSpace(Space):
                             fixed[f"{field}.first"] = fixed[f"{field}.other"] = val
                 else:
                     dim, val = parse_dim(f"{path}.{field}", v, _INT_FIELDS.get(field))
+                    if field == "channels":
+                        dim, val = built_channels(f"{path}.channels", dim, val, self.width_divisor)
                     if dim:
                         searched[field] = self._add(dim)
                     else:
@@ -367,7 +394,7 @@ class FBNetSpace(Space):
     def min_resources(self) -> Dict[str, float]:
         """FLOPs and params of the smallest candidate (all sizes at their minimum)."""
         arch, _ = self.decode_point(self.extreme_point(False), "min")
-        cx = complexity(arch, None, self.num_classes)
+        cx = complexity(arch, None, self.num_classes, self.flops_convention)
         return {"flops": float(cx.flops), "params": float(cx.params)}
 
     # ------------------------------------------------------------------ the Space interface
