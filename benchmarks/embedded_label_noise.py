@@ -13,9 +13,10 @@ stage 2 trains); each is trained for the config's full epochs with ``train.seed`
   signal a predictor has to find).
 
     python benchmarks/embedded_label_noise.py [CONFIG] [key=value ...] [--candidates 16] [--seeds 0 1]
-        [--name NAME]
+        [--name NAME] [--cache FILE]
 Writes benchmarks/results/embedded_label_noise.json (one entry per ``--name``, default the
-config name).
+config name). ``--cache``: a JSON-lines file of finished trainings (config digest, seed,
+candidate, top-1), read first and appended to, so an interrupted measurement continues.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
     ap.add_argument("--name", default=None)
+    ap.add_argument("--cache", default=None)
     args = ap.parse_args()
 
     from fbnet_zoo.io_utils import atomic_write_text
     from fbnet_zoo.search.candidate import Candidate
-    from fbnet_zoo.search.config import load_config
+    from fbnet_zoo.search.config import config_digest, load_config
     from fbnet_zoo.search.pool import build_pool
     from fbnet_zoo.search.predictor import rank_corr
     from fbnet_zoo.search.runner import SearchRun
@@ -56,14 +58,30 @@ def main() -> None:
     for i in range(args.candidates):
         arch, recipe = space.build(pool.values[i], name=f"cand_{pool.keys[i]}")
         cands.append(Candidate(pool.keys[i], arch, recipe))
+    digest = config_digest(cfg)
+    done = {}
+    if args.cache and os.path.exists(args.cache):
+        with open(args.cache) as f:
+            for line in f:
+                r = json.loads(line)
+                if r["config"] == digest:
+                    done[(r["seed"], r["key"])] = r["top1"]
     top1 = np.zeros((len(args.seeds), len(cands)))
-    t0 = time.perf_counter()
+    t0, trained = time.perf_counter(), 0
     for si, seed in enumerate(args.seeds):
         settings = base.replace(seed=seed, checkpoint=False)
         for ci, cand in enumerate(cands):
+            if (seed, cand.key) in done:
+                top1[si, ci] = done[(seed, cand.key)]
+                continue
             res = train_candidate(cand, epochs, settings, progress=False)
+            trained += 1
             top1[si, ci] = res.final_top1 if res.ok else np.nan
             print(f"seed {seed} candidate {ci:2d} ({cand.key}): top-1 {top1[si, ci]:.2f}", flush=True)
+            if args.cache:
+                with open(args.cache, "a") as f:
+                    f.write(json.dumps({"config": digest, "seed": seed, "key": cand.key,
+                                        "top1": float(top1[si, ci])}) + "\n")
     seconds = time.perf_counter() - t0
     ok = np.isfinite(top1).all(0)
     a, b = top1[0, ok], top1[1, ok]
@@ -72,7 +90,8 @@ def main() -> None:
         "seeds": args.seeds, "seed_spearman": rank_corr(a, b, "spearman"),
         "seed_std": float(np.std(a - b, ddof=1) / np.sqrt(2)), "spread_std": float(np.std((a + b) / 2, ddof=1)),
         "top1_range": [float(min(a.min(), b.min())), float(max(a.max(), b.max()))],
-        "mean_top1": float((a.mean() + b.mean()) / 2), "train_seconds_per_candidate": seconds / top1.size,
+        "mean_top1": float((a.mean() + b.mean()) / 2),
+        "train_seconds_per_candidate": seconds / trained if trained else None,
         "top1": top1.tolist(),
     }
     print(json.dumps({k: v for k, v in out.items() if k != "top1"}, indent=1))

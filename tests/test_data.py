@@ -30,12 +30,13 @@ def test_embedded_set_is_deterministic_balanced_and_fast():
 
 
 def test_embedded_classes_are_not_separable_by_mean_colour():
-    # colour is a weak cue: a nearest-class-mean classifier on mean RGB stays far from perfect
+    # colour carries no class information: a nearest-class-mean classifier on mean RGB stays
+    # near chance (0.1), so the labels measure how well a network learns shapes
     img, lab = make_embedded_arrays(2000, seed=0)
     feats = img.reshape(2000, 3, -1).mean(-1)
     means = np.stack([feats[lab == k].mean(0) for k in range(10)])
     pred = np.argmin(((feats[:, None] - means[None]) ** 2).sum(-1), 1)
-    assert (pred == lab).mean() < 0.35
+    assert (pred == lab).mean() < 0.2
 
 
 def test_embedded_splits_do_not_overlap_and_transforms_apply():
