@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Candidate-training throughput: the search's trainer vs a plain torch training loop.
+"""Candidate-training throughput: fbnet_zoo.training's loop vs a plain torch training loop.
 
 Both train the same small FBNet (the largest of the embedded search space) on the same
 embedded data through the same DataLoader and torchvision transforms, in one process,
@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader
 
 from fbnet_zoo.io_utils import atomic_write_text
 from fbnet_zoo.search.candidate import Candidate
-from fbnet_zoo.search.recipe import Recipe
-from fbnet_zoo.search.trainer import TrainSettings, build_candidate_model, cached_datasets, train_model
+from fbnet_zoo.search.trainer import build_candidate_model
 from fbnet_zoo.spec import ArchSpec
+from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

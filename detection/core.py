@@ -17,7 +17,6 @@ Both the detectron2 registrations (``fbnet_zoo.detection.d2``) and the torchvisi
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -27,16 +26,14 @@ import torch
 from torch import nn
 
 from fbnet_zoo.blocks import build_block
-from fbnet_zoo.model import FBNet, init_weights
-from fbnet_zoo.registry import UnknownModelError, model_configs_dir, normalize_name, register_arch
-from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
+from fbnet_zoo.errors import DetectionError, SpecError, UnknownModelError
+from fbnet_zoo.io_utils import YamlFolderRegistry
+from fbnet_zoo.model import FBNet, forward_to_features, init_weights
+from fbnet_zoo.registry import load_spec, normalize_name, register_arch
+from fbnet_zoo.spec import ArchSpec, BlockSpec, Feature, walk_rows
 
 NormLayer = Callable[[int], nn.Module]
 VARIANTS = ("c4", "fpn")
-
-
-class DetectionError(ValueError):
-    """A backbone/head configuration that cannot work; the message names the option and value."""
 
 
 # --------------------------------------------------------------------------- arch + heads
@@ -61,32 +58,36 @@ def _default_mask_rows(act: str) -> Tuple[BlockSpec, ...]:
             BlockSpec("ir", 64, kernel=3, expansion=3, act=act, upsample=2))
 
 
-_HEAD_PRESETS: Dict[str, Dict[str, Dict[str, Tuple[BlockSpec, ...]]]] = {}
+HeadPresets = Dict[str, Dict[str, Tuple[BlockSpec, ...]]]
+
+
+def _parse_d2go_file(data: Any, path: str) -> List[Tuple[str, Tuple[ArchSpec, HeadPresets]]]:
+    """One d2go detection variant: its backbone spec and its RPN / mask head rows."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("backbone"), Mapping):
+        raise DetectionError(f"{path}: expected a mapping with a 'backbone' arch and optional 'rpn' / 'mask' rows")
+    spec = ArchSpec.from_dict(data["backbone"])
+    heads: HeadPresets = {"rpn": {}, "mask": {}}
+    for part in ("rpn", "mask"):
+        for variant, rows in (data.get(part) or {}).items():
+            parsed = ArchSpec.from_dict({"name": f"{spec.name}.{part}.{variant}", "input_size": 224, "stages": [rows]})
+            heads[part][variant] = parsed.stages[0]
+    return [(normalize_name(spec.name), (spec, heads))]
+
+
+# The authors' detection variants (model_configs/detection/d2go/*.yaml), through the zoo's one
+# YAML-folder registry.
+_D2GO_PRESETS: YamlFolderRegistry[Tuple[ArchSpec, HeadPresets]] = YamlFolderRegistry(
+    "detection preset", _parse_d2go_file, DetectionError, builtin=os.path.join("detection", "d2go"))
+_HEAD_PRESETS: Dict[str, HeadPresets] = {}
 
 
 def register_d2go_archs() -> List[str]:
     """Register the authors' detection variants (model_configs/detection/d2go/*.yaml) as zoo
     specs (``FBNetV3-A-d2go`` ...) and remember their RPN / mask head rows. Idempotent."""
-    import glob
-
-    import yaml
-
     names = []
-    d2go_dir = model_configs_dir(os.path.join("detection", "d2go"))
-    if d2go_dir is None:
-        raise DetectionError("fbnet_zoo: model_configs/detection/d2go not found; reinstall the package")
-    for path in sorted(glob.glob(os.path.join(d2go_dir, "*.yaml"))):
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-        spec = ArchSpec.from_dict(data["backbone"])
+    for key, (spec, heads) in _D2GO_PRESETS.items().items():
         register_arch(spec, overwrite=True)
-        heads: Dict[str, Dict[str, Tuple[BlockSpec, ...]]] = {"rpn": {}, "mask": {}}
-        for part in ("rpn", "mask"):
-            for variant, rows in (data.get(part) or {}).items():
-                parsed = ArchSpec.from_dict({"name": f"{spec.name}.{part}.{variant}", "input_size": 224,
-                                             "stages": [rows]})
-                heads[part][variant] = parsed.stages[0]
-        _HEAD_PRESETS[normalize_name(spec.name)] = heads
+        _HEAD_PRESETS[key] = heads
         names.append(spec.name)
     return names
 
@@ -115,27 +116,10 @@ def resolve_arch(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any], Dete
 
 
 # --------------------------------------------------------------------------- layout
-@dataclass(frozen=True)
-class Feature:
-    name: str       # "res{k}"
-    stage: int      # index of the producing stage
-    stride: int
-    channels: int
-
-
 def feature_layout(spec: ArchSpec) -> List[Feature]:
-    """The named features of a spec: for each cumulative stride 2**k, the last stage with it."""
-    strides, channels = spec.stage_strides(), spec.stage_channels()
-    by_stride: Dict[int, int] = {}
-    for si in spec.feature_stages:
-        by_stride[strides[f"stage{si}"]] = si
-    out = []
-    for stride, si in sorted(by_stride.items()):
-        k = int(round(math.log2(stride)))
-        if 2 ** k != stride:
-            continue
-        out.append(Feature(f"res{k}", si, stride, channels[f"stage{si}"]))
-    return out
+    """The named features of a spec (``ArchSpec.features()``): ``res{k}`` is the output of the
+    last block at cumulative stride 2**k, with its stage, stride and channels."""
+    return list(spec.features())
 
 
 def c4_split(spec: ArchSpec) -> Tuple[List[int], List[int]]:
@@ -187,10 +171,9 @@ def check_fpn_features(spec: ArchSpec, in_features: Sequence[str]) -> List[Featu
 def build_rows(c_in: int, rows: Sequence[BlockSpec], divisor: int, norm_layer: NormLayer) -> Tuple[nn.Sequential, int]:
     """Blocks for a list of rows (head bodies); returns (module, output channels)."""
     blocks, c = [], c_in
-    for row in rows:
-        for k in range(row.repeats):
-            blocks.append(build_block(c, row, k == 0, divisor, norm_layer))
-            c = make_divisible(row.out_channels, divisor)
+    for block in walk_rows(rows, c_in, divisor):
+        blocks.append(build_block(block, norm_layer))
+        c = block.out_channels
     body = nn.Sequential(*blocks)
     init_weights(body)
     return body, c
@@ -218,7 +201,8 @@ def build_fbnet(arch: DetectionArch, norm_layer: Optional[NormLayer] = None,
 
 
 class FBNetTrunk(nn.Module):
-    """Stages 0..k of an FBNet (modules ``stage{i}``) returning the named features asked for."""
+    """Stages 0..k of an FBNet (modules ``stage{i}``) returning the named features asked for,
+    through the model's own staged forward (``fbnet_zoo.model.forward_to_features``)."""
 
     def __init__(self, model: FBNet, out_features: Sequence[str]):
         super().__init__()
@@ -230,18 +214,13 @@ class FBNetTrunk(nn.Module):
         self.features = [layout[n] for n in out_features]
         self.out_features = list(out_features)
         last = max(f.stage for f in self.features)
-        self._stage_to_name = {f.stage: f.name for f in self.features}
         for i in range(last + 1):
             self.add_module(f"stage{i}", model.stages[i])
         self.num_stages = last + 1
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        out: Dict[str, torch.Tensor] = OrderedDict()
-        for i in range(self.num_stages):
-            x = getattr(self, f"stage{i}")(x)
-            if i in self._stage_to_name:
-                out[self._stage_to_name[i]] = x
-        return out
+        stages = [getattr(self, f"stage{i}") for i in range(self.num_stages)]
+        return forward_to_features(stages, x, self.features)
 
     def freeze(self, freeze_at: int) -> None:
         """Freeze stages 0..freeze_at-1 (no grads; BN -> FrozenBatchNorm where available)."""

@@ -7,16 +7,17 @@
 """
 
 from .complexity import complexity, count_flops, count_params, fvcore_flops
+from .errors import FBNetZooError, SpecError, UnknownModelError
+from .factory import build_model
 from .model import FBNet
-from .registry import (UnknownModelError, build_model, get_spec, list_models, normalize_name,
-                       register_arch, register_arch_dir)
+from .registry import get_spec, list_models, load_spec, normalize_name, register_arch, register_arch_dir
 from .scaling import scale
-from .spec import ArchSpec, BlockSpec, SpecError, load_spec, make_divisible
+from .spec import ArchSpec, BlockSpec, make_divisible
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchSpec", "BlockSpec", "FBNet", "SpecError", "UnknownModelError", "build_model", "complexity",
-    "count_flops", "count_params", "fvcore_flops", "get_spec", "list_models", "load_spec",
+    "ArchSpec", "BlockSpec", "FBNet", "FBNetZooError", "SpecError", "UnknownModelError", "build_model",
+    "complexity", "count_flops", "count_params", "fvcore_flops", "get_spec", "list_models", "load_spec",
     "make_divisible", "normalize_name", "register_arch", "register_arch_dir", "scale",
 ]

@@ -12,12 +12,12 @@ Tests pin every twin to fvcore on the built module.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import nn
 
-from .spec import BlockSpec, make_divisible
+from .spec import ResolvedBlock
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -145,15 +145,6 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-def _se_hidden(row: BlockSpec, c_in: int, mid: int, divisor: int) -> int:
-    base = c_in if row.se_from == "input" else mid
-    return make_divisible(base * row.se_ratio, divisor)
-
-
-def _dw_padding(row: BlockSpec, first: bool) -> Optional[Tuple[int, int]]:
-    return row.dw_padding if (first and row.dw_padding is not None) else None
-
-
 class Upsampled(nn.Module):
     """Nearest-neighbour upsampling in front of a block (mask-head rows with upsample: 2)."""
 
@@ -168,26 +159,18 @@ class Upsampled(nn.Module):
 
 class InvertedResidual(nn.Module):
     """[1x1 expand conv-BN-act] -> kxk depthwise conv-BN-act -> [SE] -> 1x1 project conv-BN,
-    plus the input when stride is 1 and channels match. Expansion 1 has no expand conv."""
+    plus the input when ``block.residual``. Expansion 1 has no expand conv."""
 
-    def __init__(self, c_in: int, row: BlockSpec, stride: int, first: bool, divisor: int,
-                 norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0):
+    def __init__(self, block: ResolvedBlock, norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0):
         super().__init__()
-        c_out = make_divisible(row.out_channels, divisor)
-        mid = make_divisible(c_in * row.expansion, divisor)
-        self.pw = ConvBNAct(c_in, mid, 1, act=row.act, norm_layer=norm_layer) if row.expansion != 1 else None
-        if row.expansion == 1:
-            mid = c_in
-        self.dw = ConvBNAct(mid, mid, row.kernel, stride, _dw_padding(row, first), groups=mid,
+        row, mid = block.row, block.mid_channels
+        self.pw = ConvBNAct(block.in_channels, mid, 1, act=row.act, norm_layer=norm_layer) if block.expands else None
+        self.dw = ConvBNAct(mid, mid, row.kernel, block.stride, block.padding, groups=mid,
                             norm=row.dw_bn_act, act=row.act if row.dw_bn_act else "identity",
                             norm_layer=norm_layer)
-        self.se = SqueezeExcite(mid, _se_hidden(row, c_in, mid, divisor), row.act, row.se_gate) if row.se else None
-        self.pwl = ConvBNAct(mid, c_out, 1, norm_layer=norm_layer)
-        # A residual needs the input's shape: stride 1, same channels, a size-preserving
-        # depthwise padding and no upsampling in front.
-        padding = _dw_padding(row, first)
-        keeps_size = padding is None or padding == (row.kernel // 2, row.kernel // 2)
-        self.residual = stride == 1 and c_in == c_out and keeps_size and not (first and row.upsample != 1)
+        self.se = SqueezeExcite(mid, block.se_channels, row.act, row.se_gate) if row.se else None
+        self.pwl = ConvBNAct(mid, block.out_channels, 1, norm_layer=norm_layer)
+        self.residual = block.residual
         self.drop_path = DropPath(drop_path) if (self.residual and drop_path > 0) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,39 +188,35 @@ class InvertedResidual(nn.Module):
         return y
 
     @staticmethod
-    def complexity(cx: Cx, row: BlockSpec, stride: int, first: bool, divisor: int) -> Cx:
-        c_in = cx.c
-        c_out = make_divisible(row.out_channels, divisor)
-        mid = make_divisible(c_in * row.expansion, divisor)
-        if row.expansion != 1:
+    def complexity(cx: Cx, block: ResolvedBlock) -> Cx:
+        row, mid = block.row, block.mid_channels
+        if block.expands:
             ConvBNAct.complexity(cx, mid, 1)
-        else:
-            mid = c_in
-        ConvBNAct.complexity(cx, mid, row.kernel, stride, _dw_padding(row, first), groups=mid, norm=row.dw_bn_act)
+        ConvBNAct.complexity(cx, mid, row.kernel, block.stride, block.padding, groups=mid, norm=row.dw_bn_act)
         if row.se:
-            SqueezeExcite.complexity(cx, _se_hidden(row, c_in, mid, divisor))
-        return ConvBNAct.complexity(cx, c_out, 1)
+            SqueezeExcite.complexity(cx, block.se_channels)
+        return ConvBNAct.complexity(cx, block.out_channels, 1)
 
 
 class PooledHead(nn.Module):
     """The pooled last stage ('ir_pool'): 1x1 expand conv-BN-act, global average pool,
     1x1 conv to out_channels (no bias, no BN) + act. Output is N x out_channels x 1 x 1."""
 
-    def __init__(self, c_in: int, row: BlockSpec, divisor: int, norm_layer: NormLayer = nn.BatchNorm2d):
+    def __init__(self, block: ResolvedBlock, norm_layer: NormLayer = nn.BatchNorm2d):
         super().__init__()
-        mid = make_divisible(c_in * row.expansion, divisor)
-        self.pw = ConvBNAct(c_in, mid, 1, act=row.act, norm_layer=norm_layer)
+        act = block.row.act
+        self.pw = ConvBNAct(block.in_channels, block.mid_channels, 1, act=act, norm_layer=norm_layer)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.pwl = ConvBNAct(mid, make_divisible(row.out_channels, divisor), 1, norm=False, act=row.act)
+        self.pwl = ConvBNAct(block.mid_channels, block.out_channels, 1, norm=False, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pwl(self.pool(self.pw(x)))
 
     @staticmethod
-    def complexity(cx: Cx, row: BlockSpec, divisor: int) -> Cx:
-        ConvBNAct.complexity(cx, make_divisible(cx.c * row.expansion, divisor), 1)
+    def complexity(cx: Cx, block: ResolvedBlock) -> Cx:
+        ConvBNAct.complexity(cx, block.mid_channels, 1)
         pool_cx(cx)
-        return ConvBNAct.complexity(cx, make_divisible(row.out_channels, divisor), 1, norm=False)
+        return ConvBNAct.complexity(cx, block.out_channels, 1, norm=False)
 
 
 class Classifier(nn.Module):
@@ -259,29 +238,27 @@ class Classifier(nn.Module):
         return linear_cx(cx, num_classes)
 
 
-def build_block(c_in: int, row: BlockSpec, first: bool, divisor: int,
-                norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0) -> nn.Module:
-    """One block of a row (``first``: the row's first block, which takes stride/dw_padding)."""
-    stride = row.stride if first else 1
+def build_block(block: ResolvedBlock, norm_layer: NormLayer = nn.BatchNorm2d, drop_path: float = 0.0) -> nn.Module:
+    """The module for one resolved block (see ``spec.walk_rows``)."""
+    row = block.row
     if row.type == "conv":
-        block: nn.Module = ConvBNAct(c_in, make_divisible(row.out_channels, divisor), row.kernel, stride,
-                                     bias=row.bias, act=row.act, norm_layer=norm_layer)
+        module: nn.Module = ConvBNAct(block.in_channels, block.out_channels, row.kernel, block.stride,
+                                      bias=row.bias, act=row.act, norm_layer=norm_layer)
     elif row.type == "ir":
-        block = InvertedResidual(c_in, row, stride, first, divisor, norm_layer, drop_path)
+        module = InvertedResidual(block, norm_layer, drop_path)
     else:
-        block = PooledHead(c_in, row, divisor, norm_layer)
-    if first and row.upsample != 1:
-        block = Upsampled(row.upsample, block)
-    return block
+        module = PooledHead(block, norm_layer)
+    if block.upsample != 1:
+        module = Upsampled(block.upsample, module)
+    return module
 
 
-def block_complexity(cx: Cx, row: BlockSpec, first: bool, divisor: int) -> Cx:
+def block_complexity(cx: Cx, block: ResolvedBlock) -> Cx:
     """Cost twin of ``build_block``."""
-    stride = row.stride if first else 1
-    if first and row.upsample != 1:
-        upsample_cx(cx, row.upsample)
-    if row.type == "conv":
-        return ConvBNAct.complexity(cx, make_divisible(row.out_channels, divisor), row.kernel, stride, bias=row.bias)
-    if row.type == "ir":
-        return InvertedResidual.complexity(cx, row, stride, first, divisor)
-    return PooledHead.complexity(cx, row, divisor)
+    if block.upsample != 1:
+        upsample_cx(cx, block.upsample)
+    if block.type == "conv":
+        return ConvBNAct.complexity(cx, block.out_channels, block.row.kernel, block.stride, bias=block.row.bias)
+    if block.type == "ir":
+        return InvertedResidual.complexity(cx, block)
+    return PooledHead.complexity(cx, block)

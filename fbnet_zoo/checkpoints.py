@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import pickle
-import threading
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
@@ -43,9 +42,10 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .converters import CONVERTERS, CheckpointError, _names, convert_to_ours, detect_format, strip_prefix
-from .io_utils import atomic_path
-from .registry import env_dirs, model_configs_dir, normalize_name, yaml_files
+from .converters import CONVERTERS, _names, convert_to_ours, detect_format, strip_prefix
+from .errors import CheckpointError
+from .io_utils import YamlFolderRegistry, atomic_path
+from .registry import normalize_name
 
 logger = logging.getLogger(__name__)
 
@@ -113,71 +113,50 @@ class CheckpointSource:
                    hf_hub_id=d.get("hf_hub_id"), published=tuple(published), notes=d.get("notes", ""))
 
 
+@dataclasses.dataclass(frozen=True)
+class _ModelSources:
+    """One model's sources as read from one file (or merged over several)."""
+
+    display: str
+    sources: Mapping[str, CheckpointSource]
+    default: str
+
+
+def _parse_sources(data: Any, where: str) -> List[Tuple[str, _ModelSources]]:
+    if not isinstance(data, Mapping) or not isinstance(data.get("model"), str):
+        raise CheckpointError(f"{where}: model: expected a model name, got {data!r:.80}")
+    model = data["model"]
+    sources = data.get("sources")
+    if not isinstance(sources, Mapping) or not sources:
+        raise CheckpointError(f"{where}: {model}.sources: expected a non-empty mapping of source name -> source")
+    parsed = {str(n): CheckpointSource.from_dict(model, str(n), s) for n, s in sources.items()}
+    default = data.get("default", next(iter(parsed)))
+    if default not in parsed:
+        raise CheckpointError(f"{where}: {model}.default: {default!r} is not one of {sorted(parsed)}")
+    return [(normalize_name(model), _ModelSources(model, parsed, default))]
+
+
+def _merge_sources(old: _ModelSources, new: _ModelSources) -> _ModelSources:
+    return _ModelSources(new.display, {**old.sources, **new.sources}, new.default)
+
+
 class _Sources:
+    """The checkpoint-source folders, through the one YAML-folder registry (io_utils)."""
+
     def __init__(self) -> None:
-        self._by_model: Dict[str, Dict[str, CheckpointSource]] = {}
-        self._default: Dict[str, str] = {}
-        self._display: Dict[str, str] = {}
-        self._lock = threading.RLock()
-        self._builtin = False
-        self._env: Optional[str] = None
-
-    def _ensure(self) -> None:
-        with self._lock:
-            if not self._builtin:
-                self._builtin = True
-                d = model_configs_dir("checkpoints")
-                if d:
-                    self.add_dir(d)
-            env = os.environ.get(ENV_SOURCE_DIRS, "")
-            if env != self._env:
-                self._env = env
-                for d in env_dirs(ENV_SOURCE_DIRS, env):
-                    self.add_dir(d)
-
-    def add_dir(self, directory: str) -> List[str]:
-        return [self.add(_read_yaml(path), path) for path in yaml_files(directory)]
+        self.folders: YamlFolderRegistry[_ModelSources] = YamlFolderRegistry(
+            "checkpoint source", _parse_sources, CheckpointError, builtin="checkpoints", env_var=ENV_SOURCE_DIRS,
+            merge=_merge_sources)
 
     def add(self, data: Mapping[str, Any], where: str) -> str:
-        if not isinstance(data, Mapping) or not isinstance(data.get("model"), str):
-            raise CheckpointError(f"{where}: model: expected a model name, got {data!r:.80}")
-        model = data["model"]
-        sources = data.get("sources")
-        if not isinstance(sources, Mapping) or not sources:
-            raise CheckpointError(f"{where}: {model}.sources: expected a non-empty mapping of source name -> source")
-        parsed = {str(n): CheckpointSource.from_dict(model, str(n), s) for n, s in sources.items()}
-        default = data.get("default", next(iter(parsed)))
-        if default not in parsed:
-            raise CheckpointError(f"{where}: {model}.default: {default!r} is not one of {sorted(parsed)}")
-        key = normalize_name(model)
-        with self._lock:
-            self._by_model.setdefault(key, {}).update(parsed)
-            self._default[key] = default
-            self._display[key] = model
-        return key
+        return ", ".join(self.folders.add(key, item, where) for key, item in _parse_sources(data, where))
 
     def get(self, model: str) -> Tuple[Dict[str, CheckpointSource], Optional[str]]:
-        self._ensure()
-        key = normalize_name(model)
-        with self._lock:
-            return dict(self._by_model.get(key, {})), self._default.get(key)
+        item = self.folders.get(normalize_name(model))
+        return (dict(item.sources), item.default) if item is not None else ({}, None)
 
     def models(self) -> List[str]:
-        self._ensure()
-        with self._lock:
-            return sorted(self._display.values())
-
-
-def _read_yaml(path: str) -> Any:
-    import yaml
-
-    from iopath.common.file_io import g_pathmgr
-
-    try:
-        with g_pathmgr.open(path, "r") as f:
-            return yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise CheckpointError(f"{path}: not valid YAML ({e})") from None
+        return sorted(item.display for item in self.folders.items().values())
 
 
 _SOURCES = _Sources()
@@ -186,13 +165,11 @@ _SOURCES = _Sources()
 def register_sources(data: Union[str, os.PathLike, Mapping[str, Any]]) -> str:
     """Register checkpoint sources: a dict (as in the YAML files), a YAML file or a directory of them."""
     if isinstance(data, Mapping):
-        _SOURCES._ensure()
         return _SOURCES.add(data, "register_sources()")
     path = os.fspath(data)
-    _SOURCES._ensure()
     if os.path.isdir(path):
-        return ", ".join(_SOURCES.add_dir(path))
-    return _SOURCES.add(_read_yaml(path), path)
+        return ", ".join(_SOURCES.folders.add_dir(path))
+    return ", ".join(_SOURCES.folders.add_file(path))
 
 
 def list_sources(model: Optional[str] = None) -> Union[List[str], Dict[str, CheckpointSource]]:
@@ -211,7 +188,8 @@ def get_source(model: str, source: Union[bool, str] = True) -> CheckpointSource:
         hint = (f"; its sibling {', '.join(variant)} has weights (e.g. build_model({variant[0]!r}, pretrained=True))"
                 if variant else "")
         raise CheckpointError(f"pretrained: no checkpoint source is registered for {model!r}{hint}. Models with "
-                              f"sources: {', '.join(have) or 'none'}; or pass a local path or URL")
+                              f"sources: {', '.join(have) or 'none'}; or pass a local path or URL"
+                              f"{_SOURCES.folders.missing_hint()}")
     name = default if source is True else source
     if name not in sources:
         raise CheckpointError(f"pretrained: {source!r} is not a source of {model!r}, a URL or an existing path; "

@@ -30,10 +30,8 @@ The paper transfers its ImageNet models to CIFAR-10 with two changes and no dist
 FLOPs of a variant come from the zoo's analytic counter,
 ``count_flops(variant, num_classes=10)`` (at ``variant.input_size``), in fvcore's convention.
 
-Baselines: ``cifar_baseline("efficientnet_b0")`` is timm's EfficientNet, randomly initialised,
-adapted the same way (its second stride-2 conv, ``blocks.1.0.conv_dw``, set to stride 1; input
-32 for b0, grown by EfficientNet's own resolution scaling). ``load_results`` / ``results_table``
-read the results files of tools/train_cifar10.py.
+The experiment (timm EfficientNet baselines adapted the same way, the training jobs and the
+results files) is ``fbnet_zoo.training.cifar10``.
 
 Note: FBNetV3-A is FBNetV3-B at a lower ImageNet resolution, so with this rule their CIFAR
 variants are the same network (``base=`` / ``resolution=`` choose another reading).
@@ -42,10 +40,13 @@ variants are the same network (``base=`` / ``resolution=`` choose another readin
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import warnings
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from .registry import normalize_name
-from .spec import ArchSpec, SpecError, load_spec
+from .errors import SpecError
+from .registry import load_spec, normalize_name
+from .spec import ArchSpec
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 
@@ -132,122 +133,15 @@ def cifar_variant(spec_or_name: SpecLike, *, base: Optional[SpecLike] = None, re
     return spec.replace(name=name or f"{spec.name}{CIFAR_SUFFIX}", stages=stages, input_size=resolution)
 
 
-# --------------------------------------------------------------------------- baselines
-# EfficientNet's own compound-scaling resolutions (Tan & Le 2019, Table/code: b0..b3), so the
-# baselines follow the same resolution rule with efficientnet_b0 as the family base.
-EFFICIENTNET_RESOLUTIONS = {"efficientnet_b0": 224, "efficientnet_b1": 240, "efficientnet_b2": 260,
-                            "efficientnet_b3": 300}
+# The EfficientNet baselines and the results files moved to the experiment,
+# fbnet_zoo.training.cifar10; these names still resolve here, with a DeprecationWarning.
+_MOVED = ("EFFICIENTNET_RESOLUTIONS", "is_baseline", "unstride_module", "cifar_baseline", "RESULTS_NAME",
+          "RESULTS_SCHEMA", "ResultsError", "find_results", "load_results", "results_table")
 
 
-def is_baseline(name: Any) -> bool:
-    return isinstance(name, str) and name.strip().lower().replace("-", "_") in EFFICIENTNET_RESOLUTIONS
-
-
-def unstride_module(model: Any, which: int = 2) -> str:
-    """Set the ``which``-th stride-2 ``nn.Conv2d`` of ``model`` (registration order, which is
-    forward order for timm's and torchvision's EfficientNets; the stem conv is the first) to
-    stride 1, in place. Returns its module name. Only convs whose padding is "same" for
-    stride 1 (``(kernel - 1) // 2``, or timm's dynamically padded ``Conv2dSame``) qualify,
-    so the map keeps its size."""
-    import torch.nn as nn
-
-    seen = []
-    for mod_name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d) and tuple(module.stride) == (2, 2):
-            seen.append((mod_name, module))
-    if len(seen) < which:
-        raise ValueError(f"{type(model).__name__}: has {len(seen)} stride-2 conv(s), none is number {which}")
-    mod_name, conv = seen[which - 1]
-    same = tuple((k - 1) // 2 for k in conv.kernel_size)
-    dynamic = type(conv).__name__ == "Conv2dSame"
-    if not dynamic and tuple(conv.padding) != same:
-        raise ValueError(f"{mod_name}: padding {tuple(conv.padding)} is not 'same' {same} for stride 1")
-    conv.stride = (1, 1)
-    return mod_name
-
-
-def cifar_baseline(name: str, num_classes: int = CIFAR_NUM_CLASSES, which: int = 2,
-                   base_resolution: int = CIFAR_BASE_RESOLUTION, drop_path_rate: float = 0.0,
-                   drop_rate: Optional[float] = None) -> Tuple[Any, int, str]:
-    """timm's EfficientNet ``name`` (random init) adapted to CIFAR the same way as the FBNets:
-    the second stride-2 conv (the first block of its second stage, after the stem) becomes
-    stride 1, and the input size is 32 for b0, grown by EfficientNet's own resolution scaling
-    (b1 240/224 -> 34, b2 -> 37, b3 -> 43). Returns (model, input size, unstrided module name)."""
-    key = name.strip().lower().replace("-", "_")
-    if key not in EFFICIENTNET_RESOLUTIONS:
-        raise ValueError(f"baseline: {name!r} is not one of {sorted(EFFICIENTNET_RESOLUTIONS)}")
-    try:
-        import timm
-    except ImportError:  # pragma: no cover - timm is in the test extras
-        raise ImportError("EfficientNet baselines need timm: pip install timm") from None
-    kwargs: dict = {"pretrained": False, "num_classes": num_classes, "drop_path_rate": drop_path_rate}
-    if drop_rate is not None:
-        kwargs["drop_rate"] = drop_rate
-    model = timm.create_model(key, **kwargs)
-    changed = unstride_module(model, which)
-    ratio = EFFICIENTNET_RESOLUTIONS[key] / EFFICIENTNET_RESOLUTIONS["efficientnet_b0"]
-    size = max(base_resolution, int(round(base_resolution * ratio)))
-    return model, size, changed
-
-
-# --------------------------------------------------------------------------------------------
-# results files (written by tools/train_cifar10.py, read by tools/plot_cifar10.py)
-RESULTS_NAME = "results.json"
-RESULTS_SCHEMA = "fbnet_zoo.cifar10.results/v1"
-
-
-class ResultsError(ValueError):
-    """A results file that cannot be read or is not a CIFAR-10 results file."""
-
-
-def find_results(paths: Any) -> list:
-    """``results.json`` files among ``paths`` (files, or folders searched recursively)."""
-    import os
-
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    found = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                if RESULTS_NAME in files:
-                    found.append(os.path.join(root, RESULTS_NAME))
-        elif os.path.isfile(p):
-            found.append(p)
-        else:
-            raise ResultsError(f"{p}: no such results file or folder")
-    return sorted(dict.fromkeys(found))
-
-
-def load_results(paths: Any) -> list:
-    """The parsed results files among ``paths`` (see ``find_results``)."""
-    import json
-
-    rows = []
-    for path in find_results(paths):
-        try:
-            with open(path, "r", encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ResultsError(f"{path}: cannot read results JSON ({e})") from None
-        if not isinstance(data, dict) or data.get("schema") != RESULTS_SCHEMA:
-            raise ResultsError(f"{path}: not a CIFAR-10 results file (expected schema {RESULTS_SCHEMA!r})")
-        data["path"] = path
-        rows.append(data)
-    return rows
-
-
-def results_table(rows: Any) -> str:
-    """Markdown table of results rows, by family then FLOPs (the README's table)."""
-    lines = ["| model | family | input | MFLOPs | params (M) | epochs | top-1 (%) | best top-1 (%) | status |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    for r in sorted(rows, key=lambda r: (str(r.get("family")), r.get("flops", 0), str(r.get("arch")))):
-        final, best = r.get("final_top1"), r.get("best_top1")
-        status = r.get("status", "?") + (f": {str(r['error'])[:60]}" if r.get("error") else "")
-        lines.append(
-            f"| {r.get('arch')} | {r.get('family')} | {r.get('input_size')} | {r.get('flops', 0) / 1e6:.1f} | "
-            f"{r.get('params', 0) / 1e6:.2f} | {len(r.get('top1') or [])}/{r.get('epochs_planned')} | "
-            f"{'-' if final is None else f'{final:.2f}'} | {'-' if best is None else f'{best:.2f}'} | {status} |")
-    return "\n".join(lines)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"fbnet_zoo.cifar.{name} moved to fbnet_zoo.training.cifar10.{name}", DeprecationWarning,
+                      stacklevel=2)
+        return getattr(importlib.import_module("fbnet_zoo.training.cifar10"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

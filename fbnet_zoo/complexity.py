@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from .blocks import Classifier, Cx, block_complexity
-from .spec import ArchSpec, SpecError, load_spec
+from .blocks import Classifier, Cx, block_complexity, pool_cx
+from .errors import SpecError, check_int
+from .registry import load_spec
+from .spec import MAX_INPUT_SIZE, ArchSpec
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 InputSize = Union[int, Tuple[int, int], None]
@@ -35,31 +37,33 @@ def _hw(spec: ArchSpec, input_size: InputSize) -> Tuple[int, int]:
         h = w = input_size
     else:
         raise SpecError(f"input_size: {input_size!r} is not an integer or an (h, w) pair")
-    for v in (h, w):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SpecError(f"input_size: {input_size!r} is not a positive integer size")
-    return h, w
+    return (check_int("input_size[0]", h, 1, MAX_INPUT_SIZE), check_int("input_size[1]", w, 1, MAX_INPUT_SIZE))
 
 
 def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 1000) -> Complexity:
     """FLOPs and params of the model ``FBNet(spec, num_classes)`` on one image (eval mode),
-    with a per-stage breakdown. ``num_classes=0``: no classifier."""
+    with a per-stage breakdown. ``num_classes=0``: no classifier; the model's forward then
+    pools the last feature map, and that pooling is counted (as fvcore counts it)."""
     spec = load_spec(spec)
+    num_classes = check_int("num_classes", num_classes, 0)
     h, w = _hw(spec, input_size)
     cx = Cx(h, w, spec.in_channels)
     stages: Dict[str, Dict[str, int]] = {}
-    divisor = spec.width_divisor
-    for si, stage in enumerate(spec.stages):
-        f0, p0 = cx.flops, cx.params
-        for row in stage:
-            for k in range(row.repeats):
-                block_complexity(cx, row, k == 0, divisor)
-                if cx.h < 1 or cx.w < 1:
-                    raise SpecError(f"input_size: {(h, w)} is too small: stages[{si}] has no pixels left")
-        stages[f"stage{si}"] = {"flops": cx.flops - f0, "params": cx.params - p0,
-                                "h": cx.h, "w": cx.w, "channels": cx.c}
+    start = (0, 0)
+    walk = spec.walk()
+    for i, b in enumerate(walk):
+        if b.first and b.row_index == 0:
+            start = (cx.flops, cx.params)
+        block_complexity(cx, b)
+        if cx.h < 1 or cx.w < 1:
+            raise SpecError(f"input_size: {(h, w)} is too small: stages[{b.stage}] has no pixels left")
+        if i + 1 == len(walk) or walk[i + 1].stage != b.stage:
+            stages[f"stage{b.stage}"] = {"flops": cx.flops - start[0], "params": cx.params - start[1],
+                                         "h": cx.h, "w": cx.w, "channels": cx.c}
     if num_classes > 0:
         Classifier.complexity(cx, num_classes)
+    else:
+        pool_cx(cx)
     return Complexity(cx.flops, cx.params, (h, w), stages)
 
 

@@ -43,16 +43,11 @@ import torch
 from torch import nn
 
 from .blocks import ConvBNAct, InvertedResidual, PooledHead, Upsampled
+from .errors import CheckpointError
+from .model import FBNet
+from .registry import load_spec
 
 StateDict = Mapping[str, torch.Tensor]
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found, fetched, trusted, converted or loaded.
-
-    Re-exported as ``fbnet_zoo.checkpoints.CheckpointError``; the message names the file,
-    source or keys involved and what was expected.
-    """
 
 
 def _names(keys: Iterable[str], limit: int = 8) -> str:
@@ -65,9 +60,6 @@ def as_model(arch) -> nn.Module:
     """An FBNet for ``arch`` (a model is returned as is; a spec/name is built on the meta device)."""
     if isinstance(arch, nn.Module):
         return arch
-    from .model import FBNet
-    from .spec import load_spec
-
     with torch.device("meta"):
         return FBNet(load_spec(arch), num_classes=1000)
 

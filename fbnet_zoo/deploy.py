@@ -22,16 +22,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import ConvBNAct
+from .errors import DeployError
 from .io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ConvAct", "DeployError", "check_onnx", "example_input", "export_onnx", "export_torchscript", "fold_bn",
            "prepare_for_deploy", "strip_identities"]
-
-
-class DeployError(RuntimeError):
-    """Export or verification of a deployable model failed (the message says which step and why)."""
 
 
 def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:

@@ -7,13 +7,13 @@ import dataclasses
 import math
 from typing import Any, Mapping, Optional, Union
 
-from .spec import ArchSpec, SpecError, load_spec, make_divisible
+from .errors import check_number
+from .registry import load_spec
+from .spec import ArchSpec, make_divisible
 
 
 def _factor(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise SpecError(f"{name}: {value!r} is not a positive number")
-    return float(value)
+    return float(check_number(name, value, 0.0))
 
 
 def scale(spec: Union[ArchSpec, Mapping[str, Any], str], width: float = 1.0, depth: float = 1.0,

@@ -32,14 +32,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from fbnet_zoo.errors import SearchConfigError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+
 MODES = ("joint", "recipe_only", "arch_only")
 EXECUTORS = ("local", "ray", "oracle")
 RANK_METHODS = ("kendall", "spearman")
 CONSTRAINT_KEYS = ("flops", "params")
-
-
-class SearchConfigError(ValueError):
-    """An invalid search config, space, override, constraint or run directory."""
 
 
 # Defaults: the schema. A key present here is allowed; its default's type is checked.

@@ -5,7 +5,8 @@
     executor.close()
 
 - ``local``: in this process, one candidate after another.
-- ``ray``: each candidate is a Ray task (``num_cpus`` / ``num_gpus`` per candidate) on a cluster
+- ``ray``: each candidate is a Ray task (``num_cpus`` / ``num_gpus`` per candidate; with
+  ``train.device: auto`` one GPU per candidate when the cluster has GPUs) on a cluster
   joined with ``ray.init(address=...)`` ("auto" for the cluster this machine belongs to; None
   starts a local one, or reuses an already initialised Ray). A task whose worker dies
   (preemption, OOM kill, node loss) is retried up to ``max_retries`` times and resumes from its
@@ -22,18 +23,18 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from fbnet_zoo.training.settings import TrainConfigError, TrainSettings
+
+from fbnet_zoo.errors import ExecutorError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
 
 from .candidate import Candidate, TrainResult
-from .trainer import TrainConfigError, TrainSettings, train_candidate
+from .trainer import train_candidate
 
 log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., TrainResult]
-
-
-class ExecutorError(ValueError):
-    """A bad executor choice or option; the message names it and what is allowed."""
 
 
 def candidate_dir(run_dir: str, key: str) -> str:
@@ -94,11 +95,26 @@ class LocalExecutor(Executor):
             on_result(result)
 
 
+def gpu_reservation(requested: float, device: str, cluster_gpus: float) -> Tuple[float, str]:
+    """(GPUs per candidate, training device) for a Ray run. ``device: auto`` on a cluster with
+    GPUs reserves one GPU per candidate (unless ``requested`` says how many) and trains on CUDA;
+    without GPUs, or with ``device: cpu``, candidates reserve none and train on the CPU
+    (``auto`` is pinned, so an unreserved GPU is never used). GPUs requested with
+    ``device: cpu`` switch the device to CUDA (as before)."""
+    if device == "auto":
+        gpus = requested if requested > 0 else (1.0 if cluster_gpus >= 1 else 0.0)
+        return gpus, "cuda" if gpus > 0 else "cpu"
+    if requested > 0 and device == "cpu":
+        return requested, "cuda"
+    return requested, device
+
+
 def _ray_train(train_fn: TrainFn, cand: Candidate, epochs: int, settings: TrainSettings, workdir: str,
                threads: int) -> Dict[str, Any]:
     """Body of one Ray task: train and return the result as a plain dict."""
+    settings = settings.replace(cpus=max(1, threads))  # data-loader workers fit the cores Ray reserved
     if settings.threads is not None and settings.device == "cpu":
-        settings = settings.replace(threads=max(1, threads))  # the cores Ray reserved for this task
+        settings = settings.replace(threads=max(1, threads))
     return train_fn(cand, epochs, settings, workdir, progress=False).to_dict()
 
 
@@ -126,8 +142,6 @@ class RayExecutor(Executor):
                 raise ExecutorError(f"executor.{name}: {v!r} is not a number >= 0")
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < -1:
             raise ExecutorError(f"executor.max_retries: {max_retries!r} is not an integer >= -1 (-1: forever)")
-        if num_gpus_per_candidate > 0 and settings.device == "cpu":
-            settings = settings.replace(device="cuda")
         self.settings = settings
         self.run_dir = os.path.abspath(run_dir)
         self.num_cpus = num_cpus_per_candidate
@@ -145,6 +159,9 @@ class RayExecutor(Executor):
             self._owns_ray = True
         elif ray_address not in (None, "auto"):
             log.info("ray is already initialised; ignoring ray_address=%r", ray_address)
+        self.num_gpus, device = gpu_reservation(num_gpus_per_candidate, settings.device,
+                                                ray.cluster_resources().get("GPU", 0))
+        self.settings = settings.replace(device=device)
         self._remote = ray.remote(_ray_train)
 
     def run(self, candidates: Sequence[Candidate], epochs: int, on_result: Callable[[TrainResult], None]) -> None:

@@ -11,7 +11,9 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
+from fbnet_zoo.blocks import Classifier, Cx, block_complexity, pool_cx
 from fbnet_zoo.complexity import complexity
+from fbnet_zoo.spec import walk_rows
 
 from .config import SearchConfigError
 from .space import SearchSpace
@@ -58,8 +60,6 @@ class RowCostCache:
         self.max_entries = max_entries
 
     def cost(self, arch, num_classes: int) -> tuple:
-        from fbnet_zoo.blocks import Classifier, Cx, block_complexity
-
         h = w = arch.input_size
         c = arch.in_channels
         flops = params = 0
@@ -70,8 +70,8 @@ class RowCostCache:
                 hit = self._rows.get(key)
                 if hit is None:
                     cx = Cx(h, w, c)
-                    for k in range(row.repeats):
-                        block_complexity(cx, row, k == 0, div)
+                    for block in walk_rows((row,), c, div):
+                        block_complexity(cx, block)
                     if cx.h < 1 or cx.w < 1:  # let the zoo's counter raise its own error
                         complexity(arch, None, num_classes)
                     hit = (cx.flops, cx.params, cx.h, cx.w, cx.c)
@@ -80,11 +80,13 @@ class RowCostCache:
                 flops += hit[0]
                 params += hit[1]
                 h, w, c = hit[2], hit[3], hit[4]
+        cx = Cx(h, w, c)
         if num_classes > 0:
-            cx = Cx(h, w, c)
             Classifier.complexity(cx, num_classes)
-            flops += cx.flops
-            params += cx.params
+        else:  # the headless forward pools, as fbnet_zoo.complexity counts it
+            pool_cx(cx)
+        flops += cx.flops
+        params += cx.params
         return float(flops), float(params)
 
 

@@ -25,6 +25,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.training.recipe import Recipe
+from fbnet_zoo.training.settings import TrainSettings
+
 from .candidate import Candidate, TrainResult
 from .config import SearchConfigError, config_digest, constraint_label, diff_configs
 from .early_stop import select_early_stop_epoch
@@ -32,7 +35,6 @@ from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
 from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
-from .recipe import Recipe
 from .space import SearchSpace
 from .store import DB_NAME, RunStore
 
@@ -120,8 +122,6 @@ class SearchRun:
             kind = executor_kind or cfg["executor"]["kind"]
             if executor is None and kind in ("local", "ray"):
                 try:
-                    from .trainer import TrainSettings
-
                     TrainSettings.from_dict(cfg["train"])
                 except ValueError as e:
                     raise SearchConfigError(f"train: {e}") from None

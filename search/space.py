@@ -42,9 +42,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, load_spec
+from fbnet_zoo.registry import load_spec
+from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError
+from fbnet_zoo.training.recipe import Recipe, RecipeError
 
-from .recipe import Recipe, RecipeError
 from .config import SearchConfigError
 
 BLOCK_KEYS = ("stage", "type", "kernel", "expansion", "channels", "depth", "stride", "se", "act", "bias",

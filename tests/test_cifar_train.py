@@ -1,11 +1,12 @@
-"""tools/train_cifar10.py and tools/plot_cifar10.py end to end on a tiny CIFAR-10 folder
+"""The CIFAR-10 experiment (fbnet_zoo.training.cifar10) end to end on a tiny CIFAR-10 folder
 written here in the real format (python pickle batches data_batch_1..5, test_batch,
-batches.meta), through the search's trainer; resume; bad input gives clear errors."""
+batches.meta): training, results files, resume, plots; bad input gives clear errors; the two
+tools are thin command lines over it."""
 
-import importlib.util
 import json
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -13,22 +14,12 @@ import pytest
 import torch
 
 from fbnet_zoo import count_flops, fvcore_flops, load_spec, scale
-from fbnet_zoo.cifar import RESULTS_SCHEMA, cifar_baseline, cifar_variant, load_results
+from fbnet_zoo.cifar import cifar_variant
+from fbnet_zoo.training.cifar10 import (RESULTS_SCHEMA, CifarError, cifar_baseline, load_results, plot_results,
+                                        results_table, run_experiment)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = "airplane automobile bird cat deer dog frog horse ship truck".split()
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_cifar10 = _tool("train_cifar10")
-plot_cifar10 = _tool("plot_cifar10")
 
 
 def make_cifar_folder(root, per_batch=8, n_test=16, seed=0):
@@ -72,14 +63,22 @@ def small_arch(tmp_path):
     return path
 
 
-def _run(*argv):
-    return train_cifar10.main([*map(str, argv), "--no-progress"])
+def _run(data, archs, out, epochs, batch_size=None, lr=None, **kw):
+    overrides = {"batch_size": batch_size, "lr": lr}
+    return run_experiment(str(data), [str(a) for a in archs], str(out), epochs=epochs,
+                          recipe_overrides={k: v for k, v in overrides.items() if v is not None}, progress=False,
+                          **kw)
 
 
-def test_trains_evaluates_resumes_and_writes_results(cifar, small_arch, tmp_path, capsys):
+def _tool(name, *argv):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", f"{name}.py"), *map(str, argv)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_trains_evaluates_resumes_and_writes_results(cifar, small_arch, tmp_path):
     out = tmp_path / "runs"
-    common = [cifar, "--arch", small_arch, "--batch-size", "16", "--out", out]
-    assert _run(*common, "--arch", "efficientnet_b0", "--epochs", "1") == 0
+    records = _run(cifar, [small_arch, "efficientnet_b0"], out, 1, batch_size=16)
+    assert [r["status"] for r in records] == ["ok", "ok"]
     run_dir = out / "tiny_searched-cifar"
     res = json.loads((run_dir / "results.json").read_text())
     variant = cifar_variant(small_arch)
@@ -99,45 +98,54 @@ def test_trains_evaluates_resumes_and_writes_results(cifar, small_arch, tmp_path
     assert "tiny-searched-CIFAR" in table and "efficientnet_b0-CIFAR" in table
 
     # A second run over the same folder must not silently discard the checkpoint.
-    capsys.readouterr()
-    assert _run(*common, "--epochs", "2") == 2
-    assert "--resume" in capsys.readouterr().err
+    with pytest.raises(CifarError, match="--resume"):
+        _run(cifar, [small_arch], out, 2, batch_size=16)
     # --resume continues after epoch 1 and keeps epoch 1's history.
-    assert _run(*common, "--epochs", "2", "--resume") == 0
+    _run(cifar, [small_arch], out, 2, batch_size=16, resume=True)
     res2 = json.loads((run_dir / "results.json").read_text())
     assert res2["resumed_from"] == 1 and res2["epochs_done"] == 2 and res2["top1"][0] == res["top1"][0]
     assert res2["status"] == "ok" and res2["final_top1"] == res2["top1"][1]
 
     # The plot and table from the results files.
-    png, md = tmp_path / "fig.png", tmp_path / "table.md"
-    assert plot_cifar10.main([str(out), "--out", str(png), "--table", str(md)]) == 0
+    rows = load_results(str(out))
+    assert {r["arch"] for r in rows} == {"tiny-searched-CIFAR", "efficientnet_b0-CIFAR"}
+    png = tmp_path / "fig.png"
+    assert plot_results(rows, str(png)) == 2
     assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
-    assert "tiny-searched-CIFAR" in md.read_text()
-    assert {r["arch"] for r in load_results(str(out))} == {"tiny-searched-CIFAR", "efficientnet_b0-CIFAR"}
+    assert "tiny-searched-CIFAR" in results_table(rows)
+
+    # The tools are thin command lines over the same functions.
+    png, md = tmp_path / "fig2.png", tmp_path / "table.md"
+    plot = _tool("plot_cifar10", out, "--out", png, "--table", md)
+    assert plot.returncode == 0, plot.stderr
+    assert png.read_bytes()[:4] == b"\x89PNG" and "tiny-searched-CIFAR" in md.read_text()
+    dry = _tool("train_cifar10", cifar, "--arch", f"{small_arch},efficientnet_b0", "--dry-run", "--out", out)
+    assert dry.returncode == 0, dry.stderr
+    assert "tiny-searched-CIFAR" in dry.stdout and "blocks.1.0.conv_dw" in dry.stdout
 
 
-def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path, capsys):
+def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path):
     out = tmp_path / "runs"
 
-    def err(*argv):
-        capsys.readouterr()
-        assert _run(*argv, "--out", out, "--epochs", "1") == 2
-        return capsys.readouterr().err
+    def err(data, arch, **kw):
+        with pytest.raises(CifarError) as info:
+            _run(data, [arch], out, 1, **kw)
+        return str(info.value)
 
-    assert "does not exist" in err(tmp_path / "nowhere", "--arch", small_arch)
-    assert "no 'cifar-10-batches-py' folder" in err(tmp_path, "--arch", small_arch)
-    assert "unknown model 'FBNetV3-Q'" in err(cifar, "--arch", "FBNetV3-Q")
-    assert "no such arch YAML file" in err(cifar, "--arch", tmp_path / "missing.yaml")
-    assert "recipe.optimiser: unknown key" in err(cifar, "--arch", small_arch, "--recipe", _yaml(tmp_path, "optimiser: sgd"))
+    assert "does not exist" in err(tmp_path / "nowhere", small_arch)
+    assert "no 'cifar-10-batches-py' folder" in err(tmp_path, small_arch)
+    assert "unknown model 'FBNetV3-Q'" in err(cifar, "FBNetV3-Q")
+    assert "no such arch YAML file" in err(cifar, tmp_path / "missing.yaml")
+    assert "recipe.optimiser: unknown key" in err(cifar, small_arch, recipe_path=str(_yaml(tmp_path, "optimiser: sgd")))
     # Wrong format: a batch that is not a pickle, a missing batch, a batch of the wrong shape.
     with open(os.path.join(cifar, "data_batch_3"), "wb") as f:
         f.write(b"this is not a pickle")
-    assert "data_batch_3: not a CIFAR-10 python pickle batch" in err(cifar, "--arch", small_arch)
+    assert "data_batch_3: not a CIFAR-10 python pickle batch" in err(cifar, small_arch)
     os.remove(os.path.join(cifar, "data_batch_3"))
-    assert "lacks ['data_batch_3']" in err(cifar, "--arch", small_arch)
+    assert "lacks ['data_batch_3']" in err(cifar, small_arch)
     with open(os.path.join(cifar, "data_batch_3"), "wb") as f:
         pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, f)
-    assert "expected uint8 N x 3072" in err(cifar, "--arch", small_arch)
+    assert "expected uint8 N x 3072" in err(cifar, small_arch)
     assert not out.exists() or not any(out.iterdir())          # nothing was trained
 
 
@@ -165,11 +173,9 @@ def test_efficientnet_baseline_is_adapted_like_the_fbnets():
         cifar_baseline("resnet50")
 
 
-def test_a_diverging_run_is_recorded_as_failed(cifar, small_arch, tmp_path, capsys):
+def test_a_diverging_run_is_recorded_as_failed(cifar, small_arch, tmp_path):
     out = tmp_path / "runs"
-    assert _run(cifar, "--arch", small_arch, "--out", out, "--epochs", "1", "--batch-size", "8",
-                "--lr", "1e30") == 1
+    [rec] = _run(cifar, [small_arch], out, 1, batch_size=8, lr=1e30)
     res = json.loads((out / "tiny_searched-cifar" / "results.json").read_text())
-    assert res["status"] == "failed" and res["final_top1"] is None
+    assert rec["status"] == res["status"] == "failed" and res["final_top1"] is None
     assert "diverged" in res["error"] or "nan" in res["error"].lower() or "inf" in res["error"].lower()
-    assert "failed" in capsys.readouterr().out

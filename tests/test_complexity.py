@@ -46,7 +46,8 @@ def test_no_classifier_and_per_stage_breakdown():
     c = fbnet_zoo.complexity("FBNetV3-A", num_classes=0)
     model = fbnet_zoo.build_model("FBNetV3-A", num_classes=0)
     assert c.params == sum(p.numel() for p in model.parameters())
-    assert sum(s["flops"] for s in c.stages.values()) == c.flops
+    # the headless forward pools the 1984 x 1 x 1 head output once more: 1 flop per element
+    assert sum(s["flops"] for s in c.stages.values()) + 1984 == c.flops
     assert c.stages["stage5"]["h"] == 6  # dw_padding 0 on the stride-2 block: 13 -> 6, not 7
 
 
@@ -55,3 +56,28 @@ def test_bad_input_size_is_named():
         count_flops("FBNetV3-A", input_size=0)
     with pytest.raises(fbnet_zoo.SpecError, match="too small"):
         count_flops("FBNetV3-A", input_size=8)
+
+
+@pytest.mark.parametrize("name", fbnet_zoo.list_models())
+def test_headless_counts_equal_fvcore_for_every_zoo_model(name):
+    """num_classes=0: the forward pools the last map; count_flops counts that pool as fvcore does
+    (before the fix FBNetV3-A was 367,761,448 analytic vs fvcore's 367,763,432)."""
+    model = fbnet_zoo.build_model(name, num_classes=0)
+    size = model.spec.input_size
+    assert count_flops(name, num_classes=0) == fvcore_flops(model, input_size=size)
+    assert count_params(name, num_classes=0) == sum(p.numel() for p in model.parameters())
+
+
+def test_headless_counts_equal_fvcore_without_a_pooled_head():
+    rng = np.random.default_rng(7)
+    checked = 0
+    while checked < 10:
+        spec = random_spec(rng, name=f"headless{checked}", max_stages=4)
+        if spec.has_pool_head:
+            spec = spec.replace(stages=spec.stages[:-1])
+        try:
+            expected = count_flops(spec, num_classes=0)
+        except fbnet_zoo.SpecError:
+            continue
+        assert expected == fvcore_flops(fbnet_zoo.FBNet(spec, num_classes=0)), spec.to_yaml()
+        checked += 1

@@ -8,9 +8,9 @@ import pytest
 from fbnet_zoo.search.candidate import Candidate, TrainResult
 from fbnet_zoo.search.executors import (Executor, ExecutorError, LocalExecutor, candidate_dir, executor_kinds,
                                         make_executor, register_executor)
-from fbnet_zoo.search.recipe import Recipe
-from fbnet_zoo.search.trainer import CHECKPOINT_NAME, TrainConfigError, train_candidate
+from fbnet_zoo.search.trainer import train_candidate
 from fbnet_zoo.spec import ArchSpec
+from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainConfigError
 
 TINY = ArchSpec.from_dict({"name": "tiny", "input_size": 32, "stages": [
     [{"type": "conv", "out_channels": 8, "stride": 2, "act": "hswish"}],
@@ -149,3 +149,13 @@ def test_ray_gives_up_after_max_retries_with_a_failed_result(ray_cluster, tmp_pa
         ex.run(batch()[:1], 1, results.append)
     assert len(results) == 1 and results[0].status == "failed"
     assert "ray task failed" in results[0].error
+
+
+def test_ray_reserves_gpus_for_device_auto_when_the_cluster_has_them():
+    from fbnet_zoo.search.executors import gpu_reservation
+
+    assert gpu_reservation(0, "auto", cluster_gpus=8) == (1.0, "cuda")    # reserved by default
+    assert gpu_reservation(0.5, "auto", cluster_gpus=8) == (0.5, "cuda")  # told how many
+    assert gpu_reservation(0, "auto", cluster_gpus=0) == (0.0, "cpu")     # no GPUs: pinned to the CPU
+    assert gpu_reservation(0, "cpu", cluster_gpus=8) == (0, "cpu")        # told otherwise
+    assert gpu_reservation(1, "cpu", cluster_gpus=8) == (1, "cuda")

@@ -9,30 +9,51 @@ from fbnet_zoo import FBNet, complexity, scale
 
 @pytest.mark.parametrize("name", ["FBNetV3-A", "FBNetV3-D", "FBNetV3-G"])
 @pytest.mark.parametrize("size", [(64, 64), (97, 131), (224, 224)])
-def test_stage_outputs_have_declared_channels_and_sizes(name, size):
+def test_feature_outputs_have_declared_channels_and_sizes(name, size):
     model = fbnet_zoo.build_model(name, num_classes=0).eval()
     spec = model.spec
     with torch.no_grad():
-        feats = model.forward_stages(torch.randn(1, 3, *size))
+        feats = model.forward_features(torch.randn(1, 3, *size), model.feature_names)
     expected = complexity(spec, size).stages
-    assert list(feats) == model.feature_names == [f"stage{i}" for i in range(6)]
+    assert list(feats) == model.feature_names == [f"res{k}" for k in range(1, 6)]
     strides = [f["stride"] for f in model.feature_info]
-    assert strides == [2, 2, 4, 8, 16, 32]
+    assert strides == [2, 4, 8, 16, 32]
+    # res{k} is the output of the last block at stride 2**k: here the last block of stage k
+    assert [f["stage"] for f in model.feature_info] == [1, 2, 3, 4, 5]
     for info in model.feature_info:
         f = feats[info["name"]]
-        assert f.shape[1] == info["channels"] == spec.stage_channels()[info["name"]]
-        assert tuple(f.shape[2:]) == (expected[info["name"]]["h"], expected[info["name"]]["w"])
+        stage = f"stage{info['stage']}"
+        assert f.shape[1] == info["channels"] == spec.stage_channels()[stage]
+        assert tuple(f.shape[2:]) == (expected[stage]["h"], expected[stage]["w"])
         # the reference archs' two dw_padding overrides each may shave a pixel off the nominal size
         for got, full in zip(f.shape[2:], size):
             assert -(-full // info["stride"]) - 2 <= got <= -(-full // info["stride"])
 
 
-def test_forward_stages_stops_early_and_features_match_forward():
+def test_forward_features_stops_at_the_deepest_feature_asked():
+    model = fbnet_zoo.build_model("FBNetV3-A", num_classes=10).eval()
+    x = torch.randn(2, 3, 96, 96)
+    ran = []
+    for i, stage in enumerate(model.stages):
+        for block in stage:
+            block.register_forward_hook(lambda m, a, out, i=i: ran.append(i))
+    with torch.no_grad():
+        part = model.forward_features(x, ["res4", "res2"])
+    assert list(part) == ["res2", "res4"]
+    assert sorted(set(ran)) == [0, 1, 2, 3, 4] and ran.count(4) == len(model.stages[4])  # stage 5 never ran
+    assert part["res4"].shape[1] == model.feature_info[3]["channels"]
+    with pytest.raises(fbnet_zoo.SpecError, match="res6.*available"):
+        model.forward_features(x, ["res6"])
+
+
+def test_forward_stages_is_a_deprecated_alias_and_features_match_forward():
     model = fbnet_zoo.build_model("FBNetV3-A", num_classes=10).eval()
     x = torch.randn(2, 3, 96, 96)
     with torch.no_grad():
-        part = model.forward_stages(x, ["stage2", "stage4"])
+        with pytest.warns(DeprecationWarning, match="forward_features"):
+            part = model.forward_stages(x, ["stage2", "stage4"])
         assert list(part) == ["stage2", "stage4"]
+        assert torch.equal(part["stage4"], model.forward_features(x, ["res4"])["res4"])
         logits = model(x)
         pooled = model.forward_features(x)
     assert logits.shape == (2, 10) and pooled.shape == (2, 1984, 1, 1)
@@ -80,7 +101,7 @@ def test_torchscript_and_torch_export(name):
         expected = model(x)
         scripted = torch.jit.script(model)
         assert torch.allclose(scripted(x), expected, atol=1e-5)
-        assert set(scripted.forward_stages(x)) == set(model.feature_names)
+        assert set(scripted.forward_stages(x)) == {f"stage{i}" for i in range(6)}
         exported = torch.export.export(model, (x,))
         assert torch.allclose(exported.module()(x), expected, atol=1e-5)
 
@@ -112,4 +133,9 @@ def test_build_model_rejects_unknown_options():
     with pytest.raises(TypeError, match="drop_rate"):
         fbnet_zoo.build_model("FBNetV3-A", drop_rate=0.1)
     with pytest.raises(fbnet_zoo.SpecError, match="num_classes"):
-        FBNet("FBNetV3-A", num_classes=-1)
+        FBNet(fbnet_zoo.get_spec("FBNetV3-A"), num_classes=-1)
+
+
+def test_fbnet_takes_a_spec_and_points_names_to_the_factory():
+    with pytest.raises(fbnet_zoo.SpecError, match="build_model"):
+        FBNet("FBNetV3-A")

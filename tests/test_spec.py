@@ -141,3 +141,97 @@ def test_yaml_errors_name_the_file(tmp_path):
     bad.write_text("- just a list\n")
     with pytest.raises(SpecError, match="expected a mapping"):
         load_spec(str(bad))
+
+
+# ---- issue 16 item 7: every field bounded, integers only where integers are meant
+@pytest.mark.parametrize("change, field", [
+    ({"stride": 2.0}, "stages[1][0].stride"),
+    ({"kernel": 3.0}, "stages[1][0].kernel"),
+    ({"repeats": 2.0}, "stages[1][0].repeats"),
+    ({"out_channels": 16.0}, "stages[1][0].out_channels"),
+    ({"upsample": 1.0}, "stages[1][0].upsample"),
+    ({"dw_padding": [1.0, 1]}, "stages[1][0].dw_padding[0]"),
+    ({"repeats": 10 ** 9}, "stages[1][0].repeats"),
+    ({"kernel": 1001}, "stages[1][0].kernel"),
+    ({"out_channels": 10 ** 7}, "stages[1][0].out_channels"),
+    ({"expansion": 10 ** 400}, "stages[1][0].expansion"),
+    ({"expansion": 1e300}, "stages[1][0].expansion"),
+    ({"dw_padding": 5}, "stages[1][0].dw_padding"),
+    ({"kernel": [[[[3]]]]}, "stages[1][0].kernel"),
+])
+def test_out_of_bounds_and_non_integer_fields_are_spec_errors(change, field):
+    with pytest.raises(SpecError) as e:
+        ArchSpec.from_dict(small_dict(**change))
+    assert str(e.value).startswith(field + ":")
+
+
+@pytest.mark.parametrize("top, field", [
+    ({"input_size": 224.0}, "input_size"),
+    ({"input_size": 10 ** 6}, "input_size"),
+    ({"width_divisor": 10 ** 9}, "width_divisor"),
+    ({"width_divisor": 8.0}, "width_divisor"),
+    ({"in_channels": 10 ** 5}, "in_channels"),
+    ({"dropout": 10 ** 400}, "dropout"),
+    ({"name": "../../x"}, "name"),
+    ({"name": "/abs/x"}, "name"),
+    ({"name": "a\nb"}, "name"),
+    ({"name": ".hidden"}, "name"),
+    ({"name": 7}, "name"),
+])
+def test_top_level_bounds_and_safe_names(top, field):
+    data = small_dict()
+    data.update(top)
+    with pytest.raises(SpecError) as e:
+        ArchSpec.from_dict(data)
+    assert str(e.value).startswith(field + ":")
+
+
+def test_structure_sizes_are_bounded():
+    from fbnet_zoo import spec as spec_module
+
+    row = {"type": "ir", "out_channels": 16, "repeats": spec_module.MAX_REPEATS, "kernel": 3}
+    too_many_blocks = {"name": "deep", "input_size": 32,
+                       "stages": [[{"type": "conv", "out_channels": 8, "stride": 2}]] + [[row]] * 9}
+    with pytest.raises(SpecError, match="stages: .*blocks in all"):
+        ArchSpec.from_dict(too_many_blocks)
+    many_stages = {"name": "wide", "input_size": 32, "stages": [[{"type": "conv", "out_channels": 8}]] * 1000}
+    with pytest.raises(SpecError, match="stages: 1000 stages is above the maximum"):
+        ArchSpec.from_dict(many_stages)
+    # widths are bounded after rounding too: 8192 channels x expansion 16
+    wide = small_dict(out_channels=8192, expansion=1)
+    wide["stages"].append([{"type": "ir", "out_channels": 16, "expansion": 16}])
+    with pytest.raises(SpecError, match=r"stages\[2\]\[0\]: resolved mid_channels 131072"):
+        ArchSpec.from_dict(wide)
+
+
+def test_deep_nesting_and_duplicate_keys_in_yaml_are_spec_errors(tmp_path):
+    nested = "name: n\ninput_size: 32\nstages: " + "[" * 2000 + "]" * 2000 + "\n"
+    with pytest.raises(SpecError, match="nested too deeply|not valid YAML"):
+        ArchSpec.from_yaml(nested)
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: dup\ninput_size: 32\ninput_size: 64\nstages:\n"
+                    "- - {type: conv, out_channels: 8, stride: 2}\n")
+    with pytest.raises(SpecError, match=r"dup.yaml: .*duplicate key 'input_size'"):
+        ArchSpec.from_yaml(str(path))
+    row_dup = "name: d\ninput_size: 32\nstages:\n- - {type: conv, out_channels: 8, out_channels: 16}\n"
+    with pytest.raises(SpecError, match="duplicate key 'out_channels'"):
+        ArchSpec.from_yaml(row_dup)
+
+
+def test_huge_repeats_fail_fast_instead_of_hanging():
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(SpecError, match="repeats"):
+        fbnet_zoo.count_flops(small_dict(repeats=10 ** 9))
+    assert time.perf_counter() - start < 1.0
+
+
+def test_errors_share_one_root():
+    from fbnet_zoo import errors
+
+    assert issubclass(SpecError, errors.FBNetZooError) and issubclass(errors.FBNetZooError, ValueError)
+    assert issubclass(fbnet_zoo.UnknownModelError, KeyError)
+    assert issubclass(fbnet_zoo.UnknownModelError, errors.FBNetZooError)
+    with pytest.raises(errors.FBNetZooError):
+        fbnet_zoo.get_spec("no-such-model")

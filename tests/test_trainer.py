@@ -10,10 +10,12 @@ from torch import nn
 
 from fbnet_zoo.blocks import DropPath
 from fbnet_zoo.search.candidate import Candidate
-from fbnet_zoo.search.recipe import Recipe
-from fbnet_zoo.search.trainer import (CHECKPOINT_NAME, RMSpropTF, TrainSettings, build_candidate_model,
-                                      build_optimizer, distillation_loss, evaluate, lr_at, mixup, soft_targets,
-                                      train_candidate, train_model)
+from fbnet_zoo.search.trainer import build_candidate_model, train_candidate
+from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, evaluate, train_model
+from fbnet_zoo.training.losses import distillation_loss, mixup, soft_targets
+from fbnet_zoo.training.loop import _teacher_logits
+from fbnet_zoo.training.optim import RMSpropTF, build_optimizer
+from fbnet_zoo.training.schedule import lr_at
 from fbnet_zoo.spec import ArchSpec
 
 TINY = ArchSpec.from_dict({"name": "tiny", "input_size": 32, "stages": [
@@ -157,8 +159,6 @@ def test_each_recipe_dimension_changes_training():
 def test_ema_weights_differ_from_raw_and_evaluation_uses_them(tmp_path):
     from torch.utils.data import DataLoader
 
-    from fbnet_zoo.search.trainer import cached_datasets
-
     r = BASE.replace(ema=True, ema_decay=0.9)
     res = run(r, epochs=1, workdir=str(tmp_path))
     state = torch.load(os.path.join(tmp_path, CHECKPOINT_NAME), weights_only=True)
@@ -191,7 +191,7 @@ def test_weight_decay_shrinks_weights(tmp_path):
 
 def test_distillation_from_a_teacher_changes_the_loss():
     teacher = build_candidate_model(cand(), 10)
-    data = __import__("fbnet_zoo.search.trainer", fromlist=["cached_datasets"]).cached_datasets(SMALL, 32)
+    data = cached_datasets(SMALL, 32)
     plain = train_model(build_candidate_model(cand(), 10), BASE, 1, data[0], data[1], SMALL, progress=False)
 
     def with_teacher(weight):
@@ -223,6 +223,26 @@ def test_resume_from_checkpoint_continues_exactly(tmp_path):
     assert "resumed_from" not in other.extra
 
 
+def test_resume_is_exact_with_data_loader_workers(tmp_path):
+    """ImageFolder data gets worker processes by default; their augmentation RNG is seeded per
+    epoch, so a resumed run still continues exactly."""
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        os.makedirs(tmp_path / "data" / "train" / c)
+        for j in range(8):
+            img = torch.randint(0, 256, (24, 24, 3), generator=rng, dtype=torch.uint8).numpy()
+            Image.fromarray(img).save(tmp_path / "data" / "train" / c / f"{j}.png")
+    settings = TrainSettings(dataset="imagefolder", data_dir=str(tmp_path / "data"), holdout=4, cpus=2)
+    recipe = BASE.replace(batch_size=4, resolution=16)
+    full = run(recipe, epochs=2, settings=settings)
+    assert full.extra["steps_per_epoch"] == 3
+    run(recipe, epochs=1, settings=settings, workdir=str(tmp_path / "w"))
+    resumed = run(recipe, epochs=2, settings=settings, workdir=str(tmp_path / "w"))
+    assert resumed.extra["resumed_from"] == 1 and resumed.loss == full.loss and resumed.top1 == full.top1
+
+
 def test_nan_recipe_fails_with_a_reason():
     res = train_candidate(cand(BASE.replace(lr=1e6)), 2, SMALL, progress=False)
     assert res.status == "failed" and not res.ok
@@ -239,7 +259,7 @@ def test_exceptions_become_failed_results():
         def forward(self, x):
             raise RuntimeError("boom in forward")
 
-    data = __import__("fbnet_zoo.search.trainer", fromlist=["cached_datasets"]).cached_datasets(SMALL, 32)
+    data = cached_datasets(SMALL, 32)
     res = train_model(Broken(), BASE, 1, data[0], data[1], SMALL, progress=False)
     assert res.status == "failed" and "boom in forward" in res.error
     bad = train_candidate(cand(), 0, SMALL, progress=False)
@@ -251,7 +271,7 @@ def test_exceptions_become_failed_results():
 def test_trains_any_module():
     from torchvision.models import mobilenet_v3_small
 
-    data = __import__("fbnet_zoo.search.trainer", fromlist=["cached_datasets"]).cached_datasets(SMALL, 32)
+    data = cached_datasets(SMALL, 32)
     torch.manual_seed(0)
     model = mobilenet_v3_small(num_classes=10)
     res = train_model(model, BASE, 1, data[0], data[1], SMALL.replace(max_train_images=64), progress=False)
@@ -284,8 +304,6 @@ def test_teacher_from_settings_with_local_weights(tmp_path):
 
 
 def test_teacher_logits_follow_the_chosen_classes():
-    from fbnet_zoo.search.trainer import _teacher_logits
-
     teacher = nn.Linear(4, 6)
     x = torch.randn(3, 4)
     picked = _teacher_logits(teacher, x, torch.tensor([1, 4, 5]), 3)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Table of registered models: input size, params, FLOPs (fvcore convention), stage strides/channels.
+"""Table of registered models: input size, params, FLOPs (fvcore convention), features (res{k}: stride, channels).
 
     python tools/model_info.py                       # every registered model
     python tools/model_info.py --arch my_arch.yaml   # one spec
@@ -21,8 +21,8 @@ def describe(spec, input_size, num_classes, verify):
         "input_size": c.input_size[0] if c.input_size[0] == c.input_size[1] else list(c.input_size),
         "params": c.params,
         "flops": c.flops,
-        "stages": {name: {"stride": stride, "channels": spec.stage_channels()[name]}
-                   for name, stride in spec.stage_strides().items()},
+        "features": {f.name: {"stride": f.stride, "channels": f.channels, "stage": f.stage}
+                     for f in spec.features()},
     }
     if verify:
         model = fbnet_zoo.FBNet(spec, num_classes=num_classes)
@@ -45,17 +45,17 @@ def main(argv=None):
         else:
             specs = [fbnet_zoo.get_spec(n) for n in (args.models or fbnet_zoo.list_models())]
         rows = [describe(s, args.input_size, args.num_classes, args.verify) for s in specs]
-    except (fbnet_zoo.SpecError, fbnet_zoo.UnknownModelError) as e:
+    except fbnet_zoo.FBNetZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'model':<22} {'input':>7} {'params (M)':>11} {'MFLOPs':>9}  stages (stride:channels)"
+    header = f"{'model':<22} {'input':>7} {'params (M)':>11} {'MFLOPs':>9}  features (stride:channels)"
     print(header)
     print("-" * len(header))
     for r in rows:
-        stages = " ".join(f"{v['stride']}:{v['channels']}" for v in r["stages"].values())
+        stages = " ".join(f"{v['stride']}:{v['channels']}" for v in r["features"].values())
         check = ""
         if "fvcore_flops" in r:
             check = "  fvcore ok" if r["fvcore_flops"] == r["flops"] else f"  fvcore {r['fvcore_flops']} MISMATCH"

@@ -13,56 +13,11 @@ plotted. Prints the table (markdown) and writes it with ``--table``.
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
-from fbnet_zoo.cifar import ResultsError, load_results, results_table
-from fbnet_zoo.io_utils import atomic_path, atomic_write_text
-
-logger = logging.getLogger("plot_cifar10")
-
-
-def _final(row: Dict[str, Any]) -> Optional[float]:
-    return row.get("final_top1") if row.get("status") == "ok" else None
-
-
-def plot(rows: Sequence[Dict[str, Any]], out: str, title: str = "CIFAR-10 transfer") -> int:
-    """Write the accuracy-vs-MFLOPs figure; returns the number of points plotted."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    families: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
-        if _final(r) is not None:
-            families.setdefault(r.get("family", "other"), []).append(r)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    markers = ["o", "s", "^", "D", "v", "P"]
-    n = 0
-    for i, (family, members) in enumerate(sorted(families.items())):
-        members.sort(key=lambda r: r["flops"])
-        xs = [r["flops"] / 1e6 for r in members]
-        ys = [_final(r) for r in members]
-        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family)
-        for r, x, y in zip(members, xs, ys):
-            ax.annotate(r.get("label") or r["arch"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        n += len(members)
-    ax.set_xlabel("MFLOPs (fvcore, at the CIFAR input size)")
-    ax.set_ylabel("CIFAR-10 top-1 (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    if families:
-        ax.legend()
-    try:
-        with atomic_path(out, suffix=os.path.splitext(out)[1]) as tmp:  # savefig picks the format by extension
-            fig.savefig(tmp, dpi=150, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return n
-
+from fbnet_zoo.io_utils import atomic_write_text
+from fbnet_zoo.training.cifar10 import ResultsError, load_results, plot_results, results_table
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -84,7 +39,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table)
     if args.table:
         atomic_write_text(args.table, table + "\n")
-    n = plot(rows, args.out, args.title)
+    n = plot_results(rows, args.out, args.title)
     print(f"plotted {n} finished run(s) -> {args.out}")
     return 0
 
