@@ -1,5 +1,8 @@
 """The run report: report.md + report.json and matplotlib plots in the run directory.
 
+``heldout``: the predictor's Spearman on candidates it was not fitted on (the last round, as
+predicted before it trained; a 5-fold cross-validation of the refit over all measured ones).
+
 Plots: proxy-head fit (stage 1), predicted vs measured accuracy (stage 2, predictions made
 before each round trained), rank correlation vs epoch with the chosen early-stop epoch,
 measured candidates per round in accuracy-vs-FLOPs, and the final Pareto front (measured
