@@ -25,7 +25,7 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir=package_dir,
-    package_data={"fbnet_zoo.model_configs": ["*/*.yaml", "*/*/*.yaml"]},
+    package_data={"fbnet_zoo.model_configs": ["*/*.yaml", "*/*/*.yaml", "detection/lazy/*.py"]},
     install_requires=[
         "torch>=2.1",
         "pyyaml>=5.4",

@@ -113,7 +113,7 @@ def d2_entry(model, image: torch.Tensor, runs: int, warmup: int) -> Dict[str, An
 def tv_models(size: int, proposals: int) -> Dict[str, Any]:
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn, fasterrcnn_resnet50_fpn
 
-    from fbnet_zoo.detection.torchvision import fasterrcnn_fbnet
+    from fbnet_zoo.detection.tv import fasterrcnn_fbnet
 
     kw = dict(min_size=size, max_size=size, rpn_pre_nms_top_n_test=6000, rpn_post_nms_top_n_test=proposals)
     return {

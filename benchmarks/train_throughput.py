@@ -10,7 +10,14 @@ per-epoch NaN checks). Goal (issue 5): the recipe machinery costs < 10% images/s
 Also measured: channels-last vs contiguous memory format, and optionally (``--search``) the
 wall time of the embedded default search, ``python tools/search.py``.
 
+DDP row (``--ddp``, or ``--ddp-only`` to run just it): final training's data-parallel path
+(``fbnet_zoo.training.final.train_final``: DistributedSampler, DDP, SyncBN) with 2 gloo processes
+vs 1 process, same global batch (64), same data and recipe, CPU, ``--threads`` threads per
+process; reported as the ratio of global images/s (2 processes / 1 process; ideal 2.0 with two
+free cores), plus 2 processes without SyncBN (what the per-layer BN all-reduces cost).
+
     python benchmarks/train_throughput.py [--images 2500] [--epochs 1] [--repeats 5] [--threads 1] [--search]
+    python benchmarks/train_throughput.py --ddp-only [--ddp-repeats 2]
 
 Writes benchmarks/results/train_throughput.json.
 """
@@ -19,12 +26,14 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
@@ -33,6 +42,8 @@ from fbnet_zoo.search.candidate import Candidate
 from fbnet_zoo.search.trainer import build_candidate_model
 from fbnet_zoo.spec import ArchSpec
 from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
+from fbnet_zoo.training.distributed import DistContext, shutdown_distributed
+from fbnet_zoo.training.final import FinalConfig, train_final
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +97,56 @@ def trainer(settings: TrainSettings, recipe: Recipe, epochs: int) -> float:
     return res.extra["train_images_per_second"]
 
 
+def _ddp_worker(rank: int, world: int, port: int, settings: TrainSettings, epochs: int, workdir: str,
+                out: str, sync_bn: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    try:
+        res, _ = train_final(ARCH, FinalConfig(FULL.replace(epochs=epochs), settings, sync_bn), workdir,
+                             progress=False)
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(res.extra["train_images_per_second"], f)
+    finally:
+        shutdown_distributed()
+
+
+def final_training(settings: TrainSettings, epochs: int, world: int, sync_bn: bool = True) -> float:
+    """Global images/s of final training's data-parallel path with ``world`` processes (1: in
+    this process, through the same DistributedSampler path)."""
+    settings = settings.replace(checkpoint=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        if world == 1:
+            res, _ = train_final(ARCH, FinalConfig(FULL.replace(epochs=epochs), settings), tmp, progress=False,
+                                 dist=DistContext())
+            return res.extra["train_images_per_second"]
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        out = os.path.join(tmp, "ips.json")
+        mp.spawn(_ddp_worker, args=(world, port, settings, epochs, tmp, out, sync_bn), nprocs=world, join=True)
+        with open(out) as f:
+            return json.load(f)
+
+
+def ddp_rows(settings: TrainSettings, epochs: int, repeats: int) -> dict:
+    runs = {"1": (1, True), "2": (2, True), "2_no_sync_bn": (2, False)}
+    best = {k: 0.0 for k in runs}
+    for _ in range(repeats):  # alternate, keep the best of each
+        for k, (world, sync_bn) in runs.items():
+            best[k] = max(best[k], final_training(settings, epochs, world, sync_bn))
+    ratio, ratio_plain = best["2"] / best["1"], best["2_no_sync_bn"] / best["1"]
+    print(f"final training, 1 process:              {best['1']:8.1f} images/s")
+    print(f"final training, DDP 2 gloo, SyncBN:     {best['2']:8.1f} images/s  (ratio {ratio:.2f}, ideal 2.0)")
+    print(f"final training, DDP 2 gloo, no SyncBN:  {best['2_no_sync_bn']:8.1f} images/s  "
+          f"(ratio {ratio_plain:.2f})")
+    return {"global_batch": FULL.batch_size, "threads_per_process": settings.threads, "repeats": repeats,
+            "one_process_images_per_s": round(best["1"], 1), "ddp_2_gloo_images_per_s": round(best["2"], 1),
+            "ratio_2_vs_1": round(ratio, 3), "ddp_2_gloo_no_sync_bn_images_per_s": round(best["2_no_sync_bn"], 1),
+            "ratio_2_no_sync_bn_vs_1": round(ratio_plain, 3), "cpus": len(os.sched_getaffinity(0)),
+            "load_avg": os.getloadavg()}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=2500, help="embedded training images")
@@ -93,9 +154,22 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--search", action="store_true", help="also time `python tools/search.py` (the embedded default)")
+    p.add_argument("--ddp", action="store_true", help="also the DDP row: 2 gloo processes vs 1, same global batch")
+    p.add_argument("--ddp-only", action="store_true", help="only the DDP row (updates the results file's 'ddp')")
+    p.add_argument("--ddp-repeats", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     settings = TrainSettings(embedded_train_size=args.images, embedded_val_size=500, threads=args.threads)
+    path = os.path.join(RESULTS, "train_throughput.json")
+    if args.ddp_only:
+        out = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                out = json.load(f)
+        out["ddp"] = ddp_rows(settings, args.epochs, args.ddp_repeats)
+        os.makedirs(RESULTS, exist_ok=True)
+        atomic_write_text(path, json.dumps(out, indent=2) + "\n")
+        return
     cached_datasets(settings, 32)  # generate once, outside the timings
     runs = {
         "plain torch loop": lambda: plain_loop(settings, args.epochs, True),
@@ -133,8 +207,10 @@ def main():
         print(f"embedded default search (tools/search.py): {wall:.0f} s, exit code {proc.returncode}")
         if proc.returncode:
             print(proc.stderr[-2000:])
+    if args.ddp:
+        out["ddp"] = ddp_rows(settings, args.epochs, args.ddp_repeats)
     os.makedirs(RESULTS, exist_ok=True)
-    atomic_write_text(os.path.join(RESULTS, "train_throughput.json"), json.dumps(out, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 * ``fbnet_zoo.detection.d2`` (needs detectron2): importing it registers the FBNet C4 / FPN
   backbones and the RPN / box / mask heads in detectron2's registries; ``add_fbnet_config``.
-* ``fbnet_zoo.detection.torchvision``: Faster R-CNN / Mask R-CNN from torchvision.
+* ``fbnet_zoo.detection.tv``: Faster R-CNN / Mask R-CNN from torchvision, COCO data, train
+  loop and evaluation (needs torchvision; formerly ``fbnet_zoo.detection.torchvision``).
 * ``build_backbone("FBNetV3-E", variant="c4"|"fpn")``: a detectron2 ``Backbone`` in Python.
 
 Importing this package registers the authors' detection variants (FBNetV3-A/E/G-d2go) as zoo

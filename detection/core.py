@@ -12,11 +12,13 @@ arch: the output of the last stage with cumulative stride 2**k is ``res{k}`` (``
 the C4 feature, ``res2``..``res5`` feed an FPN).
 
 Both the detectron2 registrations (``fbnet_zoo.detection.d2``) and the torchvision path
-(``fbnet_zoo.detection.torchvision``) are built from the modules here.
+(``fbnet_zoo.detection.tv``) are built from the modules here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,11 +27,14 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from fbnet_zoo import checkpoints
 from fbnet_zoo.blocks import build_block
+from fbnet_zoo.converters import convert_to_ours, detect_format, strip_prefix
 from fbnet_zoo.errors import DetectionError, SpecError, UnknownModelError
 from fbnet_zoo.io_utils import YamlFolderRegistry
 from fbnet_zoo.model import FBNet, forward_to_features, init_weights
 from fbnet_zoo.registry import load_spec, normalize_name, register_arch
+from fbnet_zoo.scaling import scale
 from fbnet_zoo.spec import ArchSpec, BlockSpec, Feature, walk_rows
 
 NormLayer = Callable[[int], nn.Module]
@@ -106,8 +111,6 @@ def resolve_arch(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any], Dete
     except SpecError as e:
         raise DetectionError(f"MODEL.FBNET.ARCH: {arch!r}: {e}") from None
     if width_multiplier != 1.0:
-        from fbnet_zoo.scaling import scale
-
         spec = scale(spec, width=width_multiplier, name=f"{spec.name}_w{width_multiplier:g}")
     if width_divisor:
         spec = spec.replace(width_divisor=int(width_divisor))
@@ -179,6 +182,30 @@ def build_rows(c_in: int, rows: Sequence[BlockSpec], divisor: int, norm_layer: N
     return body, c
 
 
+BN_FAMILY = ("FrozenBN", "SyncBN", "naiveSyncBN")
+
+
+@functools.lru_cache(maxsize=2)
+def _pretrained_state(name: str, pretrained: Union[bool, str]) -> "OrderedDict[str, torch.Tensor]":
+    sd, src, _ = checkpoints.load_checkpoint(pretrained, name)
+    fmt = src.converter if src else detect_format(sd)
+    return convert_to_ours(strip_prefix(sd), name, fmt)
+
+
+def pretrained_state(arch: DetectionArch, pretrained: Union[bool, str]) -> "OrderedDict[str, torch.Tensor]":
+    """The backbone checkpoint ``pretrained`` of ``arch`` in our FBNet key names (``stages.{i}.{j}...``).
+    Read once per process for the last two sources asked for: a C4 detector's backbone and
+    its RoI box head (the stride-32 stages) take their weights from the same read."""
+    key = pretrained if isinstance(pretrained, bool) else os.fspath(pretrained)
+    return _pretrained_state(arch.spec.name, key)
+
+
+def _convert_norm(module: nn.Module, norm: str) -> nn.Module:
+    if norm == "FrozenBN":
+        return _freeze_bn(module)
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
 def build_fbnet(arch: DetectionArch, norm_layer: Optional[NormLayer] = None,
                 pretrained: Union[bool, str] = False, norm: str = "BN") -> FBNet:
     """The whole backbone network (no classifier), optionally with pretrained weights.
@@ -186,18 +213,41 @@ def build_fbnet(arch: DetectionArch, norm_layer: Optional[NormLayer] = None,
     With ``pretrained``, BN-family norms ("FrozenBN", "SyncBN", "naiveSyncBN") are built as
     BatchNorm, loaded, then converted (statistics and affine kept); other norms build with
     ``norm_layer`` directly."""
-    convert_after = bool(pretrained) and norm in ("FrozenBN", "SyncBN", "naiveSyncBN")
+    convert_after = bool(pretrained) and norm in BN_FAMILY
     model = FBNet(arch.spec, num_classes=0, norm_layer=None if convert_after else norm_layer)
     if pretrained:
-        from fbnet_zoo.checkpoints import load_pretrained  # written by the checkpoints helper
-
-        load_pretrained(model, pretrained, name=arch.spec.name)
+        checkpoints.load_state_dict_checked(model, pretrained_state(arch, pretrained), where=f"pretrained {pretrained!r}")
     if convert_after:
-        if norm == "FrozenBN":
-            model.stages = _freeze_bn(model.stages)
-        else:
-            model.stages = nn.SyncBatchNorm.convert_sync_batchnorm(model.stages)
+        model.stages = _convert_norm(model.stages, norm)
     return model
+
+
+def build_stages(arch: DetectionArch, stages: Sequence[int], norm_layer: Optional[NormLayer] = None,
+                 pretrained: Union[bool, str] = False, norm: str = "BN") -> Tuple[nn.Sequential, int]:
+    """Only the stages ``stages`` of the backbone (modules ``stage{i}``, fed the output of the
+    stage before them), with their pretrained weights when asked: what a C4 RoI box head
+    needs, without a second whole FBNet. Returns (module, output channels)."""
+    spec = arch.spec
+    c = spec.stage_channels()[f"stage{stages[0] - 1}"] if stages[0] > 0 else spec.in_channels
+    convert_after = bool(pretrained) and norm in BN_FAMILY
+    layer = nn.BatchNorm2d if convert_after or norm_layer is None else norm_layer
+    parts = OrderedDict()
+    for si in stages:
+        parts[f"stage{si}"], c = build_rows(c, spec.stages[si], spec.width_divisor, layer)
+    body = nn.Sequential(parts)
+    if pretrained:
+        sd = pretrained_state(arch, pretrained)
+        for si in stages:
+            prefix = f"stages.{si}."
+            sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            missing, unexpected = body[list(parts).index(f"stage{si}")].load_state_dict(sub, strict=False)
+            missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+            if missing or unexpected:
+                raise DetectionError(f"pretrained {pretrained!r}: stage {si} of {spec.name!r} does not match the "
+                                     f"checkpoint (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if convert_after:
+        body = _convert_norm(body, norm)
+    return body, c
 
 
 class FBNetTrunk(nn.Module):
@@ -291,8 +341,15 @@ class StagesBoxHead(nn.Module):
 
 
 def box_head_from_model(model: FBNet, stages: Sequence[int]) -> StagesBoxHead:
+    """The stride-32 stages of an FBNet the caller already has (the torchvision C4 path)."""
     body = nn.Sequential(OrderedDict((f"stage{i}", model.stages[i]) for i in stages))
     return StagesBoxHead(body, model.spec.stage_channels()[f"stage{stages[-1]}"])
+
+
+def box_head_from_stages(arch: DetectionArch, stages: Sequence[int], **kwargs: Any) -> StagesBoxHead:
+    """The stride-32 stages built alone (``build_stages``; kwargs: norm_layer, pretrained, norm)."""
+    body, c = build_stages(arch, stages, **kwargs)
+    return StagesBoxHead(body, c)
 
 
 def box_head_from_rows(in_channels: int, spec: ArchSpec, stages: Sequence[int],
@@ -307,8 +364,6 @@ def rpn_rows(arch: DetectionArch, variant: str, trunk_last_stage: int, repeats: 
     """The RPN head rows: the variant's preset, else the trunk's last row at stride 1, repeated
     ``repeats`` times when >= 1, else as in the arch (C4) or once (FPN: the head is shared
     over every level, as the authors' FPN preset has it)."""
-    import dataclasses
-
     if variant in arch.rpn and repeats < 1:
         return arch.rpn[variant]
     row = arch.spec.stages[trunk_last_stage][-1]
@@ -355,8 +410,6 @@ def same_padding(arch: DetectionArch) -> DetectionArch:
     each level to be exactly half the one below (detectron2's FPN upsamples by 2); some
     reference archs pad a stride-2 depthwise conv by less, which breaks that. Parameters and
     weights are unchanged, so pretrained checkpoints still load."""
-    import dataclasses
-
     if not any(row.dw_padding is not None for _, _, _, row in arch.spec.blocks()):
         return arch
     stages = tuple(tuple(dataclasses.replace(row, dw_padding=None) for row in stage) for stage in arch.spec.stages)

@@ -12,7 +12,7 @@ A search config is one mapping::
     stage2: {...}             # rounds T, candidates per round m, epochs, early stop
     stage3: {...}             # constraints and the adaptive GA's settings
     family: {...}             # optional compound scaling of the smallest / largest winners
-    executor: {...}           # kind (local | ray | oracle), ray_address
+    executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
     train: {...}              # passed through to candidate training (TrainSettings)
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
     output: {...}             # install_dir: also copy winners into a user arch dir
@@ -32,12 +32,22 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from fbnet_zoo.errors import SearchConfigError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+from fbnet_zoo.errors import FBNetZooError, SearchConfigError  # noqa: F401 - SearchConfigError re-exported
+
+from .executors import executor_kinds
 
 MODES = ("joint", "recipe_only", "arch_only")
-EXECUTORS = ("local", "ray", "oracle")
 RANK_METHODS = ("kendall", "spearman")
 CONSTRAINT_KEYS = ("flops", "params")
+SEED_MAX = 2 ** 32 - 1  # numpy's SeedSequence/legacy seeding and Sobol scrambling take 32-bit seeds
+# Sections that only stage 3 and the outputs read: changing them on --resume invalidates no
+# training (stage-3 results are recomputed when they change); every other section is fixed.
+STAGE3_SECTIONS = ("stage3", "family", "output")
+PLACEMENT_SECTIONS = ("executor",)  # where candidates train: free to change on resume
+
+
+class SearchRunError(FBNetZooError):
+    """A run that cannot go on: nothing measured, environment failures to retry, a locked or broken run dir."""
 
 
 # Defaults: the schema. A key present here is allowed; its default's type is checked.
@@ -232,8 +242,12 @@ def _validate(cfg: Dict[str, Any]) -> None:
         raise _fail("mode", cfg["mode"], f"is not one of {list(MODES)}")
     if cfg["mode"] == "recipe_only" and cfg["fixed_arch"] is None:
         raise _fail("fixed_arch", None, "is required in mode 'recipe_only' (a zoo name, YAML path or arch mapping)")
-    if cfg["executor"]["kind"] not in EXECUTORS:
-        raise _fail("executor.kind", cfg["executor"]["kind"], f"is not one of {list(EXECUTORS)}")
+    for key in ("seed", "oracle.seed"):
+        if not 0 <= get(cfg, key) <= SEED_MAX:
+            raise _fail(key, get(cfg, key), f"is outside [0, {SEED_MAX}] (2**32 - 1)")
+    if cfg["executor"]["kind"] not in executor_kinds():
+        raise _fail("executor.kind", cfg["executor"]["kind"], f"is not a registered executor kind; registered: "
+                    f"{executor_kinds()}")
     if not isinstance(cfg["train"], dict):
         raise _fail("train", cfg["train"], "is not a mapping")
     for key in ("pool.n", "pool.max_draw_factor", "predictor.pretrain_epochs",
@@ -365,6 +379,9 @@ def read_raw(path: Optional[str]) -> Dict[str, Any]:
             data = yaml.safe_load(f.read())
     except yaml.YAMLError as e:
         raise SearchConfigError(f"{p}: not valid YAML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise SearchConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
+                                f"{e.start}); a search config is a UTF-8 YAML file") from None
     except OSError as e:
         raise SearchConfigError(f"{p}: cannot read ({e})") from None
     if data is None:
@@ -384,19 +401,26 @@ def build_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
-                constraints: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                constraints: Optional[Sequence[str]] = None, base: Optional[Mapping[str, Any]] = None
+                ) -> Dict[str, Any]:
     """Load ``path`` (None: the embedded default; a shipped name like 'cifar10' works too),
-    apply dotted ``overrides`` and optional command-line ``constraints``; validate."""
-    raw = apply_overrides(read_raw(path), overrides)
+    apply dotted ``overrides`` and optional command-line ``constraints``; validate.
+    ``base``: start from this config mapping instead of a file (a resumed run's stored config)."""
+    raw = apply_overrides(read_raw(path) if base is None else dict(base), overrides)
     if constraints is not None:
         raw.setdefault("stage3", {})
         raw["stage3"]["constraints"] = list(constraints)
     return build_config(raw)
 
 
-def config_digest(cfg: Mapping[str, Any]) -> str:
-    """Digest of everything that determines the search result (executor placement excluded)."""
-    d = {k: v for k, v in cfg.items() if k not in ("executor", "output")}
+def config_digest(cfg: Mapping[str, Any], sections: Optional[Sequence[str]] = None) -> str:
+    """Digest of what a resumed run must keep: every section that decides what is trained
+    (pool, predictor, stage 2, train, space, seed, ...). Placement (executor) and the stage-3
+    sections are left out; ``sections`` digests just those sections instead."""
+    if sections is None:
+        d = {k: v for k, v in cfg.items() if k not in PLACEMENT_SECTIONS + STAGE3_SECTIONS}
+    else:
+        d = {k: cfg.get(k) for k in sections}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

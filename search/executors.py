@@ -12,7 +12,13 @@
   (preemption, OOM kill, node loss) is retried up to ``max_retries`` times and resumes from its
   last epoch checkpoint; results are handed to ``on_result`` in the driver as tasks finish.
 - further kinds register with ``register_executor(kind, factory)``; ``oracle`` (the search's
-  synthetic trainer, ``fbnet_zoo.search.oracle.OracleExecutor``) is found lazily.
+  synthetic trainer, ``fbnet_zoo.search.oracle``) is found lazily. The search runner creates
+  every kind through ``make_executor`` and passes its context (``space``, ``values_of``,
+  ``search_config``, ``progress``); a factory takes what it needs and ignores the rest.
+
+A result's status is ``ok``, ``failed`` (the candidate itself failed: diverged, invalid) or
+``retryable`` (the environment failed it: an I/O error, a full disk, a lost Ray worker);
+``classify_failure`` decides, and the runner trains retryable candidates again on resume.
 
 Every candidate trains in ``<run_dir>/candidates/<key>/`` (its epoch checkpoint lives there),
 which on a cluster must be a filesystem every node can reach.
@@ -20,14 +26,17 @@ which on a cluster must be a filesystem every node can reach.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import logging
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from fbnet_zoo.training.settings import TrainConfigError, TrainSettings
+from torch.utils.data import DataLoader
 
 from fbnet_zoo.errors import ExecutorError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+from fbnet_zoo.training import cached_datasets
+from fbnet_zoo.training.settings import TrainConfigError, TrainSettings
 
 from .candidate import Candidate, TrainResult
 from .trainer import train_candidate
@@ -35,6 +44,52 @@ from .trainer import train_candidate
 log = logging.getLogger(__name__)
 
 TrainFn = Callable[..., TrainResult]
+
+
+RETRYABLE = "retryable"
+# Exception types (as named in a TrainResult's "Type: message" error) that mean the
+# environment failed, not the candidate: every builtin OSError (I/O, ENOSPC, permissions,
+# missing files), PIL's unreadable image (an OSError too), a dataset that could not be read,
+# and the Ray errors of a lost worker / node / object once its retries are spent.
+_ENVIRONMENT_ERRORS = frozenset(
+    {n for n, t in vars(builtins).items() if isinstance(t, type) and issubclass(t, OSError)}
+    | {"UnidentifiedImageError", "DataError", "WorkerCrashedError", "NodeDiedError", "OwnerDiedError",
+       "ObjectLostError", "ObjectReconstructionFailedError", "RaySystemError", "LocalRayletDiedError",
+       "TaskUnschedulableError", "OutOfMemoryError", "ActorDiedError", "RayActorError"})
+
+
+def classify_failure(result: TrainResult) -> TrainResult:
+    """``result`` with status ``retryable`` when its error names an environment failure.
+
+    A diverging recipe (NaN loss: "diverged: ...") or an invalid candidate stays ``failed``."""
+    if result.status != "failed" or not result.error:
+        return result
+    err = result.error
+    if err.startswith("ray task failed ("):  # "ray task failed (Type): ..."
+        name = err[len("ray task failed ("):].split(")", 1)[0]
+    else:
+        name = err.split(":", 1)[0].strip()
+    if name.rsplit(".", 1)[-1] in _ENVIRONMENT_ERRORS:
+        return TrainResult(result.key, RETRYABLE, list(result.top1), list(result.loss),
+                           list(result.epoch_seconds), err, result.epochs_planned, dict(result.extra))
+    return result
+
+
+def check_training_data(settings: TrainSettings, resolution: int) -> None:
+    """Build the datasets and read one batch of each split, in this process, before anything
+    trains: a missing data dir or an unreadable file fails here with the path, not as N failed
+    candidates. Raises ExecutorError."""
+    where = f"dataset {settings.dataset!r}" + (f" at {settings.data_dir}" if settings.data_dir else "")
+    try:
+        train, val, _ = cached_datasets(settings, resolution)
+        for split, ds in (("train", train), ("val", val)):
+            if len(ds) == 0:
+                raise ExecutorError(f"training data: {where}: the {split} split is empty")
+            next(iter(DataLoader(ds, batch_size=min(len(ds), 8), shuffle=False, num_workers=0)))
+    except ExecutorError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader error: report it with the data's location
+        raise ExecutorError(f"training data: {where} cannot be read: {type(e).__name__}: {e}") from None
 
 
 def candidate_dir(run_dir: str, key: str) -> str:
@@ -54,6 +109,9 @@ class Executor:
 
     def run(self, candidates: Sequence[Candidate], epochs: int, on_result: Callable[[TrainResult], None]) -> None:
         raise NotImplementedError
+
+    def check_data(self, resolution: int) -> None:
+        """Fail fast (ExecutorError naming the data) if the training data cannot be read."""
 
     def close(self) -> None:
         pass
@@ -92,7 +150,10 @@ class LocalExecutor(Executor):
                 result = self.train_fn(cand, epochs, self.settings, workdir, progress=self.progress)
             except Exception as e:  # noqa: BLE001 - train_candidate never raises; a custom train_fn may
                 result = TrainResult(cand.key, "failed", error=f"{type(e).__name__}: {e}", epochs_planned=epochs)
-            on_result(result)
+            on_result(classify_failure(result))
+
+    def check_data(self, resolution: int) -> None:
+        check_training_data(self.settings, resolution)
 
 
 def gpu_reservation(requested: float, device: str, cluster_gpus: float) -> Tuple[float, str]:
@@ -186,7 +247,7 @@ class RayExecutor(Executor):
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     cand = pending.pop(ref)
-                    on_result(self._collect(ref, cand, epochs))
+                    on_result(classify_failure(self._collect(ref, cand, epochs)))
                     bar.update(1)
         except BaseException:
             for ref in pending:
@@ -199,10 +260,15 @@ class RayExecutor(Executor):
         try:
             return TrainResult.from_dict(self._ray.get(ref))
         except Exception as e:  # noqa: BLE001 - retries exhausted, task error, lost node ...
+            # a Python error inside the task arrives wrapped (RayTaskError): classify its cause
+            cause = getattr(e, "cause", None) or e
             reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
             log.warning("candidate %s: ray task failed: %s: %s", cand.key, type(e).__name__, reason)
-            return TrainResult(cand.key, "failed", error=f"ray task failed ({type(e).__name__}): {reason}",
+            return TrainResult(cand.key, "failed", error=f"ray task failed ({type(cause).__name__}): {reason}",
                                epochs_planned=epochs)
+
+    def check_data(self, resolution: int) -> None:
+        check_training_data(self.settings, resolution)
 
     def close(self) -> None:
         if self._owns_ray and self._ray.is_initialized():
@@ -217,7 +283,10 @@ class RayExecutor(Executor):
 ExecutorFactory = Callable[..., Executor]
 _EXECUTORS: Dict[str, ExecutorFactory] = {}
 # kinds implemented elsewhere, imported on first use: kind -> "module:attribute"
-_LAZY: Dict[str, str] = {"oracle": "fbnet_zoo.search.oracle:OracleExecutor"}
+_LAZY: Dict[str, str] = {"oracle": "fbnet_zoo.search.oracle:make_oracle_executor"}
+# what the search runner hands every factory besides the executor options; the built-in
+# training kinds do not need it
+_CONTEXT = ("space", "values_of", "search_config")
 
 
 def register_executor(kind: str, factory: ExecutorFactory, overwrite: bool = False) -> None:
@@ -242,11 +311,13 @@ def _settings(train: Union[Mapping[str, Any], TrainSettings, None]) -> TrainSett
 
 def _local_factory(train, run_dir: str, ray_address=None, num_cpus_per_candidate=1, num_gpus_per_candidate=0,
                    max_retries=2, **opts: Any) -> Executor:
+    opts = {k: v for k, v in opts.items() if k not in _CONTEXT}
     return LocalExecutor(_settings(train), run_dir, **opts)
 
 
 def _ray_factory(train, run_dir: str, ray_address=None, num_cpus_per_candidate=1, num_gpus_per_candidate=0,
                  max_retries=2, **opts: Any) -> Executor:
+    opts = {k: v for k, v in opts.items() if k not in _CONTEXT}
     return RayExecutor(_settings(train), run_dir, ray_address=ray_address,
                        num_cpus_per_candidate=num_cpus_per_candidate,
                        num_gpus_per_candidate=num_gpus_per_candidate, max_retries=max_retries, **opts)
@@ -261,6 +332,7 @@ def _lazy_factory(target: str) -> ExecutorFactory:
         cls = getattr(importlib.import_module(module_name), attr)
         params = inspect.signature(cls).parameters
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        opts = dict(opts, train=train, run_dir=run_dir)
         kwargs = {k: v for k, v in opts.items() if accepts_any or k in params}
         return cls(**kwargs)
 
@@ -279,7 +351,8 @@ def make_executor(kind: str, train: Union[Mapping[str, Any], TrainSettings, None
     ``train``: the search config's ``train:`` section (validated strictly) or a TrainSettings.
     ``opts`` go to the executor: ``progress``, ``train_fn`` (a replacement for
     ``train_candidate`` with the same signature), Ray's ``max_in_flight`` / ``ray_init_kwargs``;
-    for "oracle", the OracleExecutor's own arguments (``space``, ``values_of``, ...).
+    for "oracle", the OracleExecutor's own arguments (``space``, ``values_of``, ...); from the
+    search runner, its context (``space``, ``values_of``, ``search_config``).
     """
     if kind not in _EXECUTORS and kind in _LAZY:
         _EXECUTORS[kind] = _lazy_factory(_LAZY[kind])

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from fbnet_zoo.complexity import complexity
 
 from .candidate import Candidate, TrainResult
 from .encoding import Encoder
+from .executors import Executor
 from .space import SearchSpace
 
 
@@ -70,7 +72,7 @@ class Oracle:
         return out
 
 
-class OracleExecutor:
+class OracleExecutor(Executor):
     """Executor over an ``Oracle``: candidates 'train' instantly (plus ``delay_s`` each)."""
 
     def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 32, noise: float = 0.6,
@@ -105,3 +107,18 @@ class OracleExecutor:
 
     def close(self) -> None:
         pass
+
+
+def make_oracle_executor(space: SearchSpace, values_of: Optional[Callable[[Candidate], dict]] = None,
+                         run_dir: Optional[str] = None, search_config: Optional[Mapping[str, Any]] = None,
+                         seed: Optional[int] = None, hidden: Optional[int] = None, noise: Optional[float] = None,
+                         delay_s: Optional[float] = None, log_path: Optional[str] = None,
+                         **_context: Any) -> OracleExecutor:
+    """The ``oracle`` executor kind: settings from the search config's ``oracle:`` section
+    (explicit arguments win); every training is logged to ``<run_dir>/oracle_trained.log``."""
+    o = dict((search_config or {}).get("oracle") or {})
+    given = {"seed": seed, "hidden": hidden, "noise": noise, "delay_s": delay_s}
+    o.update({k: v for k, v in given.items() if v is not None})
+    if log_path is None and run_dir is not None and search_config is not None:
+        log_path = os.path.join(run_dir, "oracle_trained.log")
+    return OracleExecutor(space, values_of=values_of, log_path=log_path, **o)

@@ -17,6 +17,8 @@ import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
+from matplotlib.colors import BoundaryNorm
+from matplotlib.ticker import FormatStrFormatter
 
 from fbnet_zoo.io_utils import atomic_path, atomic_write_text
 
@@ -78,6 +80,23 @@ def heldout_rank_corr(run, measured: List[Dict[str, Any]], epoch: int, pred_vs_m
     return out
 
 
+def zoo_shares_task(task: Dict[str, Any]) -> bool:
+    """The zoo's numbers are ImageNet-1k top-1 at 224-ish pixels: comparable only with a search
+    that measures the same task (all 1000 ImageFolder classes, a 1000-class head, >= 160 px)."""
+    return (task.get("dataset") == "imagefolder" and task.get("train_classes") in (None, 1000)
+            and task.get("num_classes") == 1000 and (task.get("resolution") or 0) >= 160)
+
+
+def fmt_sig(x: Optional[float], digits: int = 3) -> str:
+    """``digits`` significant digits (losses, MSEs), '-' for a missing number."""
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def fmt_dec(x: Optional[float], decimals: int = 3) -> str:
+    """Fixed decimals (correlations, accuracies), '-' for a missing number."""
+    return "-" if x is None else f"{x:.{decimals}f}"
+
+
 def collect(run) -> Dict[str, Any]:
     store = run.store
     e = run.target_epoch()
@@ -99,9 +118,13 @@ def collect(run) -> Dict[str, Any]:
     pred_vs_meas = [(c["predicted"], run._target(c, e), c["round"]) for c in measured if c["predicted"] is not None]
     pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
     es = prog.get("early_stop", {}).get("info", {})
+    arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
+    train = run.cfg["train"]
+    task = {"dataset": train.get("dataset", "embedded"), "train_classes": train.get("num_classes"),
+            "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
     return {
         "run": run.run, "run_dir": run.run_dir, "mode": run.cfg["mode"], "seed": run.seed,
-        "space": run.space.describe(),
+        "space": run.space.describe(), "task": task,
         "stage1": {k: v for k, v in stage1.items() if k != "samples"},
         "stage1_samples": stage1.get("samples", {}),
         "early_stop": es,
@@ -118,64 +141,63 @@ def collect(run) -> Dict[str, Any]:
     }
 
 
-def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(plot_dir, exist_ok=True)
-    files = []
-
-    def save(fig, name):
-        path = os.path.join(plot_dir, name)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        files.append(path)
-
+def _plot_proxy_fit(data: Dict[str, Any], plt) -> Any:
     s = data["stage1_samples"]
-    if s:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-        for ax, key in zip(axes, ("flops", "params")):
-            pts = np.array(s.get(key, []))
-            if len(pts):
-                ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
-                lo, hi = pts.min(), pts.max()
-                ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-            ax.set_xlabel(f"true {key}")
-            ax.set_ylabel(f"predicted {key}")
-            ax.set_title(f"proxy head ({key}), validation split")
-        save(fig, "proxy_fit.png")
+    if not s:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    for ax, key in zip(axes, ("flops", "params")):
+        pts = np.array(s.get(key, []))
+        if len(pts):
+            ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
+            lo, hi = pts.min(), pts.max()
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"true {key}")
+        ax.set_ylabel(f"predicted {key}")
+        ax.set_title(f"proxy head ({key}), validation split")
+    return fig
 
-    pvm = data["predicted_vs_measured"]["points"]
+
+def _round_colorbar(fig, ax, mappable, rounds: np.ndarray) -> None:
+    """A colour bar with one integer tick per round."""
+    cb = fig.colorbar(mappable, ax=ax, label="round")
+    cb.set_ticks(sorted({int(r) for r in rounds}))
+
+
+def _plot_predicted_vs_measured(data: Dict[str, Any], plt) -> Any:
+    pvm = data["predicted_vs_measured"]
     fig, ax = plt.subplots(figsize=(5, 4))
-    if pvm:
-        a = np.array(pvm, dtype=float)
-        sc = ax.scatter(a[:, 0], a[:, 1], c=a[:, 2], cmap="viridis", s=14)
-        fig.colorbar(sc, ax=ax, label="round")
+    if pvm["points"]:
+        a = np.array(pvm["points"], dtype=float)
+        lo_r, hi_r = int(a[:, 2].min()), int(a[:, 2].max())
+        norm = BoundaryNorm(np.arange(lo_r - 0.5, hi_r + 1.5), plt.get_cmap("viridis").N)
+        sc = ax.scatter(a[:, 0], a[:, 1], c=a[:, 2], cmap="viridis", norm=norm, s=14)
+        _round_colorbar(fig, ax, sc, a[:, 2])
         lo, hi = a[:, :2].min(), a[:, :2].max()
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
     ax.set_xlabel("predicted top-1 (before training)")
     ax.set_ylabel(f"measured top-1 (epoch {data['target_epoch']})")
-    ax.set_title(f"predictor, Spearman {data['predicted_vs_measured']['spearman']}")
-    save(fig, "predicted_vs_measured.png")
+    ax.set_title(f"predictor, Spearman {fmt_dec(pvm['spearman'], 2)}")
+    return fig
 
+
+def _plot_rank_corr(data: Dict[str, Any], plt) -> Any:
     es = data["early_stop"]
     fig, ax = plt.subplots(figsize=(5, 4))
     corrs = es.get("correlations") or []
     if corrs:
         ax.plot(range(1, len(corrs) + 1), corrs, "o-")
-        ax.axhline(es.get("threshold", 0.92), color="gray", ls="--", label="threshold")
+        ax.axhline(es.get("threshold", 0.92), color="gray", ls="--", label=f"threshold {es.get('threshold', 0.92):g}")
         ax.axvline(es.get("epoch", len(corrs)), color="red", ls=":", label=f"chosen e={es.get('epoch')}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend()
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{es.get('method', 'rank')} corr. with final top-1")
     ax.set_title("early-stop epoch (round 1)")
-    save(fig, "rank_corr_vs_epoch.png")
+    return fig
 
-    e = data["target_epoch"]
+
+def _plot_rounds(data: Dict[str, Any], plt) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in data["rounds"]:
         pts = [(c["flops"], c["target"]) for c in data["candidates"]
@@ -184,12 +206,14 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
             a = np.array(pts)
             ax.scatter(a[:, 0] / 1e6, a[:, 1], s=14, label=f"round {r['round']}")
     ax.set_xlabel("MFLOPs")
-    ax.set_ylabel(f"top-1 (epoch {e})")
+    ax.set_ylabel(f"top-1 (epoch {data['target_epoch']})")
     ax.set_title("measured candidates per round")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    save(fig, "rounds_acc_vs_flops.png")
+    return fig
 
+
+def _plot_pareto(data: Dict[str, Any], plt) -> Any:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     meas = [(c["flops"], c["target"]) for c in data["candidates"] if c["target"] is not None]
     if meas:
@@ -203,24 +227,47 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
         ax.annotate(n.split("_")[-1], (f / 1e6, p), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if wins:
         ax.scatter([], [], marker="*", color="tab:red", label="stage-3 winners (predicted)")
-    ax.set_xscale("log")
-    ax.set_xlabel("MFLOPs (log)")
-    ax.set_ylabel("top-1 on the search task")
-    zoo = zoo_reference(1000)  # the zoo's own (ImageNet, 1000-class) FLOPs
-    if zoo:
-        ax2 = ax.twinx()
-        ax2.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
-                 ms=4, label="zoo FBNetV3 (paper ImageNet top-1)")
+    task = data["task"]
+    if zoo_shares_task(task):  # same axis: the zoo's ImageNet-1k top-1 is this task's number
+        zoo = zoo_reference(task["num_classes"])
+        ax.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
+                ms=4, label="zoo FBNetV3 (paper ImageNet top-1)")
         for z in zoo:
-            ax2.annotate(z["name"][-1], (z["flops"] / 1e6, z["paper_top1"]), fontsize=7, color="tab:green")
-        tops = [z["paper_top1"] for z in zoo]
-        ax2.set_ylim(min(tops) - 0.5, max(tops) + 0.5)
-        ax2.set_ylabel("zoo: paper ImageNet top-1", color="tab:green")
-        ax2.legend(loc="lower right", fontsize=7)
+            ax.annotate(z["name"][-1], (z["flops"] / 1e6, z["paper_top1"]), fontsize=7, color="tab:green")
+    ax.set_xscale("log")
+    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis_formatter(FormatStrFormatter("%g"))  # 0.6, not 6x10^-1
+    ax.set_xlabel("MFLOPs (log)")
+    ax.set_ylabel(f"top-1 on the search task ({task['dataset']}, {task['num_classes']} classes)")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", fontsize=7)
     ax.set_title("Pareto front")
-    save(fig, "pareto.png")
+    return fig
+
+
+PLOTS = (("proxy_fit.png", _plot_proxy_fit), ("predicted_vs_measured.png", _plot_predicted_vs_measured),
+         ("rank_corr_vs_epoch.png", _plot_rank_corr), ("rounds_acc_vs_flops.png", _plot_rounds),
+         ("pareto.png", _plot_pareto))
+
+
+def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(plot_dir, exist_ok=True)
+    files = []
+    for name, draw in PLOTS:
+        fig = draw(data, plt)
+        if fig is None:
+            continue
+        path = os.path.join(plot_dir, name)
+        fig.tight_layout()
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        files.append(path)
     return files
 
 
@@ -231,21 +278,23 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     s1 = data["stage1"]
     if s1:
         corr = s1.get("val_rank_corr") or {}
+        fr = s1.get("flops_range") or []
+        fr_s = f"{fr[0] / 1e6:.3g} to {fr[1] / 1e6:.3g} MFLOPs" if len(fr) == 2 else "-"
         L += ["## Stage 1: pool and predictor pretraining", "",
-              f"- pool: {s1.get('pool_size')} candidates (of {s1.get('pool_drawn')} Sobol points drawn), "
-              f"FLOPs {s1.get('flops_range')}",
-              f"- pretraining: {s1.get('pretrained')}, validation MSE {s1.get('val_mse')}, rank correlation "
-              f"FLOPs {corr.get('flops')}, params {corr.get('params')}; {s1.get('seconds', 0):.1f} s", ""]
+              f"- pool: {s1.get('pool_size')} candidates (of {s1.get('pool_drawn')} Sobol points drawn), {fr_s}",
+              f"- pretraining: {s1.get('pretrained')}, validation MSE {fmt_sig(s1.get('val_mse'))}, rank "
+              f"correlation FLOPs {fmt_dec(corr.get('flops'))}, params {fmt_dec(corr.get('params'))}; "
+              f"{s1.get('seconds', 0):.1f} s", ""]
     es = data["early_stop"]
     L += ["## Stage 2: rounds", "",
           f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
           f"{es.get('threshold')}); predictor Spearman (predicted before training vs measured): "
-          f"{data['predicted_vs_measured']['spearman']}", "",
+          f"{fmt_dec(data['predicted_vs_measured']['spearman'])}", "",
           *_heldout_md(data["heldout"]),
-          "| round | candidates | ok | failed | best top-1 | train s |", "|---|---|---|---|---|---|"]
+          "| round | candidates | ok | failed | retryable | best top-1 | train s |", "|---|---|---|---|---|---|---|"]
     for r in data["rounds"]:
-        best = "-" if r["best_top1"] is None else f"{r['best_top1']:.2f}"
-        L.append(f"| {r['round']} | {r['candidates']} | {r['ok']} | {r['failed']} | {best} | {r['train_seconds']:.1f} |")
+        L.append(f"| {r['round']} | {r['candidates']} | {r['ok']} | {r['failed']} | {r.get('retryable', 0)} | "
+                 f"{fmt_dec(r['best_top1'], 2)} | {r['train_seconds']:.1f} |")
     if data["failed"]:
         L += ["", "Failed candidates:"] + [f"- `{f['key']}`: {f['error']}" for f in data["failed"][:20]]
     L += ["", "## Stage 3: winners per constraint", "",

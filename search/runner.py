@@ -10,6 +10,7 @@ uninterrupted run would have produced.
 Run directory layout::
 
     search.sqlite          the store (config, candidates, checkpoints, progress, results)
+    search.lock            held (fcntl.flock) by the one process working on the run
     archs/<name>.yaml      winning architectures (one per constraint, plus scaled family members)
     recipes/<name>.yaml    their recipes
     report.md, report.json, plots/*.png
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import time
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -29,14 +31,17 @@ from fbnet_zoo.training.recipe import Recipe
 from fbnet_zoo.training.settings import TrainSettings
 
 from .candidate import Candidate, TrainResult
-from .config import SearchConfigError, config_digest, constraint_label, diff_configs
+from .config import (PLACEMENT_SECTIONS, STAGE3_SECTIONS, SearchConfigError, SearchRunError, config_digest,
+                     constraint_label, diff_configs)
 from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
+from .executors import RETRYABLE, ExecutorError, make_executor
 from .pool import Pool, RowCostCache, build_pool
 from .predictor import Predictor, rank_corr
+from .report import write_report
 from .space import SearchSpace
-from .store import DB_NAME, RunStore
+from .store import DB_NAME, RunLock, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +57,42 @@ def arch_name(run: str, label: str) -> str:
     return f"fbnetv3_search_{run}_{label}"
 
 
+def constraint_text(c: Mapping[str, float]) -> str:
+    """'flops<=300000&params<=19500' for {flops: 3e5, params: 19500}."""
+    return "&".join(f"{k}<={v:g}" for k, v in c.items())
+
+
 def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
                       values_of: Callable[[Candidate], dict], kind: Optional[str] = None,
                       ray_address: Optional[str] = None, **opts: Any):
-    """The executor named by ``kind`` (default: the config's): oracle, local or ray."""
+    """The executor named by ``kind`` (default: the config's), through the executor registry:
+    every registered kind gets the same arguments and the search's context."""
     kind = kind or cfg["executor"]["kind"]
-    if kind == "oracle":
-        from .oracle import OracleExecutor
-
-        o = cfg["oracle"]
-        return OracleExecutor(space, seed=o["seed"], hidden=o["hidden"], noise=o["noise"], delay_s=o["delay_s"],
-                              values_of=values_of, log_path=os.path.join(run_dir, "oracle_trained.log"))
-    if kind not in ("local", "ray"):
-        raise SearchConfigError(f"executor.kind: {kind!r} is not one of ['local', 'ray', 'oracle']")
-    from .executors import make_executor
-
     ex = cfg["executor"]
-    return make_executor(kind=kind, train=dict(cfg["train"]), run_dir=run_dir,
-                         ray_address=ray_address or ex.get("ray_address"),
-                         num_cpus_per_candidate=ex["num_cpus_per_candidate"],
-                         num_gpus_per_candidate=ex["num_gpus_per_candidate"], max_retries=ex["max_retries"], **opts)
+    try:
+        return make_executor(kind=kind, train=dict(cfg["train"]), run_dir=run_dir,
+                             ray_address=ray_address or ex.get("ray_address"),
+                             num_cpus_per_candidate=ex["num_cpus_per_candidate"],
+                             num_gpus_per_candidate=ex["num_gpus_per_candidate"], max_retries=ex["max_retries"],
+                             space=space, values_of=values_of, search_config=cfg, **opts)
+    except SearchConfigError:
+        raise
+    except ValueError as e:  # the registry's / trainer's own config errors
+        raise SearchConfigError(f"executor: {e}") from None
+
+
+def stored_config(run_dir: str) -> Dict[str, Any]:
+    """The config a run was started with (what ``--resume DIR KEY=VALUE`` edits)."""
+    if not RunStore.exists(run_dir):
+        raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({DB_NAME} missing)")
+    store = RunStore(run_dir, create=False)
+    try:
+        cfg = store.get_meta("config")
+    finally:
+        store.close()
+    if cfg is None:
+        raise SearchConfigError(f"--resume: {run_dir!r} holds no config (the run never started)")
+    return cfg
 
 
 class SearchRun:
@@ -81,30 +102,68 @@ class SearchRun:
                  progress: bool = False, executor: Any = None, executor_kind: Optional[str] = None,
                  ray_address: Optional[str] = None) -> None:
         self.run_dir = run_dir
+        self.store: Optional[RunStore] = None
+        self.lock: Optional[RunLock] = None
+        if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+            raise SearchConfigError(f"run dir {run_dir!r} is a file, not a directory")
         exists = RunStore.exists(run_dir)
         if resume and not exists:
             raise SearchConfigError(f"--resume: {run_dir!r} holds no search run ({DB_NAME} missing)")
         if not resume and exists:
             raise SearchConfigError(f"run dir {run_dir!r} already holds a run; pass --resume to continue it "
                                     "or choose another directory")
-        self.store: Optional[RunStore] = None
-        if exists:
-            self.store = RunStore(run_dir)
-            stored = self.store.get_meta("config")
-            if stored is None:
-                self.store.close()
-                raise SearchConfigError(f"--resume: {run_dir!r} holds no config (the run never started)")
-            if cfg is not None and config_digest(cfg) != config_digest(stored):
-                diffs = diff_configs(stored, cfg)
-                self.store.close()
-                raise SearchConfigError(
-                    f"--resume: {run_dir!r} was started with a different config ({len(diffs)} differences: "
-                    + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "") + ")")
-            if cfg is not None:  # keep the caller's executor placement
-                stored = dict(stored, executor=cfg["executor"], output=cfg["output"])
-            cfg = stored
-        elif cfg is None:
+        if cfg is None and not exists:
             raise SearchConfigError("a new run needs a config")
+        created = not os.path.exists(run_dir)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as e:
+            raise SearchConfigError(f"run dir {run_dir!r}: cannot create it ({e})") from None
+        self.lock = RunLock(run_dir)  # before reading the store: its holder may be writing it
+        try:
+            self._stage3_update: Optional[Dict[str, Any]] = None
+            if exists:
+                self.store = RunStore(run_dir, create=False)
+                cfg = self._resumed_config(cfg)
+            self._open(cfg, progress, executor, executor_kind, ray_address)
+            if self._stage3_update is not None:  # validated: keep it with the run
+                self.store.set_meta(config=self._stage3_update)
+        except BaseException:
+            if self.store is not None:
+                self.store.close()
+            self.lock.release()
+            if created and self.store is None:  # a refused new run leaves no directory behind
+                try:
+                    os.remove(self.lock.path)
+                    os.rmdir(run_dir)
+                except OSError:
+                    pass
+            raise
+
+    def _resumed_config(self, cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """The stored config, with the caller's placement and stage-3 sections when given:
+        those may change on resume; a change anywhere else would invalidate finished training."""
+        stored = self.store.get_meta("config")
+        if stored is None:
+            raise SearchConfigError(f"--resume: {self.run_dir!r} holds no config (the run never started)")
+        if cfg is None:
+            return stored
+        if config_digest(cfg) != config_digest(stored):
+            fixed = [k for k in set(stored) | set(cfg) if k not in PLACEMENT_SECTIONS + STAGE3_SECTIONS]
+            diffs = diff_configs({k: stored.get(k) for k in fixed}, {k: cfg.get(k) for k in fixed})
+            raise SearchConfigError(
+                f"--resume: {self.run_dir!r} was started with a different config ({len(diffs)} differences in "
+                "sections that decide what is trained: " + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
+                + f"); only {list(PLACEMENT_SECTIONS + STAGE3_SECTIONS)} may change on resume")
+        changed = diff_configs({k: stored.get(k) for k in STAGE3_SECTIONS}, {k: cfg.get(k) for k in STAGE3_SECTIONS})
+        if changed:  # the run dir keeps the stage-3 settings its outputs were made with
+            logger.info("resume with changed stage-3 settings: %s", "; ".join(changed))
+            self._stage3_update = dict(stored, **{k: cfg[k] for k in STAGE3_SECTIONS})
+        return dict(stored, **{k: cfg[k] for k in PLACEMENT_SECTIONS + STAGE3_SECTIONS})
+
+    def _open(self, cfg: Dict[str, Any], progress: bool, executor: Any, executor_kind: Optional[str],
+              ray_address: Optional[str]) -> None:
+        run_dir = self.run_dir
         self.cfg = cfg
         self.seed = int(cfg["seed"])
         self.progress = progress
@@ -117,18 +176,13 @@ class SearchRun:
         self._ray_address = ray_address
         self.pool: Optional[Pool] = None
         self._values: Dict[str, dict] = {}
-        try:  # everything that can be wrong with the input fails here, before the run dir is written
-            self.check_constraints()
-            kind = executor_kind or cfg["executor"]["kind"]
-            if executor is None and kind in ("local", "ray"):
-                try:
-                    TrainSettings.from_dict(cfg["train"])
-                except ValueError as e:
-                    raise SearchConfigError(f"train: {e}") from None
-        except SearchConfigError:
-            if self.store is not None:
-                self.store.close()
-            raise
+        # everything that can be wrong with the input fails here, before the run dir is written
+        self.check_constraints()
+        if executor is None:
+            try:
+                TrainSettings.from_dict(cfg["train"])
+            except ValueError as e:
+                raise SearchConfigError(f"train: {e}") from None
         if self.store is None:
             self.store = RunStore(run_dir)
             self.store.set_meta(config=cfg, digest=config_digest(cfg), seed=cfg["seed"],
@@ -142,38 +196,72 @@ class SearchRun:
 
     # ------------------------------------------------------------------ checks before training
     def check_constraints(self) -> None:
-        """A constraint below the smallest candidate of the space is an error before any training."""
+        """A constraint below the smallest candidate of the space is an error before any training.
+
+        The smallest candidate is the space's minimum corner (every size at its minimum); the
+        FLOPs and params of an FBNet grow with every size, so no point of the space is below it
+        in either resource. A joint constraint is met by the corner only if each bound is."""
         smallest = self.space.min_resources()
         for c in self.constraints:
             for res, bound in c.items():
                 if bound < smallest[res]:
                     raise SearchConfigError(
-                        f"stage3.constraints: {res} <= {bound:g} cannot be met: the smallest candidate of the space "
-                        f"has {smallest[res]:g} {res}")
+                        f"stage3.constraints: {constraint_text(c)}: {res} <= {bound:g} cannot be met: the smallest "
+                        f"candidate of the space has {smallest[res]:g} {res}")
+
+    def check_constraints_on_pool(self) -> None:
+        """Each constraint (all of its bounds at once) must be met by some point of the pool.
+
+        Stage 3 starts its GA from measured candidates and pool points that meet the constraint,
+        and fills the rest with uniform random points of the space, of which the pool is
+        already a larger quasi-random sample; a constraint that no pool point meets jointly
+        (each bound reachable alone, not together) would only fail after all training, so it is
+        refused here, before stage 2 trains anything. This is a check on what the search can
+        reach, not a proof that no point of the space meets it (a point near the minimum corner
+        may): the message says how close the pool came and how to widen it."""
+        pool = self.build_pool()
+        for c in self.constraints:
+            ok = np.ones(len(pool), dtype=bool)
+            for res, bound in c.items():
+                ok &= getattr(pool, res) <= bound
+            if ok.any():
+                continue
+            excess = np.max([getattr(pool, res) / bound for res, bound in c.items()], axis=0)
+            i = int(np.argmin(excess))
+            smallest = self.space.min_resources()
+            raise SearchConfigError(
+                f"stage3.constraints: {constraint_text(c)} is met by none of the {len(pool)} pool candidates "
+                f"(closest: {pool.flops[i]:g} flops, {pool.params[i]:g} params; the space's smallest candidate: "
+                f"{smallest['flops']:g} flops, {smallest['params']:g} params); relax it, or aim the pool at it "
+                "with pool.flops_max / pool.params_max")
+
+    def check_data(self) -> None:
+        """Build the training data and read a batch in this process before anything trains."""
+        arch, recipe = self.space.decode_point(self.space.extreme_point(False), "data_check")
+        try:
+            self.executor().check_data(recipe.resolution or arch.input_size)
+        except (ExecutorError, OSError) as e:
+            raise SearchRunError(str(e)) from None
 
     def executor(self):
         if self._executor is None:
-            opts = {} if (self._executor_kind or self.cfg["executor"]["kind"]) == "oracle" else \
-                {"progress": self.progress}
-            try:
-                self._executor = make_executor_for(self.cfg, self.space, self.run_dir, self._values_of,
-                                                   self._executor_kind, self._ray_address, **opts)
-            except SearchConfigError:
-                raise
-            except ValueError as e:  # the executors' / trainer's own config errors
-                raise SearchConfigError(f"executor: {e}") from None
+            self._executor = make_executor_for(self.cfg, self.space, self.run_dir, self._values_of,
+                                               self._executor_kind, self._ray_address, progress=self.progress)
         return self._executor
 
     def _values_of(self, cand: Candidate) -> dict:
         return self._values[cand.key]
 
     def close(self) -> None:
-        if self._executor is not None:
-            try:
-                self._executor.close()
-            finally:
-                self._executor = None
-        self.store.close()
+        try:
+            if self._executor is not None:
+                try:
+                    self._executor.close()
+                finally:
+                    self._executor = None
+            self.store.close()
+        finally:
+            self.lock.release()
 
     # ------------------------------------------------------------------ stage 1
     def build_pool(self) -> Pool:
@@ -191,6 +279,7 @@ class SearchRun:
             elif stored != digest:
                 raise SearchConfigError("the pool drawn now differs from the run's pool (the code or space changed "
                                         "since the run started); start a new run")
+            self.check_constraints_on_pool()
         return self.pool
 
     def stage1(self) -> Predictor:
@@ -209,7 +298,7 @@ class SearchRun:
             info.update(rep.to_dict())
         info["seconds"] = time.perf_counter() - t0
         self.store.save_checkpoint("stage1", pred.to_bytes(), info, progress=("stage1", "done", info))
-        logger.info("stage 1: pool %d, pretrain val MSE %s", len(pool), info.get("val_mse"))
+        logger.info("stage 1: pool %d, pretrain val MSE %.3g", len(pool), info.get("val_mse", float("nan")))
         return pred
 
     # ------------------------------------------------------------------ stage 2
@@ -253,7 +342,7 @@ class SearchRun:
         self.store.add_round(rnd, entries, epochs)
 
     def _train_pending(self, rnd: int, epochs: int) -> None:
-        pending = self.store.candidates(rnd=rnd, status="pending")
+        pending = [r for r in self.store.candidates(rnd=rnd) if r["status"] in ("pending", RETRYABLE)]
         if not pending:
             return
         cands = []
@@ -289,6 +378,25 @@ class SearchRun:
         if wanted:
             raise RuntimeError(f"stage 2 round {rnd}: the executor finished without results for {sorted(wanted)}")
 
+    def _check_round(self, rnd: int) -> None:
+        """A round may end only with every candidate measured or failed by itself, and at least
+        one measured: environment failures stop the run (resume retrains them; going on without
+        them would make the result depend on the fault), and a round with nothing measured
+        stops it before anything is fitted or published from nothing."""
+        rows = self.store.candidates(rnd=rnd)
+        retry = [r for r in rows if r["status"] == RETRYABLE]
+        if retry:
+            raise SearchRunError(
+                f"stage 2 round {rnd}: {len(retry)} of {len(rows)} candidates failed because of the environment "
+                f"(first: {retry[0]['key']}: {retry[0]['error']}); fix it and continue with --resume {self.run_dir} "
+                "(they will be trained again)")
+        if not any(r["status"] == "ok" for r in rows):
+            errors = sorted({r["error"] or "?" for r in rows})
+            raise SearchRunError(
+                f"stage 2 round {rnd}: no candidate was measured (all {len(rows)} failed: "
+                + "; ".join(e[:200] for e in errors[:3]) + (" ..." if len(errors) > 3 else "")
+                + "); the search stops, nothing is published")
+
     def _refit(self, rnd: int) -> Predictor:
         base = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
         e = self.target_epoch()
@@ -319,6 +427,7 @@ class SearchRun:
                 self._select(rnd, pred)
             rec = self.store.get_round(rnd)
             self._train_pending(rnd, rec["epochs"])
+            self._check_round(rnd)
             if rec["status"] != "done":
                 self.store.finish_round(rnd)
             if rnd == 1 and self.early_stop_epoch() is None:
@@ -354,14 +463,17 @@ class SearchRun:
         pool = self.build_pool()
         e = self.target_epoch()
         measured = [r for r in self.store.candidates(status="ok")]
+        if not measured:
+            raise SearchRunError("stage 3: no candidate was measured in stage 2; nothing to search from or publish")
         s3 = self.cfg["stage3"]
+        s3_digest = config_digest(self.cfg, ["stage3"])
         ga = AdaptiveGA(self.space, pred, self.encoder, s3, self.cache)
         pool_scores = pred.predict(self.pool_features)
         out: Dict[str, Dict[str, Any]] = {}
         for ci, c in enumerate(self.constraints):
             label = constraint_label(c)
             done = self.store.get_result(label)
-            if done is not None:
+            if done is not None and done.get("stage3_digest", s3_digest) == s3_digest:
                 out[label] = done
                 continue
             t0 = time.perf_counter()
@@ -381,7 +493,7 @@ class SearchRun:
                     "rejected": res.rejected, "history": res.history, "seconds": time.perf_counter() - t0,
                     "best_measured": ({"key": ok_measured[0]["key"], "top1": self._target(ok_measured[0], e),
                                        "flops": ok_measured[0]["flops"], "params": ok_measured[0]["params"]}
-                                      if ok_measured else None)}
+                                      if ok_measured else None), "stage3_digest": s3_digest}
             self.store.set_result(label, data)
             out[label] = data
         self.store.set_progress("stage3", "done", {"constraints": [constraint_label(c) for c in self.constraints]})
@@ -447,6 +559,8 @@ def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = Fa
     summary: Dict[str, Any] = {"run_dir": run_dir, "run": run.run}
     try:
         timings = {}
+        if 2 in stages and (run.store.get_progress("stage2") or {}).get("status") != "done":
+            run.check_data()
         if 1 in stages:
             t0 = time.perf_counter()
             run.stage1()
@@ -463,9 +577,10 @@ def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = Fa
             timings["stage3"] = time.perf_counter() - t0
         summary["timings"] = timings
         if report:
-            from .report import write_report
-
             summary["report"] = write_report(run, summary.get("outputs"))
+    except (sqlite3.OperationalError, OSError) as e:  # the driver's own disk / store failed (ENOSPC, I/O)
+        raise SearchRunError(f"run dir {run_dir!r}: the environment failed while the run was writing "
+                             f"({type(e).__name__}: {e}); fix it and continue with --resume {run_dir}") from e
     finally:
         run.close()
     return summary

@@ -9,13 +9,17 @@ the store at the last committed write; results are committed one candidate at a 
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
 import os
+import socket
 import sqlite3
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
 from .candidate import TrainResult
+from .config import SearchRunError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -46,17 +50,91 @@ CREATE TABLE IF NOT EXISTS results (label TEXT PRIMARY KEY, data TEXT NOT NULL, 
 """
 
 DB_NAME = "search.sqlite"
+LOCK_NAME = "search.lock"
+TABLES = ("meta", "candidates", "rounds", "checkpoints", "progress", "results")
+
+
+class RunLock:
+    """One process per run directory: an exclusive ``fcntl.flock`` on ``<run_dir>/search.lock``.
+
+    The OS drops the lock when the holder exits, however it exits (kill -9 included), so a
+    stale lock file never blocks a resume. The file records the holder (pid, host, start time)
+    for the message a second process gets."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        try:
+            self._f = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise SearchRunError(f"run dir {run_dir!r}: cannot open the lock file {self.path} ({e})") from None
+        try:
+            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._f.seek(0)
+            holder = self._f.read().strip() or "another process (it has not written its name yet)"
+            self._f.close()
+            raise SearchRunError(f"run dir {run_dir!r} is in use by {holder}; one process per run dir "
+                                 f"(lock: {self.path})") from None
+        self._f.seek(0)
+        self._f.truncate()
+        start = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self._f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {start}\n")
+        self._f.flush()
+
+    def release(self) -> None:
+        if not self._f.closed:
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
 
 
 class RunStore:
-    def __init__(self, run_dir: str) -> None:
-        os.makedirs(run_dir, exist_ok=True)
+    """The run's SQLite store. ``create=False`` opens an existing store and refuses one that is
+    empty, corrupt, truncated, foreign or read-only, naming the file (it never writes a fresh
+    schema over such a file)."""
+
+    def __init__(self, run_dir: str, create: bool = True) -> None:
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, DB_NAME)
-        self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=60.0)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.executescript(SCHEMA)
+        if create:
+            os.makedirs(run_dir, exist_ok=True)
+        else:
+            self._check_file()
+        try:
+            # mode=rw never creates the file; a new store is created only when asked to
+            uri = f"file:{self.path}?mode={'rwc' if create else 'rw'}"
+            self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=60.0)
+            if not create:
+                self._check_contents()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            if create:
+                self.conn.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            raise SearchRunError(f"{self.path}: cannot use this run store ({e}); it is corrupt, truncated or "
+                                 "read-only") from None
+
+    def _check_file(self) -> None:
+        p = self.path
+        if not os.path.isfile(p):
+            raise SearchRunError(f"{p}: no run store here")
+        if os.path.getsize(p) == 0:
+            raise SearchRunError(f"{p}: the run store is empty (0 bytes), not a search run; left untouched "
+                                 "(remove it to start a new run in this directory)")
+        for f in (p, os.path.dirname(p) or "."):
+            # SQLite writes the store and its -wal/-shm files beside it; os.access ignores root's bypass
+            if not os.access(f, os.W_OK) or (os.stat(f).st_mode & 0o222) == 0:
+                raise SearchRunError(f"{f}: read-only; a run store must be writable to resume")
+
+    def _check_contents(self) -> None:
+        bad = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        if bad != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {bad}")
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        missing = [t for t in TABLES if t not in have]
+        if missing:
+            raise sqlite3.DatabaseError(f"not a search run store (tables missing: {missing})")
 
     @staticmethod
     def exists(run_dir: str) -> bool:
@@ -109,9 +187,10 @@ class RunStore:
         self._tx([("UPDATE rounds SET status='done', finished=? WHERE round=?", (time.time(), rnd))])
 
     def record_result(self, result: TrainResult) -> None:
-        """One candidate's outcome, one transaction. Ignored if the key is already finished."""
+        """One candidate's outcome, one transaction. Ignored if the key is already finished
+        (a ``retryable`` candidate is not finished: it trains again on resume)."""
         self._tx([("UPDATE candidates SET status=?, top1=?, loss=?, epoch_seconds=?, error=?, extra=?, "
-                   "wall_seconds=?, finished=? WHERE key=? AND status='pending'",
+                   "wall_seconds=?, finished=? WHERE key=? AND status IN ('pending', 'retryable')",
                    (result.status, json.dumps(list(result.top1)), json.dumps(list(result.loss)),
                     json.dumps(list(result.epoch_seconds)), result.error, json.dumps(result.extra, default=str),
                     float(sum(result.epoch_seconds)),

@@ -77,7 +77,7 @@ def test_searched_style_archs_either_work_or_fail_clearly():
     import numpy as np
 
     from fbnet_zoo.detection import DetectionError
-    from fbnet_zoo.detection.torchvision import fasterrcnn_fbnet
+    from fbnet_zoo.detection.tv import fasterrcnn_fbnet
     from fbnet_zoo.random_specs import random_spec
 
     built = failed = 0

@@ -23,7 +23,8 @@ from fbnet_zoo.detection import d2  # noqa: E402
 from fbnet_zoo.detection.toy_data import make_toy_coco  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "detection")
-SHIPPED = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+SHIPPED = sorted(os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
+                 + glob.glob(os.path.join(CONFIG_DIR, "authors", "*.yaml"))
                  if not os.path.basename(p).startswith(("Base-", "coco_schedule")))
 
 
@@ -178,9 +179,9 @@ def test_d2go_checkpoint_keys_round_trip(toy):
     assert len(theirs) == len(ours)
     for key in ("backbone.body.trunk0.fbnetv2_0_0.conv.weight", "backbone.body.trunk0.fbnetv2_0_0.conv.bias",
                 "backbone.body.trunk2.fbnetv2_2_0.se.se.0.conv.weight", "backbone.body.trunk3.fbnetv2_3_9.pwl.bn.weight",
-                "proposal_generator.rpn_head.rpn_feature.fbnetv2_0_4.dw.conv.weight",
+                "proposal_generator.rpn_head.rpn_feature.0.fbnetv2_0_4.dw.conv.weight",
                 "proposal_generator.rpn_head.rpn_regressor.cls_logits.weight",
-                "roi_heads.box_head.roi_box_conv.fbnetv2_0_5.se.se.1.weight",
+                "roi_heads.box_head.roi_box_conv.0.fbnetv2_0_5.se.se.1.weight",
                 "roi_heads.box_predictor.cls_score.weight"):
         assert key in theirs, key
     # d2go's depthwise convs have no BN: no dw.bn keys anywhere
@@ -191,7 +192,7 @@ def test_d2go_checkpoint_keys_round_trip(toy):
     from fbnet_zoo.converters import CheckpointError
 
     broken = dict(theirs)
-    broken["roi_heads.box_head.roi_box_conv.fbnetv2_0_99.pw.conv.weight"] = torch.zeros(1)
+    broken["roi_heads.box_head.roi_box_conv.0.fbnetv2_0_99.pw.conv.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="fbnetv2_0_99"):
         d2go_to_ours(broken, model)
     assert len(d2go_key_map(model)) == len(ours)
@@ -199,11 +200,12 @@ def test_d2go_checkpoint_keys_round_trip(toy):
 
 def test_d2go_checkpoint_file_loads_through_the_verified_loader(toy, tmp_path):
     """A checkpoint as d2go writes it ({"model": d2go-keyed tensors}) loads from a path or a
-    file:// URL into a fresh detector, and reproduces the original's weights exactly."""
+    file:// URL into a fresh detector built from the authors' config, and reproduces the
+    original's weights exactly; a detector that reads RGB / ImageNet-normalised input is refused."""
     from fbnet_zoo.detection import load_d2go_weights
     from fbnet_zoo.detection.convert import ours_to_d2go
 
-    cfg = tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-A-d2go"})
+    cfg = tiny_cfg("authors/faster_rcnn_fbnetv3a_C4.yaml", toy)
     source = build_model(cfg)
     path = tmp_path / "model_final.pth"
     torch.save({"model": ours_to_d2go(source.state_dict(), source), "iteration": 1}, path)
@@ -213,6 +215,32 @@ def test_d2go_checkpoint_file_loads_through_the_verified_loader(toy, tmp_path):
         assert result.format == "d2go_detection"
         for key, value in source.state_dict().items():
             assert torch.equal(target.state_dict()[key], value), key
+    ours_cfg = tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-A-d2go"})
+    with pytest.raises(DetectionError, match="INPUT.FORMAT: 'RGB' is not 'BGR'.*MODEL.PIXEL_STD"):
+        load_d2go_weights(build_model(ours_cfg), str(path))
+
+
+@pytest.mark.parametrize("source, config, mask", [
+    ("FBNetV3-A-d2go:faster_rcnn_c4", "authors/faster_rcnn_fbnetv3a_C4.yaml", False),
+    ("FBNetV3-A-d2go:mask_rcnn_c4", "authors/mask_rcnn_fbnetv3a_C4.yaml", True),
+    ("FBNetV3-G-d2go:faster_rcnn_fpn", "authors/faster_rcnn_fbnetv3g_fpn.yaml", False),
+    ("FBNetV3-G-d2go:mask_rcnn_fpn", "authors/mask_rcnn_fbnetv3g_fpn.yaml", True)])
+def test_each_d2go_source_names_the_authors_config_and_its_published_ap(source, config, mask):
+    from fbnet_zoo.checkpoints import get_source
+
+    cfg = d2.d2go_config(source)
+    assert d2.d2go_config_path(source).endswith(config)
+    assert cfg.MODEL.FBNET.D2GO_WEIGHTS == source
+    assert cfg.INPUT.FORMAT == "BGR" and list(cfg.MODEL.PIXEL_STD) == [1.0, 1.0, 1.0]
+    assert cfg.MODEL.MASK_ON == mask
+    published = get_source(*source.split(":")).published[0]
+    assert published["box_ap"] > 20 and (("mask_ap" in published) == mask)
+    if "fpn" in source:
+        assert (cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.FPN.NORM) == (128, "naiveSyncBN")
+        assert list(cfg.MODEL.ROI_HEADS.IN_FEATURES) == ["p3", "p4", "p5", "p6"]
+    else:
+        assert list(cfg.MODEL.ANCHOR_GENERATOR.SIZES) == [[32, 64, 96, 128, 160]]
+        assert (cfg.MODEL.RPN.PRE_NMS_TOPK_TEST, cfg.MODEL.RPN.POST_NMS_TOPK_TEST) == (1000, 30)
 
 
 @pytest.mark.parametrize("config, task, metric", [("faster_rcnn_fbnetv3a_C4.yaml", "bbox", "AP"),
@@ -234,3 +262,34 @@ def test_train_net_cli_trains_then_evaluates(config, task, metric, tmp_path):
     res = train_net.main(train_net.build_parser().parse_args(
         ["--eval-only"] + common + ["MODEL.WEIGHTS", str(tmp_path / "out" / "model_final.pth")]))
     assert {metric} <= set(res[task])
+
+
+def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):
+    """The C4 RoI box head is the stride-32 stages alone (no second FBNet), with the
+    checkpoint's weights for them, from the same read as the backbone's."""
+    from fbnet_zoo import checkpoints, model as model_module
+    from fbnet_zoo.detection import core
+
+    spec = fbnet_zoo.get_spec("FBNetV3-A")
+    torch.manual_seed(3)
+    reference = model_module.FBNet(spec)
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+    path = tmp_path / "fbnetv3_a.pth"
+    torch.save(reference.state_dict(), path)
+
+    reads, builds = [], []
+    real_read, real_init = checkpoints.load_checkpoint, model_module.FBNet.__init__
+    monkeypatch.setattr(checkpoints, "load_checkpoint", lambda *a, **k: reads.append(a) or real_read(*a, **k))
+    monkeypatch.setattr(model_module.FBNet, "__init__", lambda self, *a, **k: builds.append(a) or real_init(self, *a, **k))
+    model = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.PRETRAINED": str(path)}))
+    assert len(reads) == 1 and len(builds) == 1
+    _, box = core.c4_split(spec)
+    head = model.roi_heads.box_head.roi_box_conv
+    assert [n for n, _ in head.named_children()] == [f"stage{i}" for i in box]
+    for i in box:
+        for k, v in reference.stages[i].state_dict().items():
+            assert torch.equal(getattr(head, f"stage{i}").state_dict()[k], v), (i, k)
+    own = sum(p.numel() for p in head.parameters())
+    assert own == sum(p.numel() for i in box for p in reference.stages[i].parameters())

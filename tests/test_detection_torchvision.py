@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fbnet_zoo.detection import DetectionError, c4_split, feature_layout, resolve_arch
-from fbnet_zoo.detection import torchvision as fdt
+from fbnet_zoo.detection import tv as fdt
 from fbnet_zoo.detection.toy_data import make_toy_coco
 
 FAST = dict(min_size=128, max_size=128, rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
@@ -24,9 +24,13 @@ def toy(tmp_path_factory):
 def test_module_name_does_not_shadow_real_torchvision():
     import torchvision
 
-    assert fdt.__name__ == "fbnet_zoo.detection.torchvision"
+    assert fdt.__name__ == "fbnet_zoo.detection.tv"
     assert "fbnet_zoo" not in torchvision.__file__ and hasattr(torchvision, "ops")
     assert sys.modules["torchvision"] is torchvision
+    with pytest.warns(DeprecationWarning, match="renamed fbnet_zoo.detection.tv"):
+        sys.modules.pop("fbnet_zoo.detection.torchvision", None)
+        from fbnet_zoo.detection import torchvision as old  # the deprecated alias still works
+    assert old.fasterrcnn_fbnet is fdt.fasterrcnn_fbnet and old.CocoDetection is fdt.CocoDetection
 
 
 def _overfit(model, ds, steps, lr):

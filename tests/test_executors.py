@@ -138,7 +138,8 @@ def test_ray_batch_and_a_worker_killed_mid_candidate_is_retried(ray_cluster, tmp
     assert local.top1 == b.top1
 
 
-def test_ray_gives_up_after_max_retries_with_a_failed_result(ray_cluster, tmp_path):
+def test_ray_gives_up_after_max_retries_with_a_retryable_result(ray_cluster, tmp_path):
+    # a lost worker is the environment's failure: the search retrains it on --resume
     def always_die(cand, epochs, settings, workdir, progress=False):
         import os as _os
 
@@ -147,8 +148,21 @@ def test_ray_gives_up_after_max_retries_with_a_failed_result(ray_cluster, tmp_pa
     results = []
     with make_executor("ray", TRAIN, str(tmp_path), max_retries=1, progress=False, train_fn=always_die) as ex:
         ex.run(batch()[:1], 1, results.append)
-    assert len(results) == 1 and results[0].status == "failed"
-    assert "ray task failed" in results[0].error
+    assert len(results) == 1 and results[0].status == "retryable"
+    assert "ray task failed (WorkerCrashedError)" in results[0].error
+
+
+def test_a_task_that_raises_an_os_error_is_retryable_a_diverging_one_is_not(ray_cluster, tmp_path):
+    def fail(cand, epochs, settings, workdir, progress=False):
+        if cand.key == "a":
+            raise OSError(28, "No space left on device")
+        return TrainResult(cand.key, "failed", error="diverged: loss is nan at epoch 1", epochs_planned=epochs)
+
+    results = {}
+    with make_executor("ray", TRAIN, str(tmp_path), max_retries=0, progress=False, train_fn=fail) as ex:
+        ex.run(batch()[:2], 1, lambda r: results.__setitem__(r.key, r))
+    assert results["a"].status == "retryable" and "OSError" in results["a"].error
+    assert results["nan"].status == "failed"
 
 
 def test_ray_reserves_gpus_for_device_auto_when_the_cluster_has_them():

@@ -7,6 +7,10 @@
     python tools/search.py --resume runs/default             # continue a killed run
     python tools/search.py cifar10 --stage 1                 # one stage (later: --resume DIR --stage 2)
 
+Exit status: 0 done, 2 a bad config / arguments / run dir, 3 the run stopped (nothing measured
+in a round, candidates failed because of the environment: fix it and --resume; the run dir is
+locked by another process; its store is unreadable), 130 interrupted.
+
 CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3); KEY=VALUE
 items override dotted keys (values parsed as YAML). Winners land in RUN_DIR/archs and
 RUN_DIR/recipes, are registered for build_model(), and with --install-dir are copied into a
@@ -28,7 +32,8 @@ def main(argv=None) -> int:
                    help="config file or shipped name (first, optional), then dotted overrides")
     p.add_argument("--run-dir", help="run directory (default: runs/<config name>, numbered if taken)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--executor", choices=["local", "ray", "oracle"], help="where candidates train")
+    p.add_argument("--executor", metavar="KIND", help="where candidates train: a registered executor kind "
+                   "(local, ray, oracle, ...)")
     p.add_argument("--ray-address", help="Ray cluster address (e.g. auto); implies --executor ray")
     p.add_argument("--constraints", nargs="+", metavar="C", help="stage-3 constraints, e.g. 'flops<=450M' "
                    "'flops<=550M&params<=9M' (replaces the config's)")
@@ -40,8 +45,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
-    from fbnet_zoo.search.config import SearchConfigError, load_config
-    from fbnet_zoo.search.runner import run_search
+    from fbnet_zoo.search.config import SearchConfigError, SearchRunError, load_config
+    from fbnet_zoo.search.executors import executor_kinds
+    from fbnet_zoo.search.runner import run_search, stored_config
 
     config_path = None
     overrides = []
@@ -55,12 +61,19 @@ def main(argv=None) -> int:
             return 2
     if args.ray_address and not args.executor:
         args.executor = "ray"
+    if args.executor is not None and args.executor not in executor_kinds():
+        print(f"error: --executor: {args.executor!r} is not a registered executor kind; registered: "
+              f"{executor_kinds()}", file=sys.stderr)
+        return 2
+    run_dir = args.resume or args.run_dir
     try:
         cfg = None
         if args.resume:
             run_dir = args.resume
-            if config_path or overrides or args.constraints:  # else the run's stored config
-                cfg = load_config(config_path, overrides, args.constraints)
+            if config_path or overrides or args.constraints:  # else the run's stored config as it is
+                # overrides without a config file edit the run's own config (e.g. corrected constraints)
+                base = None if config_path else stored_config(run_dir)
+                cfg = load_config(config_path, overrides, args.constraints, base=base)
         else:
             cfg = load_config(config_path, overrides, args.constraints)
             run_dir = args.run_dir or _fresh_dir(os.path.join("runs", cfg["name"]))
@@ -71,6 +84,9 @@ def main(argv=None) -> int:
     except SearchConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except SearchRunError as e:  # the run stopped: nothing measured, environment failures, locked or broken store
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python tools/search.py --resume {run_dir}", file=sys.stderr)
         return 130

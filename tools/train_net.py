@@ -4,6 +4,10 @@
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
         --num-gpus 8 MODEL.FBNET.PRETRAINED True
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
+    # the authors' COCO detector: their config, their weights (d2go checkpoint sources)
+    python tools/train_net.py --d2go FBNetV3-A-d2go:faster_rcnn_c4 --eval-only
+    # LazyConfig (.py) files, overrides as key=value:
+    python tools/train_net.py --config-file model_configs/detection/lazy/faster_rcnn_fbnet_C4.py fbnet.arch=FBNetV3-E
     # smoke run on a synthetic COCO-format set (CPU is fine):
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
         --toy-coco /tmp/toy SOLVER.MAX_ITER 20 SOLVER.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(128,)"
@@ -27,7 +31,7 @@ import torch
 try:
     import detectron2.utils.comm as comm
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.config import get_cfg
+    from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
 except ImportError:
@@ -35,6 +39,7 @@ except ImportError:
              "https://github.com/facebookresearch/detectron2 (see README: Detection)")
 
 from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
+from fbnet_zoo.detection.d2 import lazy
 
 TOY_NAME = "fbnet_toy_coco"
 logger = logging.getLogger("fbnet_zoo.train_net")
@@ -59,9 +64,12 @@ def register_toy(root: str) -> dict:
 
 
 def setup(args):
-    cfg = get_cfg()
-    d2.add_fbnet_config(cfg)
-    cfg.merge_from_file(args.config_file)
+    if args.d2go:
+        cfg = d2.d2go_config(args.d2go)
+    else:
+        cfg = get_cfg()
+        d2.add_fbnet_config(cfg)
+        cfg.merge_from_file(args.config_file)
     if args.toy_coco:
         names = register_toy(args.toy_coco)
         ds = names["sem_seg"] if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" else names["instances"]
@@ -75,11 +83,33 @@ def setup(args):
     return cfg
 
 
+def setup_lazy(args):
+    """A LazyConfig (.py) file: the toy set swapped in when asked, then the key=value overrides."""
+    cfg = LazyConfig.load(args.config_file)
+    overrides = []
+    if args.toy_coco:
+        ds = register_toy(args.toy_coco)["instances"]
+        overrides = [f"dataloader.train.dataset.names={ds}", f"dataloader.test.dataset.names={ds}",
+                     "model.roi_heads.num_classes=3", "dataloader.train.num_workers=0",
+                     "dataloader.test.num_workers=0"]
+    if not torch.cuda.is_available():
+        overrides.append("train.device=cpu")
+    cfg = LazyConfig.apply_overrides(cfg, overrides + list(args.opts))
+    default_setup(cfg, args)
+    return cfg
+
+
 def main(args):
+    if args.config_file.endswith(".py"):
+        cfg = setup_lazy(args)
+        if args.eval_only:
+            return lazy.do_eval(cfg)
+        return lazy.do_train(cfg, resume=args.resume)
     cfg = setup(args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        d2.load_configured_weights(model, cfg)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             from detectron2.evaluation import verify_results
@@ -88,6 +118,8 @@ def main(args):
         return res
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    if not (args.resume and trainer.checkpointer.has_checkpoint()):
+        d2.load_configured_weights(trainer.model, cfg)  # the authors' d2go weights, when the config names them
     return trainer.train()
 
 
@@ -95,6 +127,9 @@ def build_parser():
     parser = default_argument_parser()
     parser.add_argument("--toy-coco", default="", metavar="DIR",
                         help="write (if absent) and register a synthetic COCO set in DIR and use it")
+    parser.add_argument("--d2go", default="", metavar="SOURCE",
+                        help="one of the authors' d2go checkpoints (e.g. FBNetV3-A-d2go:faster_rcnn_c4): "
+                             "their config is used (no --config-file needed) and their weights loaded")
     return parser
 
 

@@ -9,10 +9,14 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("fbnet_zoo.detection.d2 needs detectron2, which is not on PyPI; install it from "
                       "https://github.com/facebookresearch/detectron2 (see README: Detection)") from e
 
+from ..convert import load_d2go_weights
 from .backbone import FBNetBackbone, FBNetC4Backbone, FBNetFPNBackbone, build_backbone, fpn_backbone
-from .config import add_fbnet_config
+from .config import add_fbnet_config, d2go_config, d2go_config_path
 from .data import register_coco_dataset
 from .heads import FBNetBoxHead, FBNetMaskHead, FBNetRPNHead
+from .model import build_d2go_detector, load_configured_weights
 
 __all__ = ["FBNetBackbone", "FBNetBoxHead", "FBNetC4Backbone", "FBNetFPNBackbone", "FBNetMaskHead",
-           "FBNetRPNHead", "add_fbnet_config", "build_backbone", "fpn_backbone", "register_coco_dataset"]
+           "FBNetRPNHead", "add_fbnet_config", "build_backbone", "build_d2go_detector", "d2go_config",
+           "d2go_config_path", "fpn_backbone", "load_configured_weights", "load_d2go_weights",
+           "register_coco_dataset"]

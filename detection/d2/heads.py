@@ -3,8 +3,9 @@
 * RPN_HEAD_REGISTRY ``FBNetRPNHead``: FBNet blocks (the trunk's last row repeated, as the
   authors do) shared over levels, then 1x1 objectness / delta convs.
 * ROI_BOX_HEAD_REGISTRY ``FBNetBoxHead``: the arch's stride-32 stage(s) on pooled RoI
-  features (C4 "res5" role) + global average pooling; with pretrained weights when the
-  input channels are the trunk's (C4), rebuilt for other inputs (FPN).
+  features (C4 "res5" role) + global average pooling. C4: only those stages are built,
+  with their pretrained weights from the backbone's checkpoint read; FPN: rebuilt for the
+  FPN's channels.
 * ROI_MASK_HEAD_REGISTRY ``FBNetMaskHead``: FBNet blocks on 14x14 RoI features upsampling
   to 28x28, 1x1 predictor (Mask R-CNN C4 and FPN).
 """
@@ -23,8 +24,8 @@ from detectron2.modeling.proposal_generator.rpn import RPN_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.box_head import ROI_BOX_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.mask_head import ROI_MASK_HEAD_REGISTRY, BaseMaskRCNNHead
 
-from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_model, box_head_from_rows,
-                    build_fbnet, c4_split, mask_rows, rpn_rows)
+from ..core import (DetectionError, LightRPNHead, MaskBody, StagesBoxHead, box_head_from_rows, box_head_from_stages,
+                    c4_split, mask_rows, rpn_rows)
 from .backbone import arch_from_cfg, norm_layer
 
 
@@ -60,19 +61,29 @@ class FBNetRPNHead(LightRPNHead):
                 "divisor": darch.spec.width_divisor, "norm_layer": _head_norm(cfg)}
 
 
+def build_box_head(darch, variant: str, in_channels: int, norm: str = "BN", head_norm: str = "BN",
+                   pretrained="") -> "_D2BoxHead":
+    """The RoI box head: C4 -> the stride-32 stages alone, in the backbone's ``norm``, with
+    their pretrained weights (ResNet's res5 role); FPN -> those rows rebuilt for the FPN's
+    ``in_channels`` with ``head_norm`` (no pretrained weights fit them)."""
+    trunk, box = c4_split(darch.spec)
+    if variant == "c4":
+        trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
+        if in_channels != trunk_channels:
+            raise DetectionError(f"ROI_HEADS.IN_FEATURES: the C4 box head of {darch.spec.name!r} takes the trunk's "
+                                 f"{trunk_channels} channels; got {in_channels}")
+        head = box_head_from_stages(darch, box, norm_layer=norm_layer(norm), pretrained=pretrained, norm=norm)
+    else:
+        head = box_head_from_rows(in_channels, darch.spec, box,
+                                  norm_layer(head_norm, "MODEL.FBNET.HEAD_NORM") or nn.BatchNorm2d)
+    return _D2BoxHead(head)
+
+
 @ROI_BOX_HEAD_REGISTRY.register()
 def FBNetBoxHead(cfg, input_shape: ShapeSpec) -> nn.Module:
     """Returns a StagesBoxHead with ``output_shape`` (ShapeSpec(channels=C)) for FastRCNNOutputLayers."""
-    darch = arch_from_cfg(cfg)
-    trunk, box = c4_split(darch.spec)
-    trunk_channels = darch.spec.stage_channels()[f"stage{trunk[-1]}"]
-    if input_shape.channels == trunk_channels:
-        norm = cfg.MODEL.FBNET.NORM  # the backbone's norm, as ResNet's res5 in detectron2's C4 models
-        model = build_fbnet(darch, norm_layer=norm_layer(norm), pretrained=cfg.MODEL.FBNET.PRETRAINED, norm=norm)
-        head = box_head_from_model(model, box)
-    else:
-        head = box_head_from_rows(input_shape.channels, darch.spec, box, _head_norm(cfg))
-    return _D2BoxHead(head)
+    f = cfg.MODEL.FBNET
+    return build_box_head(arch_from_cfg(cfg), _variant(cfg), input_shape.channels, f.NORM, f.HEAD_NORM, f.PRETRAINED)
 
 
 class _D2BoxHead(StagesBoxHead):

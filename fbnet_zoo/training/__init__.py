@@ -3,7 +3,9 @@
 recipe (``Recipe``), settings (``DataSettings`` / ``RunSettings`` / the flat ``TrainSettings``,
 hardware resolution), optim, schedule, losses, ema, loop (``train_model``), data (datasets
 behind a registry: embedded, cifar10, imagefolder), datasets (``build_datasets``), result
-(``TrainResult``), cifar10 (the CIFAR-10 transfer experiment). Imports point down: nothing
+(``TrainResult``), cifar10 (the CIFAR-10 transfer experiment), distributed (torchrun / DDP:
+process group, SyncBN, reductions), final (``train_final``: final training of a winner, the
+library behind ``tools/train.py``). Imports point down: nothing
 here imports ``fbnet_zoo.search``.
 """
 

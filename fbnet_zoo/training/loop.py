@@ -39,15 +39,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from fbnet_zoo import build_model
 from fbnet_zoo.errors import Diverged  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
 from fbnet_zoo.io_utils import atomic_write_bytes
 
+from .distributed import DistContext, all_reduce_sum, barrier, convert_sync_batchnorm, shard
 from .ema import ModelEma
-from .losses import distillation_loss, mixup, soft_cross_entropy, soft_targets
+from .losses import distillation_mix, mixup, soft_cross_entropy, soft_targets
 from .optim import build_optimizer
 from .recipe import Recipe
 from .result import TrainResult
@@ -156,10 +158,12 @@ def _autocast(device: torch.device, amp: bool):
 
 
 def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
-             memory_format: torch.memory_format = torch.contiguous_format) -> Tuple[float, float]:
-    """(top-1 %, mean cross-entropy) of ``model`` in eval mode over ``loader``."""
+             memory_format: torch.memory_format = torch.contiguous_format,
+             dist: Optional[DistContext] = None) -> Tuple[float, float]:
+    """(top-1 %, mean cross-entropy) of ``model`` in eval mode over ``loader``; with ``dist``,
+    each process passes its shard and the counts are summed over all processes."""
     model.eval()
-    correct, total, loss_sum = 0, 0, 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct, total, loss sum
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -167,9 +171,10 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool = False,
                 x = x.contiguous(memory_format=memory_format)
             with _autocast(device, amp):
                 out = model(x)
-            loss_sum += float(F.cross_entropy(out.float(), y, reduction="sum"))
-            correct += int((out.argmax(-1) == y).sum())
-            total += int(y.shape[0])
+            sums[0] += (out.argmax(-1) == y).sum()
+            sums[1] += y.shape[0]
+            sums[2] += F.cross_entropy(out.float(), y, reduction="sum").double()
+    correct, total, loss_sum = all_reduce_sum(sums, dist).tolist()
     if total == 0:
         raise RuntimeError("the validation set is empty")
     return 100.0 * correct / total, loss_sum / total
@@ -196,6 +201,14 @@ class _Run:
     fingerprint: str
     ckpt_path: Optional[str]
     hist: Dict[str, List[float]] = field(default_factory=lambda: {k: [] for k in HISTORY_KEYS})
+    # data-parallel runs (torchrun): this process's place, and the DDP wrapper steps run through
+    dist: Optional[DistContext] = None
+    net: Optional[nn.Module] = None
+    step_losses: List[float] = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
 
     def publish(self, n: int) -> None:
         h, r = self.hist, self.result
@@ -221,12 +234,18 @@ def _resume(run: _Run, epochs: int) -> int:
 
 
 def train_one_epoch(run: _Run, loader: DataLoader, epoch: int, bar: Any = None) -> Tuple[float, int, float]:
-    """One pass over ``loader``: (mean training loss, images seen, last learning rate)."""
+    """One pass over ``loader``: (mean training loss, images seen, last learning rate).
+
+    Data-parallel (``run.dist``): the step runs through the DDP wrapper (gradients averaged over
+    processes); each step's loss is all-reduced, so the returned mean, the images seen and
+    ``run.step_losses`` (the global mean loss of every step) are those of the global batch, and
+    a non-finite loss on any process stops every process at the same step."""
     model, recipe, hw, optimizer = run.model, run.recipe, run.hw, run.optimizer
+    net = run.net if run.net is not None else model
     device = hw.device
     steps = len(loader)
     kd_w = recipe.distill_weight if run.teacher is not None else 0.0
-    model.train()
+    net.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_seen, lr = 0, float("nan")
     for i, (x, y) in enumerate(loader):
@@ -241,27 +260,45 @@ def train_one_epoch(run: _Run, loader: DataLoader, epoch: int, bar: Any = None) 
         targets = soft_targets(y, run.num_classes, recipe.label_smoothing)
         x, targets, _ = mixup(x, targets, recipe.mixup)
         with _autocast(device, hw.amp):
-            out = model(x)
+            out = net(x)
             loss = soft_cross_entropy(out, targets)
             if kd_w > 0:
                 t_out = _teacher_logits(run.teacher, x, run.class_index, run.num_classes)
-                loss = kd_w * distillation_loss(out, t_out, run.settings.distill_temperature) + (1.0 - kd_w) * loss
-        if not bool(torch.isfinite(loss)):
+                loss = distillation_mix(out, t_out, loss, kd_w, run.settings.distill_temperature)
+        if run.dist is not None:
+            # (loss x images, images) summed over processes: the global batch's mean loss
+            step = all_reduce_sum(torch.stack([loss.detach().double() * x.shape[0],
+                                               torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)]),
+                                  run.dist)
+            step_loss = float(step[0] / step[1])
+            run.step_losses.append(step_loss)
+            if not math.isfinite(step_loss):
+                raise Diverged(f"training loss is {step_loss} at epoch {epoch} step {i} (lr {lr:.4g})")
+        elif not bool(torch.isfinite(loss)):
             raise Diverged(f"training loss is {float(loss.detach())} at epoch {epoch} step {i} (lr {lr:.4g})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if run.ema is not None:
             run.ema.update(model)
-        loss_sum += loss.detach() * x.shape[0]
-        n_seen += x.shape[0]
+        if run.dist is not None:
+            loss_sum += step[0]
+            n_seen += int(step[1])
+        else:
+            loss_sum += loss.detach() * x.shape[0]
+            n_seen += x.shape[0]
         if bar is not None:
             bar.update(1)
     return float(loss_sum) / max(n_seen, 1), n_seen, lr
 
 
 def _setup(model: nn.Module, recipe: Any, epochs: Any, train_data, settings: TrainSettings, workdir: Optional[str],
-           teacher: Optional[nn.Module], num_classes: Optional[int], result: TrainResult) -> _Run:
+           teacher: Optional[nn.Module], num_classes: Optional[int], result: TrainResult,
+           dist: Optional[DistContext] = None, sync_bn: bool = True) -> _Run:
+    """Everything a run needs. ``dist``: train data-parallel (one process of a torchrun job, or a
+    one-process "job"): the recipe's ``batch_size`` is then the global batch, split evenly over
+    the processes; with ``sync_bn`` (and more than one process) BatchNorm statistics are
+    computed over the global batch; the model is wrapped in DistributedDataParallel."""
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_dict(recipe)
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -272,6 +309,12 @@ def _setup(model: nn.Module, recipe: Any, epochs: Any, train_data, settings: Tra
     num_classes = num_classes or _infer_num_classes(train_data)
     if teacher is None and settings.teacher is not None:
         teacher = load_teacher(settings.teacher)
+    if dist is not None:
+        if recipe.batch_size % dist.world_size:
+            raise TrainConfigError(f"recipe.batch_size: {recipe.batch_size} (the global batch) is not divisible by "
+                                   f"the {dist.world_size} processes")
+        if sync_bn and dist.distributed:
+            model = convert_sync_batchnorm(model, hw.device)
     model.to(hw.device, memory_format=hw.memory_format)
     if teacher is not None:
         teacher.to(hw.device, memory_format=hw.memory_format).eval()
@@ -282,8 +325,11 @@ def _setup(model: nn.Module, recipe: Any, epochs: Any, train_data, settings: Tra
     optimizer = build_optimizer(model, recipe)
     ema = ModelEma(model, recipe.ema_decay) if recipe.ema else None
     ckpt_path = os.path.join(workdir, CHECKPOINT_NAME) if (workdir and settings.checkpoint) else None
+    net = None
+    if dist is not None and dist.distributed:
+        net = DistributedDataParallel(model, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
     return _Run(model, recipe, settings, hw, optimizer, ema, teacher, class_index, num_classes, result,
-                _fingerprint(recipe, settings, result.key, model), ckpt_path)
+                _fingerprint(recipe, settings, result.key, model), ckpt_path, dist=dist, net=net)
 
 
 def train_model(model: nn.Module, recipe: Recipe, epochs: int, train_data, val_data,
@@ -320,32 +366,47 @@ def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoc
     run.publish(min(start, epochs))
     if start >= epochs:
         return
-    hw, settings, result = run.hw, run.settings, run.result
+    hw, settings, result, ctx = run.hw, run.settings, run.result, run.dist
     bs = run.recipe.batch_size
     pin = hw.device.type == "cuda"
     # Workers are not persistent: each epoch's workers are seeded from ``gen``, reseeded per epoch,
     # so a resumed run draws the same augmentations as an uninterrupted one.
     gen = torch.Generator()
-    loader = DataLoader(train_data, batch_size=bs, shuffle=True, generator=gen, num_workers=hw.num_workers,
-                        drop_last=len(train_data) > bs, pin_memory=pin)
+    sampler = None
+    if ctx is None:
+        loader = DataLoader(train_data, batch_size=bs, shuffle=True, generator=gen, num_workers=hw.num_workers,
+                            drop_last=len(train_data) > bs, pin_memory=pin)
+    else:
+        # One permutation per epoch (seed, epoch), whatever the number of processes; process r
+        # takes positions r, r + W, ...: step k of W processes x b images covers the same images
+        # as step k of one process x W*b images.
+        sampler = DistributedSampler(train_data, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                                     seed=settings.seed, drop_last=True)
+        loader = DataLoader(train_data, batch_size=bs // ctx.world_size, sampler=sampler, generator=gen,
+                            num_workers=hw.num_workers, drop_last=True, pin_memory=pin)
+        val_data = Subset(val_data, shard(len(val_data), ctx))
     val_loader = DataLoader(val_data, batch_size=settings.eval_batch_size, shuffle=False,
                             num_workers=hw.num_workers, pin_memory=pin)
     steps = len(loader)
     if steps == 0:
         raise RuntimeError("the training set is empty")
     result.extra["steps_per_epoch"] = steps
-    bar = tqdm(total=(epochs - start) * steps, desc=result.key, unit="batch", leave=False, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=(epochs - start) * steps, desc=result.key, unit="batch", leave=False,
+               disable=not (progress and run.is_main), dynamic_ncols=True)
+    rank = ctx.rank if ctx is not None else 0
     images_seen, train_time = 0, 0.0
     try:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
-            torch.manual_seed(_epoch_seed(settings.seed, epoch))
-            gen.manual_seed(_epoch_seed(settings.seed, epoch) + 1)
+            # each process draws its own augmentations / mixup (rank 0 = the one-process stream)
+            torch.manual_seed((_epoch_seed(settings.seed, epoch) + rank * 0x9E3779B97F4A7C15) % (2 ** 63))
+            gen.manual_seed(_epoch_seed(settings.seed, epoch) + 1 + rank)
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             loss, n_seen, lr = train_one_epoch(run, loader, epoch, bar)
             train_seconds = time.perf_counter() - t0
             top1, val_loss = evaluate(run.ema.module if run.ema is not None else run.model, val_loader, hw.device,
-                                      hw.amp, hw.memory_format)
+                                      hw.amp, hw.memory_format, ctx)
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss is {val_loss} after epoch {epoch}")
             seconds = time.perf_counter() - t0
@@ -354,15 +415,19 @@ def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoc
             images_seen += n_seen
             train_time += train_seconds
             if run.ckpt_path:
-                _save_checkpoint(run.ckpt_path, {
-                    "epoch": epoch + 1, "fingerprint": run.fingerprint, "history": run.hist,
-                    "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                    "ema": run.ema.state_dict() if run.ema is not None else None})
+                if run.is_main:  # every process holds the same state; one writes it
+                    _save_checkpoint(run.ckpt_path, {
+                        "epoch": epoch + 1, "fingerprint": run.fingerprint, "history": run.hist,
+                        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                        "ema": run.ema.state_dict() if run.ema is not None else None})
+                if ctx is not None:
+                    barrier(ctx)
             run.publish(epoch + 1)
             result.extra["train_images_per_second"] = images_seen / max(train_time, 1e-9)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", top1=f"{top1:.1f}")
-            log.info("%s epoch %d/%d: loss %.4f top1 %.2f%% (%.1fs)", result.key, epoch + 1, epochs, loss, top1,
-                     seconds)
+            if run.is_main:
+                log.info("%s epoch %d/%d: loss %.4f top1 %.2f%% (%.1fs)", result.key, epoch + 1, epochs, loss, top1,
+                         seconds)
             if on_epoch_end is not None:
                 on_epoch_end(epoch, result)
     finally:

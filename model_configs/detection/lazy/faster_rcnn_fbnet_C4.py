@@ -1,0 +1,78 @@
+# Faster R-CNN C4 on an FBNet trunk, as a detectron2 LazyConfig (new-baseline style). Run with
+#   python tools/train_net.py --config-file model_configs/detection/lazy/faster_rcnn_fbnet_C4.py fbnet.arch=FBNetV3-E
+# or detectron2's tools/lazyconfig_train_net.py. Same model as ../faster_rcnn_fbnetv3a_C4.yaml:
+# trunk to stride 16 (res4), FBNet RPN head, the stride-32 stages as RoI box head on 6x6 RoIs.
+from detectron2 import model_zoo
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch import GeneralizedRCNN
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers, StandardROIHeads
+
+import detectron2.data.transforms as T
+from fbnet_zoo.detection.d2 import build_backbone
+from fbnet_zoo.detection.d2 import lazy as fb
+
+# The arch is named once; every part interpolates it. pretrained: a checkpoint source
+# ("imagenet"...), path or URL for the backbone (and the box head's stages).
+fbnet = dict(arch="FBNetV3-A", norm="BN", head_norm="BN", pretrained="")
+
+dataloader = model_zoo.get_config("common/data/coco.py").dataloader
+optimizer = model_zoo.get_config("common/optim.py").SGD
+lr_multiplier = model_zoo.get_config("common/coco_schedule.py").lr_multiplier_3x
+train = model_zoo.get_config("common/train.py").train
+
+model = L(GeneralizedRCNN)(
+    backbone=L(build_backbone)(arch="${fbnet.arch}", variant="c4", norm="${fbnet.norm}",
+                               pretrained="${fbnet.pretrained}"),
+    proposal_generator=L(RPN)(
+        in_features=["res4"],
+        head=L(fb.rpn_head)(arch="${fbnet.arch}", variant="c4", in_channels=L(fb.trunk_channels)(arch="${fbnet.arch}"),
+                            num_anchors=15, norm="${fbnet.head_norm}"),
+        anchor_generator=L(DefaultAnchorGenerator)(
+            sizes=[[32, 64, 128, 256, 512]], aspect_ratios=[0.5, 1.0, 2.0], strides=[16], offset=0.0),
+        anchor_matcher=L(Matcher)(thresholds=[0.3, 0.7], labels=[0, -1, 1], allow_low_quality_matches=True),
+        box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
+        batch_size_per_image=256,
+        positive_fraction=0.5,
+        pre_nms_topk=(6000, 6000),
+        post_nms_topk=(2000, 100),
+        nms_thresh=0.7,
+    ),
+    roi_heads=L(StandardROIHeads)(
+        num_classes=80,
+        batch_size_per_image=512,
+        positive_fraction=0.25,
+        proposal_matcher=L(Matcher)(thresholds=[0.5], labels=[0, 1], allow_low_quality_matches=False),
+        box_in_features=["res4"],
+        box_pooler=L(ROIPooler)(output_size=6, scales=(1.0 / 16,), sampling_ratio=0, pooler_type="ROIAlignV2"),
+        box_head=L(fb.box_head)(arch="${fbnet.arch}", variant="c4", norm="${fbnet.norm}",
+                                pretrained="${fbnet.pretrained}"),
+        box_predictor=L(FastRCNNOutputLayers)(
+            input_shape=L(ShapeSpec)(channels=L(fb.box_head_channels)(arch="${fbnet.arch}")),
+            test_score_thresh=0.05,
+            box2box_transform=L(Box2BoxTransform)(weights=(10, 10, 5, 5)),
+            num_classes="${..num_classes}",
+        ),
+    ),
+    # RGB with ImageNet statistics: the zoo's classification pretraining
+    pixel_mean=[123.675, 116.28, 103.53],
+    pixel_std=[58.395, 57.12, 57.375],
+    input_format="RGB",
+)
+
+dataloader.train.mapper.image_format = "RGB"
+dataloader.train.mapper.use_instance_mask = False
+dataloader.train.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=(224,), sample_style="choice", max_size=320),
+    L(T.RandomFlip)(horizontal=True),
+]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=224, max_size=320)]
+
+optimizer.lr = 0.02
+optimizer.weight_decay = 4e-5
+train.max_iter = 270000
