@@ -25,7 +25,8 @@ setup(
     python_requires=">=3.9",
     packages=packages,
     package_dir=package_dir,
-    package_data={"fbnet_zoo.model_configs": ["*/*.yaml", "*/*/*.yaml", "detection/lazy/*.py"]},
+    package_data={"fbnet_zoo.model_configs": ["*/*.yaml", "*/*/*.yaml", "detection/lazy/*.py", "benchmarks/*.csv",
+                                              "benchmarks/*.md"]},
     install_requires=[
         "torch>=2.1",
         "pyyaml>=5.4",
@@ -36,6 +37,7 @@ setup(
         "complexity": ["fvcore>=0.1.5"],
         "search": ["scipy>=1.9", "tqdm", "matplotlib", "torchvision>=0.16", "fvcore>=0.1.5"],
         "ray": ["ray[default]>=2.9"],
+        "nas-bench": ["nats_bench>=1.7", "nas-bench-201>=2.1"],   # official NAS-Bench-201 files (bench.source)
         "detection": ["torchvision>=0.16", "pycocotools>=2.0.6", "fvcore>=0.1.5"],
         "export": ["onnx", "onnxruntime"],
         "test": ["pytest>=7", "timm>=0.9", "fvcore>=0.1.5", "scipy>=1.9", "tqdm", "matplotlib",

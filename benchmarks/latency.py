@@ -119,6 +119,12 @@ def bench(variant, batch, iters, warmup, threads=1):
     }
 
 
+def save_result(path, result):
+    """Write a benchmark's result dict as JSON (atomically) and say where."""
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="b,d,g")
@@ -151,8 +157,7 @@ def main(argv=None):
         "goals": {"ratio_eager": ">= 1.0", "ratio_deploy": ">= 1.25"},
         "rows": rows,
     }
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    save_result(args.out, result)
     return 0
 
 

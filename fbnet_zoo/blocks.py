@@ -2,11 +2,9 @@
 
 Each block's ``complexity`` staticmethod mirrors its ``__init__`` line by line (the pycls
 idea): it advances a ``Cx`` (spatial size, channels, FLOPs, params) through the same
-layers without building them. FLOPs follow fvcore's convention on a model in eval mode:
-one multiply-add per conv/linear MAC (bias not counted), 2 per element for an affine
-BatchNorm, 1 per input element for adaptive average pooling, 1 per output element for
-nearest upsampling; activations, gates, residual adds and multiplies count 0.
-Tests pin every twin to fvcore on the built module.
+layers without building them. What each op costs is the ``Cx``'s convention
+(conventions.py): fvcore's by default, the FBNetV3 authors' on request. Tests pin every
+twin to fvcore and to the authors' counter on the built module.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ from typing import Callable, Tuple
 import torch
 from torch import nn
 
+from .conventions import FVCORE, CostRules
 from .spec import ResolvedBlock
 
 NormLayer = Callable[[int], nn.Module]
@@ -24,13 +23,15 @@ NormLayer = Callable[[int], nn.Module]
 
 @dataclass
 class Cx:
-    """Running cost of a network walk: current feature map and the totals so far."""
+    """Running cost of a network walk: current feature map and the totals so far, counted
+    by ``rules``."""
 
     h: int
     w: int
     c: int
     flops: int = 0
     params: int = 0
+    rules: CostRules = FVCORE
 
 
 def conv_cx(cx: Cx, c_out: int, k: int, stride: int = 1, padding: Tuple[int, int] = None,
@@ -39,15 +40,15 @@ def conv_cx(cx: Cx, c_out: int, k: int, stride: int = 1, padding: Tuple[int, int
     h = (cx.h + 2 * ph - k) // stride + 1
     w = (cx.w + 2 * pw - k) // stride + 1
     macs_per_px = cx.c // groups * c_out * k * k
-    cx.params += macs_per_px + (c_out if bias else 0)
+    cx.params += macs_per_px + (c_out if bias and cx.rules.counts_bias_params else 0)
     cx.flops += macs_per_px * h * w
     cx.h, cx.w, cx.c = h, w, c_out
     return cx
 
 
 def norm_cx(cx: Cx) -> Cx:
-    cx.params += 2 * cx.c
-    cx.flops += 2 * cx.c * cx.h * cx.w
+    cx.params += 2 * cx.c if cx.rules.counts_norm_params else 0
+    cx.flops += cx.rules.norm_flops_per_element * cx.c * cx.h * cx.w
     return cx
 
 
@@ -57,14 +58,23 @@ def pool_cx(cx: Cx) -> Cx:
     return cx
 
 
+def headless_pool_cx(cx: Cx) -> Cx:
+    """The global pool a headless model's forward applies (a functional call, not a module):
+    fvcore traces it, the authors' counter sees modules only."""
+    if cx.rules.counts_functional_ops:
+        return pool_cx(cx)
+    cx.h = cx.w = 1
+    return cx
+
+
 def upsample_cx(cx: Cx, factor: int) -> Cx:
     cx.h, cx.w = cx.h * factor, cx.w * factor
-    cx.flops += cx.c * cx.h * cx.w
+    cx.flops += cx.rules.upsample_flops_per_element * cx.c * cx.h * cx.w
     return cx
 
 
 def linear_cx(cx: Cx, c_out: int) -> Cx:
-    cx.params += cx.c * c_out + c_out
+    cx.params += cx.c * c_out + (c_out if cx.rules.counts_bias_params else 0)
     cx.flops += cx.c * c_out
     cx.c = c_out
     return cx

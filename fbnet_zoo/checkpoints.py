@@ -18,13 +18,18 @@ Fetching: local paths (and iopath-registered paths) are read in place; ``http(s)
 ``file://`` URLs (and other iopath schemes) are copied into the cache dir
 (``$FBNET_ZOO_CACHE``, else ``<torch.hub.get_dir()>/checkpoints/fbnet_zoo``) through a temp
 file that is checked (length against Content-Length / the registered size, sha256 when
-known) and renamed into place only when complete. Later loads read the cache, offline.
+known) and renamed into place only when complete. Later loads read the cache, offline. A
+cached file that fails its checks or does not load is replaced by a fresh download within
+the same call. A read-only cache works while it holds what is asked for; anything it would
+have to change is a CheckpointError naming the file, the dir and ``$FBNET_ZOO_CACHE``.
 
 Loading: ``torch.load(weights_only=True)`` (or safetensors) only -- a file that needs
-arbitrary unpickling is refused and nothing in it runs. A cached file that fails to load is
-deleted so the next call fetches it again. Keys are converted (timm / mobile_cv, see
+arbitrary unpickling is refused and nothing in it runs; a file that is not a torch zip /
+pickle at all is reported as "not a checkpoint". Keys are converted (timm / mobile_cv, see
 converters.py), then checked: missing, unexpected and shape-mismatched keys are reported by
-name. A classifier for another number of classes is dropped and re-initialised (logged).
+name; NaN/inf weights, negative BN variances and integer tensors for float weights are
+refused unless ``check_values=False``. A classifier for another number of classes is
+dropped and re-initialised (logged); one for another input width is a shape mismatch.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ FORMATS = ("torch", "safetensors")
 _CHUNK = 1 << 20
 
 __all__ = [
-    "CheckpointError", "CheckpointSource", "LoadResult", "cache_dir", "fetch", "get_source", "list_sources",
+    "CheckpointError", "CheckpointSource", "LoadResult", "bad_values", "cache_dir", "fetch", "get_source", "list_sources",
     "load_checkpoint", "load_pretrained", "load_state_dict_checked", "read_state_dict", "register_sources",
 ]
 
@@ -256,7 +261,8 @@ def fetch(url: str, sha256: Optional[str] = None, size: Optional[int] = None, di
             logger.info("checkpoint %s: using cache %s", url, dst)
             return dst
         logger.warning("checkpoint cache %s: %s; fetching again", dst, problem)
-        os.unlink(dst)
+        _evict(dst, problem)
+    _check_writable(directory, url)
     stream, length = _open_url(url)
     expected = size if size is not None else length
     h = hashlib.sha256()
@@ -289,6 +295,33 @@ def fetch(url: str, sha256: Optional[str] = None, size: Optional[int] = None, di
         raise CheckpointError(f"fetch {url}: {e}") from None
     logger.info("checkpoint %s: cached as %s (%d bytes, sha256 %s)", url, dst, n, digest)
     return dst
+
+
+def _read_only_cache_hint(directory: str) -> str:
+    return (f"the cache dir {directory} is not writable: set {ENV_CACHE} to a writable folder (or make "
+            f"{directory} writable)")
+
+
+def _check_writable(directory: str, url: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"fetch {url}: cannot create the cache dir {directory} ({e.strerror or e}); set "
+                              f"{ENV_CACHE} to a writable folder") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CheckpointError(f"fetch {url}: cannot download: {_read_only_cache_hint(directory)}")
+
+
+def _evict(path: str, problem: str) -> None:
+    """Remove a bad cached file, or say clearly why it cannot be removed."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise CheckpointError(f"{path}: corrupt cached checkpoint ({problem}) that cannot be removed "
+                              f"({e.strerror or e}): {_read_only_cache_hint(os.path.dirname(path))}, or delete "
+                              f"{path} by hand") from None
 
 
 def _verify(path: str, sha256: Optional[str], size: Optional[int]) -> Optional[str]:
@@ -326,6 +359,30 @@ def _unwrap(obj: Any, where: str) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((str(k), v) for k, v in obj.items())
 
 
+_PICKLE_PROTOCOLS = (2, 3, 4, 5)
+
+
+def _check_torch_file(path: str) -> None:
+    """CheckpointError unless ``path`` starts like a file torch.save writes (a zip archive, or a
+    legacy pickle stream), so that garbage is not reported as a refused, code-running pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not head:
+        raise CheckpointError(f"{path}: not a checkpoint: the file is empty (0 bytes)")
+    if head.startswith(b"PK\x03\x04") or (head[0] == 0x80 and len(head) > 1 and head[1] in _PICKLE_PROTOCOLS):
+        return
+    raise CheckpointError(f"{path}: not a checkpoint (not a zip/pickle torch file; it starts with bytes "
+                          f"{head.hex(' ')}). torch.save writes a zip archive (or, legacy, a pickle stream); "
+                          "safetensors files need a .safetensors name or format: safetensors")
+
+
 def read_state_dict(path: str, fmt: Optional[str] = None) -> "OrderedDict[str, torch.Tensor]":
     """A state dict from a local file, read safely (weights_only torch.load, or safetensors)."""
     fmt = fmt or ("safetensors" if path.endswith(".safetensors") else "torch")
@@ -340,10 +397,13 @@ def read_state_dict(path: str, fmt: Optional[str] = None) -> "OrderedDict[str, t
             raise
         except Exception as e:  # safetensors raises its own SafetensorError
             raise CheckpointError(f"{path}: corrupted or truncated safetensors file ({e})") from None
+    _check_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" in str(e).lower():
+        # Only a pickle that names a global or a call is one that "could run code"; an unknown opcode
+        # is damage (the file is a torch zip/pickle whose data pickle is garbled).
+        if "weights only" in str(e).lower() and "unsupported operand" not in str(e).lower():
             raise CheckpointError(
                 f"{path}: refused: it pickles objects other than tensors and plain containers (it could run code "
                 "when loaded), and checkpoints are only read with torch.load(weights_only=True); nothing in it was "
@@ -377,12 +437,15 @@ _CLASSIFIER_KEYS = ("classifier.fc.weight", "classifier.fc.bias")
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
-                            where: str = "checkpoint") -> LoadResult:
+                            where: str = "checkpoint", check_values: bool = True) -> LoadResult:
     """Load our-format ``state_dict`` into an FBNet, handling the classifier and naming every problem.
 
     A classifier whose number of classes differs from the model's (or a model without
-    one) is dropped, and the model's classifier re-initialised; everything else must match
-    exactly when ``strict`` (BN ``num_batches_tracked`` may be absent). Raises CheckpointError.
+    one) is dropped, and the model's classifier re-initialised; one with the model's class
+    count but another input width is a shape mismatch. Everything else must match exactly
+    when ``strict`` (BN ``num_batches_tracked`` may be absent). With ``check_values``
+    (default) NaN/inf weights, negative BN running variances and integer tensors for float
+    weights are refused (see ``bad_values``). Raises CheckpointError.
     """
     sd = OrderedDict(state_dict)
     result = LoadResult(path=where, source=None, format="ours")
@@ -394,7 +457,10 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
             sd.pop(k, None)
         logger.info("%s: the model has no classifier (num_classes=0); dropped the checkpoint's %d-class classifier",
                     where, ckpt_w.shape[0])
-    elif classifier is not None and (ckpt_w is None or tuple(ckpt_w.shape) != tuple(own[_CLASSIFIER_KEYS[0]].shape)):
+    elif classifier is not None and (ckpt_w is None or (ckpt_w.dim() == 2 and ckpt_w.shape[0] != own[_CLASSIFIER_KEYS[0]].shape[0]
+                                                        and ckpt_w.shape[1] == own[_CLASSIFIER_KEYS[0]].shape[1])):
+        # Only another class count is a new task; a classifier whose input width differs comes from
+        # another backbone and stays a shape mismatch below.
         for k in _CLASSIFIER_KEYS:
             sd.pop(k, None)
         n = model.num_classes if hasattr(model, "num_classes") else own[_CLASSIFIER_KEYS[0]].shape[0]
@@ -425,8 +491,38 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         if strict:
             raise CheckpointError(msg + " (wrong architecture?)")
         logger.warning("%s (strict=False: loading the %d matching tensors)", msg, len(good))
+    if check_values:
+        bad = bad_values(good, own)
+        if bad:
+            raise CheckpointError(f"{where}: refusing to load: {bad}. Such weights produce NaN outputs or "
+                                  "are not what was trained; pass check_values=False to load them anyway")
     model.load_state_dict(good, strict=False)
     return result
+
+
+def bad_values(state_dict: Mapping[str, torch.Tensor], reference: Optional[Mapping[str, torch.Tensor]] = None) -> str:
+    """What is wrong with the values of ``state_dict`` ("" when nothing): NaN/inf in a floating
+    tensor, a negative BatchNorm ``running_var``, an integer tensor where ``reference`` (the
+    model's state dict) holds a floating one. Each problem lists its keys."""
+    non_finite, negative_var, integer = [], [], []
+    for k, v in state_dict.items():
+        if v.is_floating_point() or v.is_complex():
+            if v.numel() and not bool(torch.isfinite(v).all()):
+                non_finite.append(k)
+            elif k.endswith("running_var") and v.numel() and bool((v < 0).any()):
+                negative_var.append(f"{k} (min {v.min().item():.3g})")
+        elif reference is not None and k in reference and reference[k].is_floating_point():
+            integer.append(f"{k} ({v.dtype}, model {reference[k].dtype})")
+    parts = []
+    if non_finite:
+        parts.append(f"non-finite values (NaN/inf) in {len(non_finite)} tensor(s): {_names(non_finite)}")
+    if negative_var:
+        parts.append(f"negative BatchNorm running_var (a variance is >= 0) in {len(negative_var)} tensor(s): "
+                     f"{_names(negative_var, 4)}")
+    if integer:
+        parts.append(f"integer dtype where the model has floating point weights in {len(integer)} tensor(s): "
+                     f"{_names(integer, 4)}")
+    return "; ".join(parts)
 
 
 def _resolve(pretrained: Union[bool, str, os.PathLike], name: str) -> Tuple[Optional[CheckpointSource], str]:
@@ -458,36 +554,44 @@ def load_checkpoint(pretrained: Union[bool, str, os.PathLike], name: Optional[st
                     ) -> Tuple["OrderedDict[str, torch.Tensor]", Optional[CheckpointSource], str]:
     """Resolve, fetch (URLs, into the cache) and read a checkpoint: (state dict, source, local path)."""
     src, where = _resolve(pretrained, name or "")
+    fmt = src.format if src else None
     if "://" in where:
         url_sha = sha256 or (src.sha256 if src else None)
-        path = fetch(where, url_sha, src.size if src else None, directory, progress)
-        cached = True
+        url_size = src.size if src else None
+        path = fetch(where, url_sha, url_size, directory, progress)
+        try:
+            return read_state_dict(path, fmt), src, path
+        except CheckpointError as e:
+            # A cached file that does not load (damaged on disk, or a download that passed the
+            # length check but is not a checkpoint) is replaced by a fresh download, once.
+            logger.warning("checkpoint cache %s does not load (%s); fetching %s again", path, e, where)
+            _evict(path, str(e))
+        path = fetch(where, url_sha, url_size, directory, progress)
+        try:
+            return read_state_dict(path, fmt), src, path
+        except CheckpointError as e:
+            _evict(path, str(e))
+            raise CheckpointError(f"{e} [fetched again and still unreadable: the source itself is bad; removed "
+                                  f"from the cache]") from None
     else:
         from iopath.common.file_io import g_pathmgr
 
         path = where if os.path.exists(where) else g_pathmgr.get_local_path(where)
-        cached = False
         problem = _verify(path, sha256, None)
         if problem:
             raise CheckpointError(f"{where}: {problem}")
-    try:
-        sd = read_state_dict(path, src.format if src else None)
-    except CheckpointError as e:
-        if cached and os.path.exists(path):
-            os.unlink(path)
-            raise CheckpointError(f"{e} [removed from the cache; the next load fetches {where} again]") from None
-        raise
-    return sd, src, path
+    return read_state_dict(path, fmt), src, path
 
 
 def load_pretrained(model: nn.Module, pretrained: Union[bool, str, os.PathLike] = True, name: Optional[str] = None,
                     strict: bool = True, sha256: Optional[str] = None, converter: Optional[str] = None,
-                    progress: bool = True, cache: Optional[str] = None) -> LoadResult:
+                    progress: bool = True, cache: Optional[str] = None, check_values: bool = True) -> LoadResult:
     """Load weights into ``model`` (an FBNet) from a registered source, a path or a URL.
 
     pretrained: True (the model's default source), a source name, a local/iopath path or a
     URL. name: the zoo name whose sources to use (default ``model.spec.name``). converter:
     "ours" | "timm" | "mobile_cv" (default: the source's, else detected from the keys).
+    check_values=False loads NaN/inf, negative-variance or integer weights (refused by default).
     Raises CheckpointError with a message naming the file and the problem.
     """
     name = name or getattr(getattr(model, "spec", None), "name", None)
@@ -497,7 +601,7 @@ def load_pretrained(model: nn.Module, pretrained: Union[bool, str, os.PathLike] 
         converted = convert_to_ours(strip_prefix(sd), model, fmt)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    result = load_state_dict_checked(model, converted, strict=strict, where=path)
+    result = load_state_dict_checked(model, converted, strict=strict, where=path, check_values=check_values)
     result.path, result.source, result.format = path, src.name if src else None, fmt
     logger.info("loaded %s weights into %s from %s%s", fmt, name, path, f" (source {src.name})" if src else "")
     return result

@@ -1,9 +1,10 @@
-"""FLOPs and parameters of a spec, analytically, in fvcore's convention.
+"""FLOPs and parameters of a spec, analytically, in fvcore's convention or the paper's.
 
 ``count_flops`` / ``count_params`` walk the spec through the blocks' cost twins
 (blocks.py): no module is built and nothing is traced, so counting is ~thousands of times
 faster than fvcore and the search can label a 20K pool in seconds. ``fvcore_flops`` is
 the thin wrapper for any nn.Module (the ground truth the tests compare against).
+``convention="paper"`` counts as the FBNetV3 authors' counter does (conventions.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from .blocks import Classifier, Cx, block_complexity, pool_cx
+from .blocks import Classifier, Cx, block_complexity, headless_pool_cx
+from .conventions import DEFAULT_CONVENTION, cost_rules
 from .errors import SpecError, check_int
 from .registry import load_spec
 from .spec import MAX_INPUT_SIZE, ArchSpec
@@ -40,14 +42,16 @@ def _hw(spec: ArchSpec, input_size: InputSize) -> Tuple[int, int]:
     return (check_int("input_size[0]", h, 1, MAX_INPUT_SIZE), check_int("input_size[1]", w, 1, MAX_INPUT_SIZE))
 
 
-def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 1000) -> Complexity:
+def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 1000,
+               convention: str = DEFAULT_CONVENTION) -> Complexity:
     """FLOPs and params of the model ``FBNet(spec, num_classes)`` on one image (eval mode),
     with a per-stage breakdown. ``num_classes=0``: no classifier; the model's forward then
-    pools the last feature map, and that pooling is counted (as fvcore counts it)."""
+    pools the last feature map, and that pooling is counted as the convention counts it.
+    ``convention``: "fvcore" or "paper" (conventions.py)."""
     spec = load_spec(spec)
     num_classes = check_int("num_classes", num_classes, 0)
     h, w = _hw(spec, input_size)
-    cx = Cx(h, w, spec.in_channels)
+    cx = Cx(h, w, spec.in_channels, rules=cost_rules(convention))
     stages: Dict[str, Dict[str, int]] = {}
     start = (0, 0)
     walk = spec.walk()
@@ -63,19 +67,22 @@ def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 
     if num_classes > 0:
         Classifier.complexity(cx, num_classes)
     else:
-        pool_cx(cx)
+        headless_pool_cx(cx)
     return Complexity(cx.flops, cx.params, (h, w), stages)
 
 
-def count_flops(spec: SpecLike, input_size: InputSize = None, num_classes: int = 1000) -> int:
-    """fvcore-convention FLOPs (1 multiply-add = 1 flop) at ``input_size`` (default: the spec's)."""
-    return complexity(spec, input_size, num_classes).flops
+def count_flops(spec: SpecLike, input_size: InputSize = None, num_classes: int = 1000,
+                convention: str = DEFAULT_CONVENTION) -> int:
+    """FLOPs (1 multiply-add = 1 flop) at ``input_size`` (default: the spec's), in fvcore's
+    convention or, with ``convention="paper"``, the FBNetV3 authors'."""
+    return complexity(spec, input_size, num_classes, convention).flops
 
 
-def count_params(spec: SpecLike, num_classes: int = 1000) -> int:
+def count_params(spec: SpecLike, num_classes: int = 1000, convention: str = DEFAULT_CONVENTION) -> int:
+    """All parameters ("fvcore"), or the conv/linear weights only ("paper")."""
     spec = load_spec(spec)
     # Params do not depend on the input size; the smallest size every stride allows is cheapest.
-    return complexity(spec, max(spec.input_size, 8), num_classes).params
+    return complexity(spec, max(spec.input_size, 8), num_classes, convention).params
 
 
 def fvcore_flops(model: Any, inputs: Any = None, input_size: InputSize = None) -> int:

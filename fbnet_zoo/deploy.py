@@ -7,15 +7,18 @@
 
 Folding rewrites every conv -> BatchNorm pair of our blocks (``ConvBNAct``) into one conv
 with a bias, using the BN's running statistics (so it is an eval-mode transformation: the
-folded model equals the original in eval mode). Exports are written atomically.
+folded model equals the original in eval mode). Exports are written atomically; a folder
+that cannot be written is a DeployError naming it, raised before any export work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import os
 import warnings
-from typing import Optional, Sequence, Tuple, Union
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,6 +32,32 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ConvAct", "DeployError", "check_onnx", "example_input", "export_onnx", "export_torchscript", "fold_bn",
            "prepare_for_deploy", "strip_identities"]
+
+
+def check_output_path(path: str, step: str) -> None:
+    """DeployError naming the folder when ``path``'s folder cannot be created or written,
+    checked before any export work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise DeployError(f"{step}: {path} is a directory; give a file name")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DeployError(f"{step}: cannot create the output folder {folder} ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise DeployError(f"{step}: the output folder {folder} is not writable (read-only or permission denied); "
+                          "choose another --out / path")
+
+
+@contextlib.contextmanager
+def _writing(path: str, step: str, suffix: str = ".tmp") -> Iterator[str]:
+    """``atomic_path(path)`` whose OS errors (read-only folder, disk full) are DeployErrors naming the folder."""
+    try:
+        with atomic_path(path, suffix=suffix) as tmp:
+            yield tmp
+    except OSError as e:
+        folder = os.path.dirname(os.path.abspath(path))
+        raise DeployError(f"{step}: cannot write {path} in the folder {folder} ({e.strerror or e})") from None
 
 
 def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
@@ -117,6 +146,8 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
     """
     if method not in ("script", "trace"):
         raise DeployError(f"export_torchscript: method {method!r} is not one of ['script', 'trace']")
+    if path is not None:
+        check_output_path(path, "export_torchscript")
     eager = prepare_for_deploy(model, fold=fold, lean=False)
     x = example if example is not None else example_input(model)
     try:
@@ -133,7 +164,7 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
     if not diff <= atol:
         raise DeployError(f"export_torchscript: scripted output differs from eager by {diff:.3g} > {atol}")
     if path is not None:
-        with atomic_path(path) as tmp, warnings.catch_warnings():
+        with _writing(path, "export_torchscript") as tmp, warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
             torch.jit.save(ts, tmp)
         logger.info("export_torchscript: wrote %s (max |diff| vs eager %.3g)", path, diff)
@@ -153,11 +184,12 @@ def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
     bad = [d for d in dynamic if d not in allowed]
     if bad:
         raise DeployError(f"export_onnx: dynamic axis {bad[0]!r} is not one of {sorted(allowed)}")
+    check_output_path(path, "export_onnx")
     eager = prepare_for_deploy(model, fold=fold, lean=False)
     x = example_input(model, batch, input_size)
     axes = {"input": {allowed[d]: d for d in dynamic}, "logits": ({0: "batch"} if "batch" in dynamic else {})}
     try:
-        with atomic_path(path) as tmp:
+        with _writing(path, "export_onnx") as tmp:
             # The torch.export-based exporter (dynamo=True) needs onnxscript; the TorchScript-based one
             # handles these convnets fully, so it is used here (its deprecation notice is silenced).
             with torch.no_grad(), warnings.catch_warnings():

@@ -48,12 +48,24 @@ class DeployError(FBNetZooError, RuntimeError):
     """A model cannot be folded or exported (TorchScript / ONNX)."""
 
 
+class QuantizationError(DeployError):
+    """A model cannot be quantized to int8 or its int8 export fails."""
+
+
+class UnsafeNameError(FBNetZooError):
+    """A name used to build an output path is not one plain file name inside the output folder."""
+
+
 class ResultsError(FBNetZooError):
     """A CIFAR-10 results file that cannot be read or has another schema."""
 
 
 class CifarError(FBNetZooError):
     """A CIFAR-10 experiment input that cannot work (arch, recipe file, data or run folder)."""
+
+
+class UnknownConventionError(FBNetZooError):
+    """A FLOPs/params counting convention that is not one of fbnet_zoo.conventions.CONVENTIONS."""
 
 
 # ---- training / search

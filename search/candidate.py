@@ -4,7 +4,7 @@ search logic (stages, store) and candidate training (trainer, executors)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Union
 
 from fbnet_zoo.spec import ArchSpec
 from fbnet_zoo.training.recipe import Recipe
@@ -13,15 +13,23 @@ from fbnet_zoo.training.result import TrainResult  # noqa: F401  (part of the co
 
 @dataclass(frozen=True)
 class Candidate:
-    """One (architecture, recipe) pair to train. ``key`` is stable across runs (the store's id)."""
+    """One candidate to train (or look up). ``key`` is stable across runs (the store's id).
+
+    ``arch`` is the space's architecture: an ``ArchSpec`` (FBNet space, trained with
+    ``recipe``) or the benchmark's cell string (NAS-Bench-201; no recipe: the benchmark's
+    schedule is fixed)."""
 
     key: str
-    arch: ArchSpec
-    recipe: Recipe
+    arch: Union[ArchSpec, str]
+    recipe: Optional[Recipe] = None
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"key": self.key, "arch": self.arch.to_dict(), "recipe": self.recipe.to_dict()}
+        arch = self.arch if isinstance(self.arch, str) else self.arch.to_dict()
+        return {"key": self.key, "arch": arch, "recipe": None if self.recipe is None else self.recipe.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "Candidate":
-        return cls(data["key"], ArchSpec.from_dict(data["arch"]), Recipe.from_dict(data["recipe"]))
+        arch = data["arch"]
+        recipe = data.get("recipe")
+        return cls(data["key"], ArchSpec.from_dict(arch) if isinstance(arch, Mapping) else arch,
+                   None if recipe is None else Recipe.from_dict(recipe))

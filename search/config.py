@@ -5,16 +5,18 @@ A search config is one mapping::
     name: default             # run name; winners are called fbnetv3_search_<name>_<constraint>
     seed: 0                   # every random choice of the run derives from it
     mode: joint               # joint | recipe_only | arch_only
+    flops_convention: fvcore  # how FLOPs/params are counted: fvcore | paper (fbnet_zoo.conventions)
     space: {...}              # the search space (see space.py)
     fixed_arch: null          # recipe_only: zoo name, YAML path or arch mapping
     pool: {...}               # stage 1: Sobol pool size and FLOPs window
     predictor: {...}          # MLP sizes, pretraining and refit schedules
     stage2: {...}             # rounds T, candidates per round m, epochs, early stop
     stage3: {...}             # constraints and the adaptive GA's settings
-    family: {...}             # optional compound scaling of the smallest / largest winners
+    family: {...}             # models derived from the winners by scaling (see family.py)
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
     train: {...}              # passed through to candidate training (TrainSettings)
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
+    bench: {...}              # the benchmark table (executor kind "table"): table, dataset, source
     output: {...}             # install_dir: also copy winners into a user arch dir
 
 Every problem raises ``SearchConfigError`` naming the dotted key, the bad value and what is
@@ -32,9 +34,11 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from fbnet_zoo.conventions import CONVENTIONS
 from fbnet_zoo.errors import FBNetZooError, SearchConfigError  # noqa: F401 - SearchConfigError re-exported
 
 from .executors import executor_kinds
+from .family import DEFAULT_RULE, parse_family
 
 MODES = ("joint", "recipe_only", "arch_only")
 RANK_METHODS = ("kendall", "spearman")
@@ -56,6 +60,7 @@ DEFAULTS: Dict[str, Any] = {
     "name": "search",
     "seed": 0,
     "mode": "joint",
+    "flops_convention": "fvcore",
     "space": None,
     "fixed_arch": None,
     "pool": {"n": 20000, "flops_min": None, "flops_max": None, "params_min": None, "params_max": None,
@@ -93,12 +98,13 @@ DEFAULTS: Dict[str, Any] = {
         "k1": 1.0, "k2": 0.5, "k3": 1.0, "k4": 0.5,
         "max_tries": 20,
     },
-    "family": {"enabled": False, "down": {"width": 0.9, "depth": 0.9, "resolution": 0.9},
-               "up": {"width": 1.1, "depth": 1.1, "resolution": 1.1}},
+    "family": {"enabled": False, "rule": dict(DEFAULT_RULE), "members": []},
     "executor": {"kind": "local", "ray_address": None, "num_cpus_per_candidate": 1.0,
                  "num_gpus_per_candidate": 0.0, "max_retries": 2},
     "train": {},
     "oracle": {"seed": 0, "hidden": 32, "noise": 0.6, "delay_s": 0.0},
+    # executor kind "table": look-ups in a benchmark table (search/tabular.py); table null: the packaged one
+    "bench": {"table": None, "dataset": "cifar10", "source": "csv"},
     "output": {"install_dir": None},
 }
 
@@ -108,6 +114,7 @@ _NULLABLE = {
     "pool.flops_min": (int, float), "pool.flops_max": (int, float), "pool.params_min": (int, float),
     "pool.params_max": (int, float), "stage2.epochs": (int,), "executor.ray_address": (str,),
     "output.install_dir": (str,),
+    "bench.table": (str,),
 }
 
 
@@ -295,18 +302,21 @@ def _validate(cfg: Dict[str, Any]) -> None:
     if not isinstance(cfg["stage3"]["constraints"], list):
         raise _fail("stage3.constraints", cfg["stage3"]["constraints"], "is not a list")
     cfg["stage3"]["constraints"] = [parse_constraint(c) for c in cfg["stage3"]["constraints"]]
-    for which in ("down", "up"):
-        for k, v in cfg["family"][which].items():
-            if v <= 0:
-                raise _fail(f"family.{which}.{k}", v, "is not a positive number")
+    if cfg["flops_convention"] not in CONVENTIONS:
+        raise _fail("flops_convention", cfg["flops_convention"], f"is not one of {sorted(CONVENTIONS)}")
     if cfg["oracle"]["delay_s"] < 0:
         raise _fail("oracle.delay_s", cfg["oracle"]["delay_s"], "is negative")
+    if cfg["bench"]["source"] not in ("csv", "nats_bench", "nas_201_api"):
+        raise _fail("bench.source", cfg["bench"]["source"], "is not one of ['csv', 'nats_bench', 'nas_201_api']")
+    if not cfg["bench"]["dataset"]:
+        raise _fail("bench.dataset", cfg["bench"]["dataset"], "is not a dataset name (e.g. cifar10, cifar100)")
     if cfg["space"] is None:
         raise _fail("space", None, "is missing: a search config needs a space")
-    # the space validates itself (ranges, choices, ties, specs it can produce)
-    from .space import SearchSpace
+    # the space and the family validate themselves (ranges, choices, ties, specs it can produce)
+    from .spaces import make_space
 
-    SearchSpace.from_config(cfg)
+    parse_family(cfg["family"])
+    make_space(cfg)
 
 
 # --------------------------------------------------------------------------- overrides

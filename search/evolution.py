@@ -5,7 +5,8 @@ predicted score, a pair whose better parent scores f' crosses over with probabil
 ``k1 (f_max - f') / (f_max - f_avg)`` if f' >= f_avg else ``k3``; a child of score-class f
 mutates each coordinate with probability ``k2 (f_max - f) / (f_max - f_avg)`` if f >= f_avg
 else ``k4``. Good solutions are protected, poor ones are disrupted. Individuals are
-canonical unit points of the space; only children that satisfy the constraint are kept
+canonical unit points of the space, mutated and crossed over by the space
+(``Space.mutate`` / ``Space.crossover``); only children that satisfy the constraint are kept
 (each slot retries up to ``max_tries``); survivors are the top K of parents + children; the
 run stops once the best score has gained less than ``tol`` for ``patience`` generations.
 """
@@ -20,9 +21,8 @@ import numpy as np
 
 from .config import DEFAULTS, SearchConfigError
 from .encoding import Encoder
-from .pool import RowCostCache
 from .predictor import Predictor
-from .space import SearchSpace
+from .spaces import Space
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +52,20 @@ class EvolutionResult:
 
 
 class AdaptiveGA:
-    def __init__(self, space: SearchSpace, predictor: Predictor, encoder: Optional[Encoder] = None,
-                 settings: Optional[Mapping[str, Any]] = None, cache: Optional[RowCostCache] = None) -> None:
+    def __init__(self, space: Space, predictor: Predictor, encoder: Optional[Encoder] = None,
+                 settings: Optional[Mapping[str, Any]] = None) -> None:
         self.space = space
         self.predictor = predictor
         self.encoder = encoder or Encoder(space)
-        # the stage-3 config's defaults, plus the mutation step (not a config key)
-        s = {**{k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}, "sigma": 0.2}
+        # the stage-3 config's defaults (the mutation itself is the space's)
+        s = {k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}
         s.update({k: v for k, v in (settings or {}).items() if k in s})
         self.s = s
-        self.cache = cache or RowCostCache()
 
     def _make(self, unit: np.ndarray) -> Individual:
         values = self.space.decode(unit)
         canon = self.space.unit_of(values)
-        arch = self.space.build_arch(values)
-        f, p = self.cache.cost(arch, self.space.num_classes)
+        f, p = self.space.cost(values)
         return Individual(canon, values, self.space.key(values), f, p)
 
     def _score(self, inds: Sequence[Individual]) -> None:
@@ -76,15 +74,6 @@ class AdaptiveGA:
         x = self.encoder.encode_units(np.stack([i.unit for i in inds]))
         for ind, s in zip(inds, self.predictor.predict(x)):
             ind.score = float(s)
-
-    def _mutate(self, unit: np.ndarray, pm: float, rng: np.random.Generator) -> np.ndarray:
-        child = unit.copy()
-        mask = rng.random(len(child)) < pm
-        if not mask.any():  # always move at least one coordinate
-            mask[rng.integers(len(child))] = True
-        step = rng.normal(0.0, self.s["sigma"], len(child))
-        child[mask] = np.clip(child[mask] + step[mask], 0.0, 1.0 - 1e-9)
-        return child
 
     def run(self, constraint: Mapping[str, float], seeds: Sequence[np.ndarray], seed: int = 0,
             progress: bool = False, desc: str = "stage 3") -> EvolutionResult:
@@ -104,7 +93,7 @@ class AdaptiveGA:
             tries += 1
             if pop and rng.random() < 0.7:
                 parent = list(pop.values())[rng.integers(len(pop))]
-                u = self._mutate(parent.unit, 0.3, rng)
+                u = self.space.mutate(parent.unit, 0.3, rng)
             else:
                 u = rng.random(self.space.ndim)
             ind = self._make(u)
@@ -143,12 +132,11 @@ class AdaptiveGA:
                     fprime = max(pa.score, pb.score)
                     pc = s["k1"] * (fmax - fprime) / spread if fprime >= favg else s["k3"]
                     if rng.random() < min(pc, 1.0):
-                        mask = rng.random(self.space.ndim) < 0.5
-                        u = np.where(mask, pa.unit, pb.unit)
+                        u = self.space.crossover(pa.unit, pb.unit, rng)
                     else:
                         u = (pa if pa.score >= pb.score else pb).unit
                     pm = s["k2"] * (fmax - fprime) / spread if fprime >= favg else s["k4"]
-                    u = self._mutate(u, min(max(pm, 0.0), 1.0), rng)
+                    u = self.space.mutate(u, min(max(pm, 0.0), 1.0), rng)
                     ind = self._make(u)
                     if ind.key in seen:
                         continue

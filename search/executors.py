@@ -283,7 +283,8 @@ class RayExecutor(Executor):
 ExecutorFactory = Callable[..., Executor]
 _EXECUTORS: Dict[str, ExecutorFactory] = {}
 # kinds implemented elsewhere, imported on first use: kind -> "module:attribute"
-_LAZY: Dict[str, str] = {"oracle": "fbnet_zoo.search.oracle:make_oracle_executor"}
+_LAZY: Dict[str, str] = {"oracle": "fbnet_zoo.search.oracle:make_oracle_executor",
+                         "table": "fbnet_zoo.search.tabular:make_table_executor"}
 # what the search runner hands every factory besides the executor options; the built-in
 # training kinds do not need it
 _CONTEXT = ("space", "values_of", "search_config")

@@ -1,5 +1,5 @@
 """Stage 1's pool: scrambled Sobol points of the space, decoded, labelled with FLOPs and
-params by the zoo's analytic counter, filtered by the pool's resource window."""
+params by the space's analytic counter, filtered by the pool's resource window."""
 
 from __future__ import annotations
 
@@ -11,14 +11,12 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from fbnet_zoo.blocks import Classifier, Cx, block_complexity, pool_cx
-from fbnet_zoo.complexity import complexity
-from fbnet_zoo.spec import walk_rows
-
 from .config import SearchConfigError
-from .space import SearchSpace
+from .spaces import RowCostCache, Space
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["Pool", "RowCostCache", "build_pool", "in_window", "label", "sobol_points"]
 
 
 @dataclass
@@ -49,54 +47,9 @@ def sobol_points(ndim: int, n: int, seed: int, skip: int = 0) -> np.ndarray:
         return sampler.random(n)
 
 
-class RowCostCache:
-    """The zoo's analytic counter (fbnet_zoo.blocks cost twins, as fbnet_zoo.complexity walks
-    them), memoised per (row, input shape): rows recur across a pool, so labelling 20K
-    candidates costs a dict lookup per row instead of a walk per block. Equal to
-    ``fbnet_zoo.count_flops`` / ``count_params`` exactly (tests pin it)."""
-
-    def __init__(self, max_entries: int = 500_000) -> None:
-        self._rows: Dict[tuple, tuple] = {}
-        self.max_entries = max_entries
-
-    def cost(self, arch, num_classes: int) -> tuple:
-        h = w = arch.input_size
-        c = arch.in_channels
-        flops = params = 0
-        div = arch.width_divisor
-        for stage in arch.stages:
-            for row in stage:
-                key = (row, h, w, c, div)
-                hit = self._rows.get(key)
-                if hit is None:
-                    cx = Cx(h, w, c)
-                    for block in walk_rows((row,), c, div):
-                        block_complexity(cx, block)
-                    if cx.h < 1 or cx.w < 1:  # let the zoo's counter raise its own error
-                        complexity(arch, None, num_classes)
-                    hit = (cx.flops, cx.params, cx.h, cx.w, cx.c)
-                    if len(self._rows) < self.max_entries:
-                        self._rows[key] = hit
-                flops += hit[0]
-                params += hit[1]
-                h, w, c = hit[2], hit[3], hit[4]
-        cx = Cx(h, w, c)
-        if num_classes > 0:
-            Classifier.complexity(cx, num_classes)
-        else:  # the headless forward pools, as fbnet_zoo.complexity counts it
-            pool_cx(cx)
-        flops += cx.flops
-        params += cx.params
-        return float(flops), float(params)
-
-
-def label(space: SearchSpace, values: Mapping[str, Any], cache: Optional[RowCostCache] = None) -> tuple:
+def label(space: Space, values: Mapping[str, Any]) -> tuple:
     """(FLOPs, params) of a decoded candidate."""
-    arch = space.build_arch(values)
-    if cache is not None:
-        return cache.cost(arch, space.num_classes)
-    cx = complexity(arch, None, space.num_classes)
-    return float(cx.flops), float(cx.params)
+    return space.cost(values)
 
 
 def in_window(flops: float, params: float, window: Mapping[str, Optional[float]]) -> bool:
@@ -106,7 +59,7 @@ def in_window(flops: float, params: float, window: Mapping[str, Optional[float]]
             and (plo is None or params >= plo) and (phi is None or params <= phi))
 
 
-def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optional[float]],
+def build_pool(space: Space, n: int, seed: int, window: Mapping[str, Optional[float]],
                max_draw_factor: int = 20, progress: bool = False) -> Pool:
     """Draw Sobol points in chunks until ``n`` unique candidates fall in ``window``."""
     units, keys, flops, params, vals = [], [], [], [], []
@@ -122,7 +75,6 @@ def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optio
     from scipy.stats import qmc
 
     sampler = qmc.Sobol(d=space.ndim, scramble=True, seed=np.random.default_rng(seed))
-    cache = RowCostCache()
     try:
         while len(keys) < n and drawn < limit:
             with warnings.catch_warnings():
@@ -135,7 +87,7 @@ def build_pool(space: SearchSpace, n: int, seed: int, window: Mapping[str, Optio
                 if k in seen:
                     continue
                 seen.add(k)
-                f, p = label(space, v, cache)
+                f, p = space.cost(v)
                 if not in_window(f, p, window):
                     continue
                 units.append(u)

@@ -41,7 +41,7 @@ def pareto_front(points: List[tuple]) -> List[tuple]:
     return front
 
 
-def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
+def zoo_reference(num_classes: int, convention: str = "fvcore") -> List[Dict[str, Any]]:
     from fbnet_zoo.complexity import complexity
     from fbnet_zoo.registry import get_spec
 
@@ -51,7 +51,7 @@ def zoo_reference(num_classes: int) -> List[Dict[str, Any]]:
             spec = get_spec(name)
         except Exception:  # a stripped-down install without the zoo YAMLs
             continue
-        cx = complexity(spec, None, num_classes)
+        cx = complexity(spec, None, num_classes, convention)
         out.append({"name": name, "flops": cx.flops, "params": cx.params, "paper_top1": top1})
     return out
 
@@ -118,10 +118,14 @@ def collect(run) -> Dict[str, Any]:
     pred_vs_meas = [(c["predicted"], run._target(c, e), c["round"]) for c in measured if c["predicted"] is not None]
     pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
     es = prog.get("early_stop", {}).get("info", {})
-    arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
     train = run.cfg["train"]
-    task = {"dataset": train.get("dataset", "embedded"), "train_classes": train.get("num_classes"),
-            "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
+    if run.space.zoo_archs:
+        arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
+        task = {"dataset": train.get("dataset", "embedded"), "train_classes": train.get("num_classes"),
+                "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
+    else:  # a space of benchmark cells: the task is the table's dataset
+        task = {"dataset": f"table:{run.cfg['bench']['dataset']}", "train_classes": None,
+                "num_classes": run.space.num_classes, "resolution": getattr(run.space, "input_size", None)}
     return {
         "run": run.run, "run_dir": run.run_dir, "mode": run.cfg["mode"], "seed": run.seed,
         "space": run.space.describe(), "task": task,
@@ -138,6 +142,7 @@ def collect(run) -> Dict[str, Any]:
                         "error": c["error"], "wall_seconds": c["wall_seconds"]} for c in cands],
         "results": results,
         "failed": [{"key": c["key"], "error": c["error"]} for c in cands if c["status"] == "failed"],
+        "flops_convention": run.space.flops_convention,
     }
 
 
@@ -229,7 +234,7 @@ def _plot_pareto(data: Dict[str, Any], plt) -> Any:
         ax.scatter([], [], marker="*", color="tab:red", label="stage-3 winners (predicted)")
     task = data["task"]
     if zoo_shares_task(task):  # same axis: the zoo's ImageNet-1k top-1 is this task's number
-        zoo = zoo_reference(task["num_classes"])
+        zoo = zoo_reference(task["num_classes"], data["flops_convention"])
         ax.plot([z["flops"] / 1e6 for z in zoo], [z["paper_top1"] for z in zoo], "s--", color="tab:green",
                 ms=4, label="zoo FBNetV3 (paper ImageNet top-1)")
         for z in zoo:
@@ -262,19 +267,26 @@ def _plots(data: Dict[str, Any], plot_dir: str) -> List[str]:
         fig = draw(data, plt)
         if fig is None:
             continue
-        path = os.path.join(plot_dir, name)
-        fig.tight_layout()
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, os.path.join(plot_dir, name)))
     return files
+
+
+def save_figure(fig, path: str, dpi: int = 90) -> str:
+    """Lay out, write atomically (a reader never sees half a PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str, Any]]]) -> str:
     L = [f"# Search report: {data['run']}", "",
          f"mode `{data['mode']}`, seed {data['seed']}, space of {data['space']['ndim']} coordinates "
-         f"({len(data['space']['dims'])} dimensions, ties: {data['space']['ties'] or 'none'})", ""]
+         f"({len(data['space']['dims'])} dimensions, ties: {data['space']['ties'] or 'none'}); "
+         f"FLOPs and params in the {data['flops_convention']} convention", ""]
     s1 = data["stage1"]
     if s1:
         corr = s1.get("val_rank_corr") or {}
@@ -286,9 +298,13 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
               f"correlation FLOPs {fmt_dec(corr.get('flops'))}, params {fmt_dec(corr.get('params'))}; "
               f"{s1.get('seconds', 0):.1f} s", ""]
     es = data["early_stop"]
+    if es.get("skipped"):
+        es_line = f"early stopping skipped ({es['skipped']}); every candidate counts at its final accuracy"
+    else:
+        es_line = (f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
+                   f"{es.get('threshold')})")
     L += ["## Stage 2: rounds", "",
-          f"early-stop epoch e = {es.get('epoch')} of {es.get('full_epochs')} ({es.get('method')} >= "
-          f"{es.get('threshold')}); predictor Spearman (predicted before training vs measured): "
+          f"{es_line}; predictor Spearman (predicted before training vs measured): "
           f"{fmt_dec(data['predicted_vs_measured']['spearman'])}", "",
           *_heldout_md(data["heldout"]),
           "| round | candidates | ok | failed | retryable | best top-1 | train s |", "|---|---|---|---|---|---|---|"]
@@ -309,9 +325,9 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     if outputs:
         L += ["", "## Outputs", ""]
         for o in outputs:
+            recipe = f", recipe `{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`" if o.get("recipe_yaml") else ""
             L.append(f"- `{o['name']}` ({o['origin']}): {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M "
-                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`, recipe "
-                     f"`{os.path.relpath(o['recipe_yaml'], data['run_dir'])}`")
+                     f"params; arch `{os.path.relpath(o['arch_yaml'], data['run_dir'])}`{recipe}")
     if plots:
         L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
     return "\n".join(L) + "\n"
@@ -337,7 +353,7 @@ def _heldout_md(h: Dict[str, Any]) -> List[str]:
 def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: bool = True) -> Dict[str, str]:
     data = collect(run)
     if outputs is None:
-        outputs = _outputs_on_disk(run.run_dir, run.space.num_classes)
+        outputs = _outputs_on_disk(run.run_dir, run.space.num_classes, run.space.flops_convention)
     data["outputs"] = outputs
     files: List[str] = []
     if plots:
@@ -353,7 +369,7 @@ def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: boo
     return {"markdown": md, "json": js, "plots": files}
 
 
-def _outputs_on_disk(run_dir: str, num_classes: int = 1000) -> List[Dict[str, Any]]:
+def _outputs_on_disk(run_dir: str, num_classes: int = 1000, convention: str = "fvcore") -> List[Dict[str, Any]]:
     from fbnet_zoo.spec import ArchSpec
     from fbnet_zoo.complexity import complexity
 
@@ -364,7 +380,7 @@ def _outputs_on_disk(run_dir: str, num_classes: int = 1000) -> List[Dict[str, An
     for n in sorted(os.listdir(d)):
         if n.endswith(".yaml"):
             a = ArchSpec.from_yaml(os.path.join(d, n))
-            cx = complexity(a, None, num_classes)
+            cx = complexity(a, None, num_classes, convention)
             out.append({"name": a.name, "arch_yaml": os.path.join(d, n),
                         "recipe_yaml": os.path.join(run_dir, "recipes", n), "origin": "", "flops": cx.flops,
                         "params": cx.params})

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.io_utils import output_file
 from fbnet_zoo.training.recipe import Recipe
 from fbnet_zoo.training.settings import TrainSettings
 
@@ -37,10 +38,11 @@ from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
 from .executors import RETRYABLE, ExecutorError, make_executor
-from .pool import Pool, RowCostCache, build_pool
+from .family import parse_family
+from .pool import Pool, build_pool
 from .predictor import Predictor, rank_corr
 from .report import write_report
-from .space import SearchSpace
+from .spaces import Space, make_space
 from .store import DB_NAME, RunLock, RunStore
 
 logger = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ def constraint_text(c: Mapping[str, float]) -> str:
     return "&".join(f"{k}<={v:g}" for k, v in c.items())
 
 
-def make_executor_for(cfg: Mapping[str, Any], space: SearchSpace, run_dir: str,
+def make_executor_for(cfg: Mapping[str, Any], space: Space, run_dir: str,
                       values_of: Callable[[Candidate], dict], kind: Optional[str] = None,
                       ray_address: Optional[str] = None, **opts: Any):
     """The executor named by ``kind`` (default: the config's), through the executor registry:
@@ -167,9 +169,8 @@ class SearchRun:
         self.cfg = cfg
         self.seed = int(cfg["seed"])
         self.progress = progress
-        self.space = SearchSpace.from_config(cfg)
+        self.space = make_space(cfg)
         self.encoder = Encoder(self.space)
-        self.cache = RowCostCache()
         self.constraints = list(cfg["stage3"]["constraints"])
         self._executor = executor
         self._executor_kind = executor_kind
@@ -178,6 +179,9 @@ class SearchRun:
         self._values: Dict[str, dict] = {}
         # everything that can be wrong with the input fails here, before the run dir is written
         self.check_constraints()
+        kind = executor_kind or cfg["executor"]["kind"]
+        if kind in ("table", "oracle") and self.space.kind != {"table": "nas_bench_201", "oracle": "fbnet"}[kind]:
+            raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
         if executor is None:
             try:
                 TrainSettings.from_dict(cfg["train"])
@@ -237,6 +241,9 @@ class SearchRun:
 
     def check_data(self) -> None:
         """Build the training data and read a batch in this process before anything trains."""
+        if not self.space.zoo_archs:  # benchmark cells: nothing trains; building the executor reads its table
+            self.executor()
+            return
         arch, recipe = self.space.decode_point(self.space.extreme_point(False), "data_check")
         try:
             self.executor().check_data(recipe.resolution or arch.input_size)
@@ -303,12 +310,12 @@ class SearchRun:
 
     # ------------------------------------------------------------------ stage 2
     def _full_epochs(self) -> int:
-        return int(self.cfg["stage2"]["epochs"] or self.space.base_recipe.epochs)
+        return int(self.cfg["stage2"]["epochs"] or self.space.full_epochs)
 
     def _entry(self, key: str, values: dict, predicted: Optional[float]) -> Dict[str, Any]:
-        arch, recipe = self.space.build(values, name=f"cand_{key}")
-        f, p = self.cache.cost(arch, self.space.num_classes)
-        return {"key": key, "arch": arch.to_dict(), "recipe": recipe.to_dict(), "values": values, "flops": f,
+        cand = self.space.candidate(key, values, name=f"cand_{key}").to_dict()
+        f, p = self.space.cost(values)
+        return {"key": key, "arch": cand["arch"], "recipe": cand["recipe"], "values": values, "flops": f,
                 "params": p, "predicted": predicted}
 
     def _target(self, row: Mapping[str, Any], epoch: int) -> float:
@@ -441,6 +448,13 @@ class SearchRun:
         rows = self.store.candidates(rnd=1, status="ok")
         full = self._full_epochs()
         curves = [r["top1"] for r in rows if len(r["top1"]) >= full]
+        if es["enabled"] and rows and all(len(r["top1"]) <= 1 for r in rows):
+            # a table (or any executor reporting final accuracies only): nothing to calibrate on
+            self.store.set_progress("early_stop", "done", {
+                "epoch": full, "full_epochs": full, "method": es["method"], "threshold": es["threshold"],
+                "correlations": [], "curves": 0,
+                "skipped": "no learning curves: the executor reports final accuracies only"})
+            return
         if es["enabled"]:
             e, corrs = select_early_stop_epoch(curves, es["threshold"], es["method"])
             e = e or full
@@ -467,7 +481,7 @@ class SearchRun:
             raise SearchRunError("stage 3: no candidate was measured in stage 2; nothing to search from or publish")
         s3 = self.cfg["stage3"]
         s3_digest = config_digest(self.cfg, ["stage3"])
-        ga = AdaptiveGA(self.space, pred, self.encoder, s3, self.cache)
+        ga = AdaptiveGA(self.space, pred, self.encoder, s3)
         pool_scores = pred.predict(self.pool_features)
         out: Dict[str, Dict[str, Any]] = {}
         for ci, c in enumerate(self.constraints):
@@ -486,9 +500,9 @@ class SearchRun:
             res = ga.run(c, seeds, seed=self.seed * 7 + ci, progress=self.progress, desc=f"stage 3: {label}")
             best = res.best
             name = arch_name(self.run, label)
-            arch, recipe = self.space.build(best.values, name=name)
+            cand = self.space.candidate(best.key, best.values, name=name).to_dict()
             data = {"label": label, "constraint": c, "name": name, "key": best.key, "values": best.values,
-                    "arch": arch.to_dict(), "recipe": recipe.to_dict(), "flops": best.flops, "params": best.params,
+                    "arch": cand["arch"], "recipe": cand["recipe"], "flops": best.flops, "params": best.params,
                     "predicted_top1": best.score, "generations": res.generations, "evaluated": res.evaluated,
                     "rejected": res.rejected, "history": res.history, "seconds": time.perf_counter() - t0,
                     "best_measured": ({"key": ok_measured[0]["key"], "top1": self._target(ok_measured[0], e),
@@ -503,7 +517,9 @@ class SearchRun:
     def write_outputs(self, results: Mapping[str, Mapping[str, Any]], install_dir: Optional[str] = None
                       ) -> List[Dict[str, Any]]:
         """Arch + recipe YAML per winner (and family members) in the run dir; optionally install."""
-        from fbnet_zoo.scaling import scale
+        if not self.space.zoo_archs:  # e.g. NAS-Bench-201 cells: the space writes its own winners
+            return [{**self.space.write_winner(d["values"], d["name"], self.run_dir), "origin": "searched",
+                     "constraint": label} for label, d in results.items()]
         from fbnet_zoo.spec import ArchSpec
 
         arch_dir = os.path.join(self.run_dir, "archs")
@@ -517,29 +533,24 @@ class SearchRun:
             recipe = Recipe.from_dict(data["recipe"])
             winners.append((data["flops"], arch, recipe, data))
         members = [(a, r, "searched", d["label"]) for _, a, r, d in winners]
-        fam = self.cfg["family"]
-        if fam["enabled"] and winners:
-            winners.sort(key=lambda w: w[0])
-            for which, (_, a, r, d) in (("down", winners[0]), ("up", winners[-1])):
-                f = fam[which]
-                scaled = scale(a, f["width"], f["depth"], f["resolution"], name=f"{a.name}_{which}")
-                members.append((scaled, r.replace(resolution=scaled.input_size), f"scaled {which} from {a.name}",
-                                d["label"]))
+        family = parse_family(self.cfg["family"])
+        if family is not None:
+            members += family.derive([(f, a, r, d["label"]) for f, a, r, d in winners])
         from fbnet_zoo.complexity import complexity
 
         for arch, recipe, origin, label in members:
-            ap = os.path.join(arch_dir, f"{arch.name}.yaml")
-            rp = os.path.join(recipe_dir, f"{arch.name}.yaml")
+            ap = output_file(arch_dir, arch.name, ".yaml", what="winner name")
+            rp = output_file(recipe_dir, arch.name, ".yaml", what="winner name")
             arch.save_yaml(ap)
             recipe.save_yaml(rp)
-            cx = complexity(arch, None, self.space.num_classes)
+            cx = complexity(arch, None, self.space.num_classes, self.space.flops_convention)
             written.append({"name": arch.name, "arch_yaml": ap, "recipe_yaml": rp, "origin": origin,
                             "constraint": label, "flops": cx.flops, "params": cx.params})
         if install_dir:
             from fbnet_zoo.registry import register_arch_dir
 
             for arch, _, _, _ in members:
-                arch.save_yaml(os.path.join(install_dir, f"{arch.name}.yaml"))
+                arch.save_yaml(output_file(install_dir, arch.name, ".yaml", what="winner name"))
             register_arch_dir(install_dir)
         else:
             from fbnet_zoo.registry import register_arch

@@ -254,3 +254,123 @@ def test_timm_keyed_file_is_detected_and_converted(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), ref(x), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- hostile values and files (issue 16.11)
+
+def _bad_variants():
+    sd = _trained().state_dict()
+    nan, inf, neg, ints = dict(sd), dict(sd), dict(sd), dict(sd)
+    nan["stages.2.0.dw.conv.weight"] = sd["stages.2.0.dw.conv.weight"].clone().index_fill_(0, torch.tensor([1]),
+                                                                                           float("nan"))
+    inf["classifier.fc.bias"] = sd["classifier.fc.bias"].clone().fill_(float("inf"))
+    neg["stages.1.0.dw.bn.running_var"] = -sd["stages.1.0.dw.bn.running_var"]
+    ints["stages.0.0.conv.weight"] = sd["stages.0.0.conv.weight"].round().to(torch.int64)
+    return [("nan", nan, r"non-finite values \(NaN/inf\) in 1 tensor\(s\): stages\.2\.0\.dw\.conv\.weight"),
+            ("inf", inf, r"non-finite values \(NaN/inf\) in 1 tensor\(s\): classifier\.fc\.bias"),
+            ("neg_var", neg, r"negative BatchNorm running_var .* stages\.1\.0\.dw\.bn\.running_var \(min -"),
+            ("int", ints, r"integer dtype .* stages\.0\.0\.conv\.weight \(torch\.int64, model torch\.float32\)")]
+
+
+@pytest.mark.parametrize("case", range(4), ids=["nan", "inf", "neg_var", "int"])
+def test_nan_inf_negative_variance_and_integer_weights_are_refused_unless_opted_out(tmp_path, case):
+    _, sd, pattern = _bad_variants()[case]
+    path = tmp_path / "bad.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=pattern) as e:
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path))
+    assert str(path) in str(e.value) and "check_values=False" in str(e.value)
+    model = fbnet_zoo.build_model(TINY, num_classes=10)
+    load_pretrained(model, str(path), check_values=False)               # the caller's explicit choice
+    key = next(k for k in sd if not torch.equal(sd[k].float(), _trained().state_dict()[k].float()))
+    assert torch.equal(model.state_dict()[key].float().nan_to_num(), sd[key].float().nan_to_num())
+
+
+def test_classifier_with_the_right_class_count_but_another_input_width_is_a_shape_error(tmp_path):
+    sd = _trained().state_dict()
+    sd["classifier.fc.weight"] = torch.randn(10, 48)                    # 10 classes, but from a 48-wide backbone
+    path = tmp_path / "other_width.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"classifier\.fc\.weight \(checkpoint \(10, 48\), model \(10, 64\)\)"):
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path))
+    sd["classifier.fc.weight"] = torch.randn(3, 48)                     # another class count and another width
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"classifier\.fc\.weight \(checkpoint \(3, 48\), model \(10, 64\)\)"):
+        fbnet_zoo.build_model(TINY, num_classes=10, pretrained=str(path))
+
+
+@pytest.mark.parametrize("content", [os.urandom(4096), b"", b"hello, I am a text file\n", b"PK\x05\x06" + bytes(18)])
+def test_random_bytes_are_not_a_checkpoint_rather_than_code(tmp_path, content):
+    path = tmp_path / "junk.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=r"junk\.pth: (not a checkpoint|corrupted or truncated)") as e:
+        read_state_dict(str(path))
+    assert "could run code" not in str(e.value) and "refused" not in str(e.value)
+    if content[:2] != b"PK":
+        assert "not a zip/pickle torch file" in str(e.value) or "empty" in str(e.value)
+
+
+def test_a_garbled_pickle_inside_a_torch_zip_is_corruption_not_code(tmp_path):
+    import zipfile
+
+    good = tmp_path / "good.pth"
+    torch.save(_trained().state_dict(), good)
+    bad = tmp_path / "garbled.pth"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            zout.writestr(item, b"\x80\x02\xff\xfe\xfd" + data[5:] if item.filename.endswith("data.pkl") else data)
+    with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
+        read_state_dict(str(bad))
+    assert "could run code" not in str(e.value)
+
+
+def test_a_corrupt_cache_entry_is_fetched_again_and_the_first_load_succeeds(saved, cache):
+    src, path = saved
+    url = path.as_uri()
+    fetch(url, progress=False)
+    (cached,) = cache.iterdir()
+    size = cached.stat().st_size
+    cached.write_bytes(os.urandom(size))                                # same length: only loading can tell
+    model = fbnet_zoo.build_model(TINY, num_classes=10, pretrained=url)  # the first load after the damage
+    assert _same_weights(model, src)
+    assert cached.read_bytes() == path.read_bytes()
+
+
+def test_corrupt_entry_in_a_read_only_cache_is_a_clear_error_naming_file_dir_and_fix(saved, monkeypatch):
+    from unprivileged import remove_tree, run_unprivileged, shared_tmp_dir
+
+    src, path = saved
+    root = shared_tmp_dir()
+    try:
+        source = os.path.join(root, "tiny.pth")
+        with open(source, "wb") as f:
+            f.write(path.read_bytes())
+        os.chmod(source, 0o644)
+        cache_dir = os.path.join(root, "cache")
+        monkeypatch.setenv("FBNET_ZOO_CACHE", cache_dir)
+        url = "file://" + source
+        cached = fetch(url, progress=False)
+        os.chmod(cached, 0o644)
+        with open(cached, "r+b") as f:                                   # damaged on disk
+            f.write(b"\x00" * 64)
+        os.chmod(cache_dir, 0o555)
+
+        def load():
+            fbnet_zoo.build_model(TINY, num_classes=10, pretrained=url)
+
+        with pytest.raises(CheckpointError) as e:
+            run_unprivileged(load)
+        msg = str(e.value)
+        assert cached in msg and f"the cache dir {cache_dir} is not writable" in msg and "FBNET_ZOO_CACHE" in msg
+        os.chmod(cache_dir, 0o755)
+        with open(cached, "wb") as f:                                    # an intact entry: a read-only cache serves it
+            f.write(path.read_bytes())
+        os.chmod(cache_dir, 0o555)
+        assert run_unprivileged(lambda: _same_weights(fbnet_zoo.build_model(TINY, num_classes=10,
+                                                                            pretrained=url), src))
+        other = "file://" + os.path.join(root, "other.pth")              # a download into a read-only cache
+        with pytest.raises(CheckpointError, match=r"cannot download: the cache dir .* is not writable: set FBNET_ZOO_CACHE"):
+            run_unprivileged(lambda: fetch(other, progress=False))
+    finally:
+        remove_tree(root)

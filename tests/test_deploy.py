@@ -100,14 +100,19 @@ def _tool(name):
     return mod
 
 
-def test_export_cli_writes_checked_files(tmp_path, capsys):
-    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+def _saved_tiny(tmp_path):
+    """(model, its checkpoint, its arch YAML, an output folder) for the CLI tests."""
     model = _model()
     ckpt = tmp_path / "tiny.pth"
     torch.save(model.state_dict(), ckpt)
     arch = tmp_path / "tiny.yaml"
     fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
-    out = tmp_path / "exported"
+    return model, ckpt, arch, tmp_path / "exported"
+
+
+def test_export_cli_writes_checked_files(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="ONNX outputs are checked with onnxruntime")
+    model, ckpt, arch, out = _saved_tiny(tmp_path)
     rc = _tool("export").main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10",
                                "--format", "both", "--out", str(out), "--input-size", "48"])
     assert rc == 0
@@ -140,3 +145,38 @@ def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
     assert tool.main(["--from", "timm", "--arch", str(arch), str(ours), str(tmp_path / "bad.pth")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_export_to_a_read_only_folder_is_a_clear_error_naming_the_folder(tmp_path):
+    from unprivileged import remove_tree, run_unprivileged, shared_tmp_dir
+
+    model = _model()
+    root = shared_tmp_dir()
+    try:
+        ro = os.path.join(root, "read_only")
+        os.makedirs(ro)
+        os.chmod(ro, 0o555)
+        for fn, name in ((lambda: export_torchscript(model, os.path.join(ro, "m.ts"), example=_x()), "torchscript"),
+                         (lambda: export_onnx(model, os.path.join(ro, "m.onnx"), check=False), "onnx")):
+            with pytest.raises(DeployError, match=f"export_{name}: the output folder {ro} is not writable"):
+                run_unprivileged(fn)
+        assert os.listdir(ro) == []
+        out = os.path.join(ro, "sub", "m.ts")                            # a folder that cannot be created
+        with pytest.raises(DeployError, match=f"cannot create the output folder {ro}/sub"):
+            run_unprivileged(lambda: export_torchscript(model, out, example=_x()))
+    finally:
+        remove_tree(root)
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/fbnet_zoo_absolute_escape"])
+def test_export_cli_never_writes_outside_out_for_hostile_arch_names(tmp_path, capsys, name):
+    arch = tmp_path / "hostile.yaml"
+    arch.write_text(fbnet_zoo.load_spec(TINY).to_yaml().replace("name: Tiny-Deploy", f"name: '{name}'"))
+    out = tmp_path / "a" / "b" / "out"
+    before = set(os.listdir(tmp_path))
+    rc = _tool("export").main(["--arch", str(arch), "--format", "torchscript", "--num-classes", "10",
+                               "--out", str(out) + os.sep])
+    assert rc == 1
+    assert name in capsys.readouterr().err
+    assert set(os.listdir(tmp_path)) == before and not os.path.exists(name + ".ts")
+    assert not os.path.exists(out) or os.listdir(out) == []

@@ -33,6 +33,8 @@ def main(argv=None):
     p.add_argument("--arch", required=True, help="zoo name or arch YAML the weights belong to")
     p.add_argument("--sha256", help="expected sha256 of INPUT")
     p.add_argument("--no-check", action="store_true", help="do not load the result into --arch to check it")
+    p.add_argument("--allow-bad-values", action="store_true",
+                   help="convert even with NaN/inf weights, negative BN variances or integer weights")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -43,7 +45,7 @@ def main(argv=None):
         num_classes = int(w.shape[0]) if w is not None else 0
         if not args.no_check:
             model = fbnet_zoo.FBNet(spec, num_classes=num_classes)
-            load_state_dict_checked(model, ours, strict=True, where=path)
+            load_state_dict_checked(model, ours, strict=True, where=path, check_values=not args.allow_bad_values)
         out = ours if args.dst == "ours" else ours_to_mobile_cv(ours, spec)
         if args.output.endswith(".safetensors"):
             from safetensors.torch import save

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Table of registered models: input size, params, FLOPs (fvcore convention), features (res{k}: stride, channels).
+"""Table of registered models: input size, params and FLOPs in both counting conventions
+(fvcore's, the default everywhere, and the FBNetV3 paper's: the authors' counter), features
+(res{k}: stride, channels).
 
     python tools/model_info.py                       # every registered model
     python tools/model_info.py --arch my_arch.yaml   # one spec
@@ -16,11 +18,14 @@ import fbnet_zoo
 
 def describe(spec, input_size, num_classes, verify):
     c = fbnet_zoo.complexity(spec, input_size, num_classes)
+    paper = fbnet_zoo.complexity(spec, input_size, num_classes, convention="paper")
     row = {
         "name": spec.name,
         "input_size": c.input_size[0] if c.input_size[0] == c.input_size[1] else list(c.input_size),
         "params": c.params,
         "flops": c.flops,
+        "paper_params": paper.params,
+        "paper_flops": paper.flops,
         "features": {f.name: {"stride": f.stride, "channels": f.channels, "stage": f.stage}
                      for f in spec.features()},
     }
@@ -51,7 +56,8 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = f"{'model':<22} {'input':>7} {'params (M)':>11} {'MFLOPs':>9}  features (stride:channels)"
+    header = (f"{'model':<22} {'input':>7} {'params (M)':>11} {'MFLOPs':>9} {'paper params':>13} "
+              f"{'paper MFLOPs':>13}  features (stride:channels)")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -59,7 +65,8 @@ def main(argv=None):
         check = ""
         if "fvcore_flops" in r:
             check = "  fvcore ok" if r["fvcore_flops"] == r["flops"] else f"  fvcore {r['fvcore_flops']} MISMATCH"
-        print(f"{r['name']:<22} {str(r['input_size']):>7} {r['params'] / 1e6:>11.3f} {r['flops'] / 1e6:>9.1f}  {stages}{check}")
+        print(f"{r['name']:<22} {str(r['input_size']):>7} {r['params'] / 1e6:>11.3f} {r['flops'] / 1e6:>9.1f} "
+              f"{r['paper_params'] / 1e6:>13.3f} {r['paper_flops'] / 1e6:>13.1f}  {stages}{check}")
     return 0
 
 

@@ -6,12 +6,13 @@
     python tools/search.py my_search.yaml stage2.m=16 seed=3 --constraints "flops<=450M" "flops<=550M"
     python tools/search.py --resume runs/default             # continue a killed run
     python tools/search.py cifar10 --stage 1                 # one stage (later: --resume DIR --stage 2)
+    python tools/search.py nas_bench_201 bench.dataset=cifar100   # NAS-Bench-201 cells, table look-ups
 
 Exit status: 0 done, 2 a bad config / arguments / run dir, 3 the run stopped (nothing measured
 in a round, candidates failed because of the environment: fix it and --resume; the run dir is
 locked by another process; its store is unreadable), 130 interrupted.
 
-CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3); KEY=VALUE
+CONFIG is a YAML file or a shipped config (default, cifar10, imagenet_fbnetv3, nas_bench_201); KEY=VALUE
 items override dotted keys (values parsed as YAML). Winners land in RUN_DIR/archs and
 RUN_DIR/recipes, are registered for build_model(), and with --install-dir are copied into a
 user arch dir (fbnet_zoo.register_arch_dir / FBNET_ZOO_ARCH_DIRS).
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
         print(f"  {k}: {v:.1f} s")
     for o in summary.get("outputs", []):
         print(f"  {o['name']}: {o['flops'] / 1e6:.2f} MFLOPs, {o['params'] / 1e6:.3f} M params ({o['origin']})")
-        print(f"    arch {o['arch_yaml']}\n    recipe {o['recipe_yaml']}")
+        print(f"    arch {o['arch_yaml']}" + (f"\n    recipe {o['recipe_yaml']}" if o.get("recipe_yaml") else ""))
     if "report" in summary:
         print(f"report: {summary['report']['markdown']}")
     return 0

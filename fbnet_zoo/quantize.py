@@ -1,0 +1,230 @@
+"""int8 classifiers: post-training static quantization and quantization-aware training.
+
+    >>> model = fbnet_zoo.build_model("FBNetV3-B-timm", pretrained=True).eval()
+    >>> q = quantize_static(model, calibration_batches)            # observers, calibration, int8
+    >>> ts = export_int8_torchscript(q, "fbnetv3_b_int8.ts")       # traced + frozen, checked
+
+    >>> qat = prepare_qat(model)                                   # fake-quant, BN kept, train mode
+    >>> train_model(qat, recipe, epochs, ..., on_epoch_end=QATSchedule(freeze_bn=3, freeze_observers=4))
+    >>> q = convert_qat(qat)                                       # the same int8 model as PTQ gives
+
+The flow is PyTorch's FX graph mode quantization (``torch.ao.quantization.quantize_fx``)
+with the fbgemm kernels on x86 and qnnpack on ARM. Why this one, on torch 2.14:
+
+- it is the flow whose output runs int8 kernels in plain PyTorch: the quantized model is
+  an ``nn.Module`` of ``torch.ao.nn.quantized`` modules, runs eagerly and exports to
+  TorchScript; nothing else needs installing.
+- the PT2E flow (``prepare_pt2e`` / ``X86InductorQuantizer`` / ``XNNPACKQuantizer``) has left
+  ``torch.ao`` for the separate ``torchao`` package, and its x86 speed comes from
+  ``torch.compile`` (inductor, a C++ toolchain at load time); it does not give a TorchScript
+  or ONNX file.
+- onnxruntime's own static int8 quantization of our ONNX export was measured on this
+  machine's CPU (AVX2, no VNNI) and is *slower* than onnxruntime fp32 (see
+  benchmarks/int8_latency.py), so it is no deploy path here.
+
+The graph: every conv-BN(-ReLU) pair is fused and quantized (per-channel weights), hardswish,
+hardsigmoid, the squeeze-excite multiply, residual adds, pooling and the classifier run in
+int8; only the input quantize and the output dequantize are float. Everything FX traces:
+FBNet models trace in eval mode, and in train mode without drop path (the per-sample
+random mask of stochastic depth does not survive FX tracing: ``prepare_qat`` refuses it;
+build QAT models with ``drop_path_rate=0``).
+
+Backends pack weights for one kernel library; ``quantize_static`` / ``convert_qat`` set
+``torch.backends.quantized.engine`` to theirs (process-wide, as PyTorch requires) and leave
+it so. A saved int8 TorchScript file re-packs its weights for the engine current at load.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import warnings
+from typing import Any, Callable, Iterable, Optional, Tuple
+
+import torch
+from torch import nn
+
+from .blocks import DropPath
+from .deploy import _writing, check_output_path, example_input, prepare_for_deploy
+from .errors import QuantizationError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BACKENDS", "QATSchedule", "QuantizationError", "convert_qat", "default_backend",
+           "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "quantize_static",
+           "top1_agreement"]
+
+BACKENDS = ("fbgemm", "x86", "qnnpack")
+
+
+def default_backend() -> str:
+    """fbgemm on x86 CPUs (measured fastest here: benchmarks/int8_latency.py), qnnpack on ARM."""
+    machine = platform.machine().lower()
+    engines = torch.backends.quantized.supported_engines
+    if machine in ("x86_64", "amd64", "i386", "i686") and "fbgemm" in engines:
+        return "fbgemm"
+    return "qnnpack" if "qnnpack" in engines else engines[-1]
+
+
+def _backend(backend: Optional[str]) -> str:
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise QuantizationError(f"backend: {backend!r} is not one of {list(BACKENDS)}")
+    if backend not in torch.backends.quantized.supported_engines:
+        raise QuantizationError(f"backend: {backend!r} is not built into this PyTorch (supported: "
+                                f"{torch.backends.quantized.supported_engines})")
+    torch.backends.quantized.engine = backend
+    return backend
+
+
+def _inputs(batch: Any) -> torch.Tensor:
+    """The image tensor of a calibration batch: a tensor, or the first item of (images, labels)."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    raise QuantizationError(f"calibration: a batch must be an image tensor or (images, labels), got "
+                            f"{type(batch).__name__}")
+
+
+def _example(model: nn.Module, example: Optional[torch.Tensor]) -> Tuple[torch.Tensor]:
+    return (example if example is not None else example_input(model),)
+
+
+def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
+                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+    """An int8 copy of ``model`` by post-training static quantization.
+
+    calibration: batches of images (tensors, or (images, labels) pairs) like the model will
+    see (same preprocessing); activation ranges are observed on them (histogram observers).
+    max_batches: stop after that many. The input ``model`` is not changed. Returns the
+    converted model (eval mode, float in, float out).
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    backend = _backend(backend)
+    float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+            prepared = prepare_fx(float_model, get_default_qconfig_mapping(backend), _example(model, example))
+    except Exception as e:  # FX tracing errors come in many types; name the step
+        raise QuantizationError(f"quantize_static: FX tracing failed: {type(e).__name__}: {e}") from e
+    n = 0
+    with torch.inference_mode():
+        for batch in calibration:
+            if max_batches is not None and n >= max_batches:
+                break
+            prepared(_inputs(batch))
+            n += 1
+    if n == 0:
+        raise QuantizationError("quantize_static: the calibration set is empty (activation ranges would be unset)")
+    quantized = convert_fx(prepared)
+    logger.info("quantize_static: %s calibrated on %d batches, converted to int8 (%s)",
+                getattr(getattr(model, "spec", None), "name", type(model).__name__), n, backend)
+    return quantized
+
+
+def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+    """A copy of ``model`` for quantization-aware training: conv-BN(-ReLU) fused into QAT modules
+    with fake-quantized weights and activations, in train mode. Train it like any model (any
+    optimiser, the project's trainer), then ``convert_qat``."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
+    drop = [name for name, m in model.named_modules() if isinstance(m, DropPath) and m.p > 0]
+    if drop:
+        raise QuantizationError(f"prepare_qat: {len(drop)} stochastic-depth layer(s) ({drop[0]}, ...): their "
+                                "per-sample random mask does not survive FX tracing; build the model with "
+                                "drop_path_rate=0 for QAT")
+    backend = _backend(backend)
+    qat = copy.deepcopy(model).train()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+            return prepare_qat_fx(qat, get_default_qat_qconfig_mapping(backend), _example(model, example))
+    except Exception as e:
+        raise QuantizationError(f"prepare_qat: FX tracing failed: {type(e).__name__}: {e}") from e
+
+
+def convert_qat(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
+    """The int8 model of a QAT-trained ``prepare_qat`` model (a copy, in eval mode)."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    _backend(backend)
+    if not isinstance(model, torch.fx.GraphModule):
+        raise QuantizationError(f"convert_qat: expected the model returned by prepare_qat, got {type(model).__name__}")
+    return convert_fx(copy.deepcopy(model).eval())
+
+
+def freeze_qat_observers(model: nn.Module) -> None:
+    """Stop updating activation / weight ranges (fake-quant keeps using the frozen ones)."""
+    from torch.ao.quantization import disable_observer
+
+    model.apply(disable_observer)
+
+
+def freeze_qat_bn_stats(model: nn.Module) -> None:
+    """Stop updating the running statistics of the fused conv-BN modules (their BN runs on them)."""
+    from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+
+    model.apply(freeze_bn_stats)
+
+
+class QATSchedule:
+    """An ``on_epoch_end(epoch, result)`` callback for the project's trainer (``train_model``):
+    after epoch ``freeze_bn`` the BN statistics freeze, after ``freeze_observers`` the
+    quantization ranges do (the usual late-QAT schedule; None: never)."""
+
+    def __init__(self, model: nn.Module, freeze_bn: Optional[int] = None, freeze_observers: Optional[int] = None):
+        self.model, self.freeze_bn, self.freeze_observers = model, freeze_bn, freeze_observers
+
+    def __call__(self, epoch: int, result: Any = None) -> None:
+        if self.freeze_bn is not None and epoch + 1 >= self.freeze_bn:
+            freeze_qat_bn_stats(self.model)
+        if self.freeze_observers is not None and epoch + 1 >= self.freeze_observers:
+            freeze_qat_observers(self.model)
+
+
+def export_int8_torchscript(quantized: nn.Module, path: Optional[str] = None, example: Optional[torch.Tensor] = None,
+                            atol: float = 1e-5) -> torch.jit.ScriptModule:
+    """TorchScript of an int8 model (traced on ``example``, frozen), checked to equal it and
+    saved atomically to ``path``. Tracing, not scripting: converted FX graphs trace cleanly
+    and the result keeps any input size (there is no size-dependent control flow)."""
+    if path is not None:
+        check_output_path(path, "export_int8_torchscript")
+    x = example if example is not None else torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            ts = torch.jit.freeze(torch.jit.trace(quantized.eval(), x).eval())
+    except Exception as e:
+        raise QuantizationError(f"export_int8_torchscript: torch.jit.trace failed: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    with torch.no_grad():
+        diff = (ts(x) - quantized(x)).abs().max().item()
+    if not diff <= atol:
+        raise QuantizationError(f"export_int8_torchscript: the TorchScript output differs from the int8 model by "
+                                f"{diff:.3g} > {atol}")
+    if path is not None:
+        with _writing(path, "export_int8_torchscript") as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+            torch.jit.save(ts, tmp)
+        logger.info("export_int8_torchscript: wrote %s", path)
+    return ts
+
+
+def top1_agreement(a: Callable[[torch.Tensor], torch.Tensor], b: Callable[[torch.Tensor], torch.Tensor],
+                   batches: Iterable[Any]) -> Tuple[float, int]:
+    """(fraction of images on which ``a`` and ``b`` predict the same class, number of images)."""
+    same = total = 0
+    with torch.inference_mode():
+        for batch in batches:
+            x = _inputs(batch)
+            same += int((a(x).argmax(1) == b(x).argmax(1)).sum())
+            total += x.shape[0]
+    if total == 0:
+        raise QuantizationError("top1_agreement: no images")
+    return same / total, total

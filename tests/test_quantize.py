@@ -1,0 +1,144 @@
+"""int8: post-training static quantization, QAT (prepare -> a few real optimisation steps ->
+convert), the int8 TorchScript export and the export CLI's int8 format. Tiny arch: the
+speed and agreement figures of the zoo models are benchmarks/int8_latency.py's job."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import fbnet_zoo
+from fbnet_zoo.quantize import (QATSchedule, QuantizationError, convert_qat, export_int8_torchscript, prepare_qat,
+                                quantize_static, top1_agreement)
+from test_deploy import TINY, _model, _saved_tiny, _tool
+
+
+def _images(n, seed):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _int8_modules(model):
+    return [m for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+def test_post_training_quantization_gives_an_int8_model_close_to_fp32():
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = [_images(8, s) for s in range(4)]
+    q = quantize_static(model, calib)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())      # the input is untouched
+    kinds = {type(m).__name__ for m in _int8_modules(q)}
+    assert {"Conv2d", "Linear", "Hardswish"} <= kinds or {"ConvReLU2d", "Linear", "Hardswish"} <= kinds, kinds
+    convs = [m for m in q.modules() if type(m).__name__ in ("Conv2d", "ConvReLU2d")
+             and type(m).__module__.startswith("torch.ao.nn")]
+    float_convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(float_convs)                                   # every conv runs in int8
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in q.modules())
+    x = _images(64, 100)
+    with torch.no_grad():
+        ref, got = model(x), q(x)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    sqnr = 10 * torch.log10(ref.pow(2).sum() / (ref - got).pow(2).sum())
+    assert sqnr > 15, f"int8 logits too far from fp32 (SQNR {sqnr:.1f} dB)"
+    agree, n = top1_agreement(model, q, [x])
+    assert n == 64 and agree >= 0.8
+    with pytest.raises(QuantizationError, match="calibration set is empty"):
+        quantize_static(model, [])
+    with pytest.raises(QuantizationError, match="backend: 'tpu' is not one of"):
+        quantize_static(model, calib, backend="tpu")
+
+
+def test_int8_torchscript_export_round_trips(tmp_path):
+    model = _model()
+    q = quantize_static(model, [_images(8, s) for s in range(2)])
+    path = tmp_path / "tiny_int8.ts"
+    export_int8_torchscript(q, str(path), example=_images(1, 5))
+    loaded = torch.jit.load(str(path))
+    for n, size in ((1, 32), (3, 48)):
+        x = torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), q(x), rtol=0, atol=1e-5)
+    graph = str(loaded.inlined_graph)
+    assert "quantized::conv2d" in graph and "quantized::linear" in graph and "aten::conv2d" not in graph
+
+
+def test_quantization_aware_training_steps_then_converts_to_int8():
+    torch.manual_seed(0)
+    model = _model()
+    qat = prepare_qat(model)
+    assert qat.training and any("FakeQuantize" in type(m).__name__ for m in qat.modules())
+    g = torch.Generator().manual_seed(0)
+    templates = torch.randn(10, 3, 32, 32, generator=g)                    # a learnable 10-class task
+    y = torch.arange(64) % 10
+    x = templates[y] + 0.5 * torch.randn(64, 3, 32, 32, generator=g)
+    opt = torch.optim.SGD(qat.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for step in range(12):                                                  # real optimisation steps
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(qat(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    schedule = QATSchedule(qat, freeze_bn=1, freeze_observers=2)
+    schedule(0, None)                                                       # after epoch 1: BN stats frozen
+    bn = next(m for m in qat.modules() if hasattr(m, "freeze_bn"))
+    assert bn.freeze_bn
+    fq = next(m for m in qat.modules() if "FakeQuantize" in type(m).__name__)
+    assert fq.observer_enabled[0] == 1
+    schedule(1, None)
+    assert fq.observer_enabled[0] == 0
+    q = convert_qat(qat)
+    assert _int8_modules(q) and not q.training
+    with torch.no_grad():
+        qat.eval()
+        want, got = qat(x), q(x)
+    sqnr = 10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum())
+    assert sqnr > 15, f"int8 is not what QAT simulated (SQNR {sqnr:.1f} dB)"
+    with pytest.raises(QuantizationError, match="expected the model returned by prepare_qat"):
+        convert_qat(model)
+
+
+def test_qat_with_stochastic_depth_names_the_fix():
+    model = fbnet_zoo.build_model(TINY, num_classes=10, drop_path_rate=0.2)
+    with pytest.raises(QuantizationError, match="drop_path_rate=0"):
+        prepare_qat(model)
+
+
+def test_export_cli_int8(tmp_path, capsys):
+    model, ckpt, arch, out = _saved_tiny(tmp_path)
+    rc = _tool("export").main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10",
+                               "--format", "int8", "--calibration-images", "16", "--out", str(out) + os.sep])
+    assert rc == 0, capsys.readouterr().err
+    path = out / "tiny_deploy_int8.ts"
+    assert path.exists(), os.listdir(out)
+    assert "top-1 agreement" in capsys.readouterr().out
+    loaded = torch.jit.load(str(path))
+    x = _images(4, 9)
+    with torch.no_grad():
+        assert (loaded(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
+
+
+def test_qat_through_the_projects_trainer_with_the_schedule_callback():
+    from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
+
+    settings = TrainSettings(embedded_train_size=240, embedded_val_size=100, threads=1)
+    recipe = Recipe(optimizer="sgd", lr=0.02, batch_size=32, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
+                    label_smoothing=0.0, lr_decay=0.9, weight_decay=1e-5, resolution=32)
+    train, val, _ = cached_datasets(settings, 32)
+    qat = prepare_qat(_model(), example=torch.randn(1, 3, 32, 32))
+    before = {k: v.clone() for k, v in qat.state_dict().items() if v.is_floating_point()}
+    schedule = QATSchedule(qat, freeze_bn=2, freeze_observers=2)
+    result = train_model(qat, recipe, 2, train, val, settings, progress=False, on_epoch_end=schedule)
+    assert result.status == "ok", result.error
+    assert len(result.top1) == 2
+    changed = [k for k, v in qat.state_dict().items() if k in before and not torch.equal(before[k], v)]
+    assert any(k.endswith("weight") for k in changed)                      # the trainer's steps moved the weights
+    fq = next(m for m in qat.modules() if "FakeQuantize" in type(m).__name__)
+    assert fq.observer_enabled[0] == 0                                      # the schedule ran at the epoch end
+    q = convert_qat(qat)
+    assert _int8_modules(q)
+    x = next(iter(torch.utils.data.DataLoader(val, batch_size=16)))[0]
+    with torch.no_grad():
+        assert q(x).shape == (16, 10) and torch.isfinite(q(x)).all()
