@@ -261,3 +261,26 @@ class Predictor:
         p.proxy_stats = d["proxy_stats"].numpy()
         p.acc_stats = d["acc_stats"].numpy()
         return p
+
+
+def cross_validated_rank_corr(blob: bytes, settings: Dict[str, Any], features: np.ndarray, acc: np.ndarray,
+                              folds: int = 5, seed: int = 0) -> Dict[str, Any]:
+    """How well the refit predictor ranks candidates it was not fitted on: ``folds``-fold
+    cross-validation over measured candidates. Each fold refits a copy of ``blob`` (the
+    stage-1 predictor, as stage 2 does) on the other folds and predicts the held-out one; the
+    Spearman / Kendall correlation is over all held-out predictions pooled. Deterministic
+    for a seed (the fold split and each refit derive from it)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    n = len(acc)
+    k = min(int(folds), n)
+    if k < 2 or n < 4:
+        return {"folds": k, "n": n, "spearman": None, "kendall": None, "points": []}
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    pred = np.empty(n)
+    for i, held in enumerate(parts):
+        fit = np.setdiff1d(np.arange(n), held)
+        p = Predictor.from_bytes(blob, settings)
+        p.refit(features[fit], acc[fit], seed=seed * 1000 + i)
+        pred[held] = p.predict(features[held])
+    return {"folds": k, "n": n, "spearman": rank_corr(pred, acc, "spearman"),
+            "kendall": rank_corr(pred, acc, "kendall"), "points": [[float(a), float(b)] for a, b in zip(pred, acc)]}
