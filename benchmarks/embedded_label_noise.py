@@ -45,15 +45,14 @@ def main() -> None:
     from fbnet_zoo.search.pool import build_pool
     from fbnet_zoo.search.predictor import rank_corr
     from fbnet_zoo.search.runner import SearchRun
-    from fbnet_zoo.search.space import SearchSpace
-    from fbnet_zoo.search.trainer import TrainSettings, train_candidate
+    from fbnet_zoo.search.trainer import train_candidate
 
     cfg = load_config(args.config, args.overrides)
-    space = SearchSpace.from_config(cfg)
-    pool = build_pool(space, max(cfg["pool"]["n"], args.candidates), SearchRun._pool_seed(cfg), cfg["pool"],
-                      cfg["pool"]["max_draw_factor"])
-    epochs = int(cfg["stage2"]["epochs"] or space.base_recipe.epochs)
-    base = TrainSettings.from_dict(cfg["train"])
+    space = cfg.search_space
+    pool = build_pool(space, max(cfg.pool.n, args.candidates), SearchRun._pool_seed(cfg), cfg.pool,
+                      cfg.pool.max_draw_factor)
+    epochs = int(cfg.stage2.epochs or space.base_recipe.epochs)
+    base = cfg.train_settings()
     cands = []
     for i in range(args.candidates):
         arch, recipe = space.build(pool.values[i], name=f"cand_{pool.keys[i]}")

@@ -10,6 +10,7 @@ Writes benchmarks/results/predictor_refit.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -48,7 +49,7 @@ def main() -> None:
             entry = {"run_dir": run_dir, "candidates": len(rows), "target_epoch": e, "variants": {}}
             print(f"{run_dir}: {len(rows)} candidates, top-1 {y.min():.1f}..{y.max():.1f} at epoch {e}")
             for name, change in VARIANTS.items():
-                pcfg = dict(run.cfg["predictor"], **change)
+                pcfg = dataclasses.replace(run.cfg.predictor, **change)
                 rho = [cross_validated_rank_corr(blob, pcfg, x, y, 5, seed=s)["spearman"] for s in range(args.splits)]
                 entry["variants"][name] = {"spearman_mean": float(np.mean(rho)), "spearman": rho}
                 print(f"  {name:52s} 5-fold CV Spearman {np.mean(rho):.2f} ({', '.join(f'{r:.2f}' for r in rho)})")

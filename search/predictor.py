@@ -263,7 +263,7 @@ class Predictor:
         return p
 
 
-def cross_validated_rank_corr(blob: bytes, settings: Dict[str, Any], features: np.ndarray, acc: np.ndarray,
+def cross_validated_rank_corr(blob: bytes, settings: PredictorConfig, features: np.ndarray, acc: np.ndarray,
                               folds: int = 5, seed: int = 0) -> Dict[str, Any]:
     """How well the refit predictor ranks candidates it was not fitted on: ``folds``-fold
     cross-validation over measured candidates. Each fold refits a copy of ``blob`` (the

@@ -75,7 +75,7 @@ def heldout_rank_corr(run, measured: List[Dict[str, Any]], epoch: int, pred_vs_m
     if blob is not None and len(measured) >= 2 * HELDOUT_FOLDS:
         x = run.encoder.encode_units(np.stack([run.space.unit_of(c["values"]) for c in measured]))
         y = np.array([run._target(c, epoch) for c in measured])
-        out["cross_validated"] = cross_validated_rank_corr(blob, run.cfg["predictor"], x, y, HELDOUT_FOLDS,
+        out["cross_validated"] = cross_validated_rank_corr(blob, run.cfg.predictor, x, y, HELDOUT_FOLDS,
                                                            seed=run.seed)
     return out
 
