@@ -51,12 +51,11 @@ def _table(path: str, dataset: str):
     if key not in _TABLES:
         from fbnet_zoo.search.baselines import TabularSpace
         from fbnet_zoo.search.config import load_config
-        from fbnet_zoo.search.spaces import make_space
         from fbnet_zoo.search.tabular import Table
 
         cfg = load_config("nas_bench_201", [f"bench.dataset={dataset}"] + ([] if dataset in (
             "cifar10", "cifar10-valid", "cifar100", "ImageNet16-120") else ["space.num_classes=10"]))
-        space = make_space(cfg)
+        space = cfg.search_space
         table = Table.from_csv(path, dataset)
         _TABLES[key] = TabularSpace(space, space.arch_of, dict(zip(table.archs, table.acc)))
     return _TABLES[key]

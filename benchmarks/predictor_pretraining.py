@@ -90,19 +90,18 @@ def main() -> None:
     from fbnet_zoo.search.encoding import Encoder
     from fbnet_zoo.search.oracle import Oracle
     from fbnet_zoo.search.pool import build_pool
-    from fbnet_zoo.search.space import SearchSpace
 
     result = {"oracle": None, "trained": []}
     t0 = time.perf_counter()
     cfg = load_config("imagenet_fbnetv3")
-    space = SearchSpace.from_config(cfg)
+    space = cfg.search_space
     enc = Encoder(space)
-    pool = build_pool(space, args.pool, seed=3, window=cfg["pool"])
+    pool = build_pool(space, args.pool, seed=3, window=cfg.pool)
     x = enc.encode_units(pool.units)
     oracle = Oracle(space, seed=0)
     n_lab = max(args.sizes) + 1000
     y = np.array([oracle.final_top1(v) for v in pool.values[:n_lab]])
-    rows = sweep(x, pool.flops, pool.params, x[:n_lab], y, args.sizes, args.repeats, cfg["predictor"], n_test=1000)
+    rows = sweep(x, pool.flops, pool.params, x[:n_lab], y, args.sizes, args.repeats, cfg.predictor, n_test=1000)
     result["oracle"] = {"space": "imagenet_fbnetv3", "pool": len(pool), "rows": rows,
                         "seconds": time.perf_counter() - t0}
     print("oracle labels on the ImageNet space (MSE in units of the accuracy std, 1000 held out):")
@@ -131,12 +130,12 @@ def main() -> None:
             xl = run.encoder.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
             yl = np.array([run._target(r, e) for r in rows_ok])
             sizes = [s for s in (3, 5, 8, 12, 16, 24, 32, 40) if s <= len(rows_ok) - 6]
-            rws = sweep(run.pool_features, run.pool.flops, run.pool.params, xl, yl, sizes, 5, run.cfg["predictor"],
+            rws = sweep(run.pool_features, run.pool.flops, run.pool.params, xl, yl, sizes, 5, run.cfg.predictor,
                         pretrained_blob=run.store.load_checkpoint("stage1"))
-            result["trained"].append({"run_dir": run_dir, "mode": run.cfg["mode"], "candidates": len(rows_ok),
+            result["trained"].append({"run_dir": run_dir, "mode": run.cfg.mode, "candidates": len(rows_ok),
                                       "target_epoch": e,
                                       "top1_range": [float(yl.min()), float(yl.max())], "rows": rws})
-            print(f"\ncandidates trained on the embedded task ({run_dir}, {run.cfg['mode']}: {len(rows_ok)}, top-1 "
+            print(f"\ncandidates trained on the embedded task ({run_dir}, {run.cfg.mode}: {len(rows_ok)}, top-1 "
                   f"{yl.min():.1f}..{yl.max():.1f}):")
             for n in sizes:
                 a = next(r for r in rws if r["labelled"] == n and r["variant"] == "pretrained")

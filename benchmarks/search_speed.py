@@ -36,15 +36,14 @@ def main() -> None:
     from fbnet_zoo.search.oracle import Oracle
     from fbnet_zoo.search.pool import build_pool, sobol_points
     from fbnet_zoo.search.predictor import Predictor, single_thread
-    from fbnet_zoo.search.space import SearchSpace
 
     cfg = load_config("imagenet_fbnetv3")
-    space = SearchSpace.from_config(cfg)
+    space = cfg.search_space
     enc = Encoder(space)
     rows = []
 
     t0 = time.perf_counter()
-    pool = build_pool(space, n, seed=1, window=cfg["pool"], max_draw_factor=cfg["pool"]["max_draw_factor"])
+    pool = build_pool(space, n, seed=1, window=cfg.pool, max_draw_factor=cfg.pool.max_draw_factor)
     t_label = time.perf_counter() - t0
     x = enc.encode_units(pool.units)
     per_label = t_label / pool.drawn
@@ -59,37 +58,37 @@ def main() -> None:
         count_params(a, 1000)
     per_plain = (time.perf_counter() - t0) / len(vals)
 
-    pred = Predictor.from_config(enc.width, cfg["predictor"], seed=0)
+    pred = Predictor.from_config(enc.width, cfg.predictor, seed=0)
     t0 = time.perf_counter()
     rep = pred.pretrain(x, pool.flops, pool.params, seed=1)
     t_pre = time.perf_counter() - t0
     stage1 = t_label + t_pre
     rows.append(("stage 1: label pool", f"{len(pool)} kept of {pool.drawn} drawn", t_label))
-    rows.append(("stage 1: pretrain", f"{cfg['predictor']['pretrain_epochs']} epochs, val MSE {rep.val_mse:.4f}, "
+    rows.append(("stage 1: pretrain", f"{cfg.predictor.pretrain_epochs} epochs, val MSE {rep.val_mse:.4f}, "
                  f"rank corr FLOPs {rep.val_rank_corr['flops']:.3f}", t_pre))
     rows.append(("stage 1 total", "goal <= 60 s", stage1))
 
     # peer for the thread choice: 3 pretraining epochs with torch's default threads
-    p2 = Predictor.from_config(enc.width, cfg["predictor"], seed=0)
+    p2 = Predictor.from_config(enc.width, cfg.predictor, seed=0)
     t0 = time.perf_counter()
     with single_thread():
         p2.pretrain.__wrapped__(p2, x, pool.flops, pool.params, seed=1, epochs=3)
     t_one = time.perf_counter() - t0
     threads = torch.get_num_threads()
-    p3 = Predictor.from_config(enc.width, cfg["predictor"], seed=0)
+    p3 = Predictor.from_config(enc.width, cfg.predictor, seed=0)
     t0 = time.perf_counter()
     p3.pretrain.__wrapped__(p3, x, pool.flops, pool.params, seed=1, epochs=3)
     t_multi = time.perf_counter() - t0
 
     # stage 3: refit on a stage-2-sized oracle sample, then one GA run per constraint
     oracle = Oracle(space, seed=0)
-    m = cfg["stage2"]["rounds"] * cfg["stage2"]["m"]
+    m = cfg.stage2.budget
     y = np.array([oracle.final_top1(v) for v in pool.values[:m]])
     pred.refit(x[:m], y, seed=0)
     scores = pred.predict(x)
-    ga = AdaptiveGA(space, pred, enc, cfg["stage3"])
+    ga = AdaptiveGA(space, pred, enc, cfg.stage3)
     s3 = []
-    for c in cfg["stage3"]["constraints"]:
+    for c in cfg.stage3.constraints:
         seeds = [pool.units[i] for i in np.argsort(-scores) if pool.flops[i] <= c["flops"]][:16]
         t0 = time.perf_counter()
         res = ga.run(c, seeds, seed=0)

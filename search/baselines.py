@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .config import PredictorConfig, Stage3Config
 from .evolution import AdaptiveGA
 from .predictor import Predictor, rank_corr
 from .spaces import Space
@@ -187,6 +188,17 @@ class NARSSettings:
     constraints: Sequence[Mapping[str, float]] = ({},)   # {}: unconstrained
     spearman_at: Sequence[int] = ()                      # label counts to measure Spearman at
 
+    @property
+    def predictor_config(self) -> PredictorConfig:
+        """``predictor`` over this baseline's defaults, as the search config's section."""
+        return PredictorConfig.from_mapping({"hidden": [64, 64], "head_hidden": 32, **self.predictor})
+
+    @property
+    def stage3_config(self) -> Stage3Config:
+        """``stage3`` over this baseline's defaults, as the search config's section."""
+        return Stage3Config.from_mapping({"population": 32, "top_k": 16, "max_generations": 30, "patience": 5,
+                                          "seeds": 8, **self.stage3})
+
 
 @dataclass
 class NARSResult:
@@ -217,15 +229,14 @@ def sobol_pool(table: TabularSpace, n: int, seed: int, max_draws: int = 1 << 22)
 
 def pretrained_predictor(table: TabularSpace, pool: np.ndarray, settings: NARSSettings, seed: int) -> Predictor:
     """Stage 1: a predictor (pretrained on the pool's FLOPs / params when settings.pretrain)."""
-    p = {**settings.predictor}
-    pred = Predictor(table.features.shape[1], p.get("hidden", [64, 64]), p.get("head_hidden", 32), seed, p)
+    pred = Predictor.from_config(table.features.shape[1], settings.predictor_config, seed)
     if settings.pretrain:
         pred.pretrain(table.features[pool], table.flops[pool], table.params[pool], seed=seed + 11)
     return pred
 
 
 def _refit(base: bytes, table: TabularSpace, labels: Sequence[int], settings: NARSSettings, seed: int) -> Predictor:
-    pred = Predictor.from_bytes(base, settings.predictor)  # each refit starts from stage 1's predictor
+    pred = Predictor.from_bytes(base, settings.predictor_config)  # each refit starts from stage 1's predictor
     done = np.asarray(labels, dtype=np.int64)
     pred.refit(table.features[done], table.acc[done], seed=seed)
     return pred
@@ -237,15 +248,15 @@ def _stage3(table: TabularSpace, pred: Predictor, labels: Sequence[int], pool: n
     log = QueryLog(table, budget)
     for a in labels:
         log.query(a)
-    s3 = {"population": 32, "top_k": 16, "max_generations": 30, "patience": 5, "seeds": 8, **settings.stage3}
+    s3 = settings.stage3_config
     ga = AdaptiveGA(table.space, pred, None, s3)
     measured = sorted(log.order, key=lambda a: -log.seen[a])
     by_score = pool[np.argsort(-pred.predict(table.features[pool]), kind="stable")]
     winners = []
     for ci, c in enumerate(settings.constraints):
         fits = (table.flops <= c.get("flops", np.inf)) & (table.params <= c.get("params", np.inf))
-        seeds = [table.units[a] for a in measured if fits[a]][: s3["seeds"]]
-        seeds += [table.units[a] for a in by_score if fits[a]][: max(0, s3["seeds"] - len(seeds))]
+        seeds = [table.units[a] for a in measured if fits[a]][: s3.seeds]
+        seeds += [table.units[a] for a in by_score if fits[a]][: max(0, s3.seeds - len(seeds))]
         res = ga.run(dict(c), seeds, seed=seed * 7 + ci)
         winner = int(table.id_of_units(res.best.unit[None])[0])
         winners.append(winner)
@@ -268,7 +279,7 @@ def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSS
     base = stage1 if stage1 is not None else pretrained_predictor(table, pool, settings, seed).to_bytes()
     stage2_len = {b: max(b - len(settings.constraints), 1) for b in budgets}
     main = QueryLog(table, max(stage2_len.values()))
-    pred = Predictor.from_bytes(base, settings.predictor)
+    pred = Predictor.from_bytes(base, settings.predictor_config)
     logs: Dict[int, QueryLog] = {}
     winners: Dict[int, List[int]] = {}
     spearman: Dict[int, float] = {}

@@ -14,10 +14,17 @@ A search config is one mapping::
     stage3: {...}             # constraints and the adaptive GA's settings
     family: {...}             # models derived from the winners by scaling (see family.py)
     executor: {...}           # kind (any registered: local | ray | oracle | ...), ray_address
-    train: {...}              # passed through to candidate training (TrainSettings)
+    train: {...}              # candidate training: the keys of TrainSettings
     oracle: {...}             # the synthetic trainer (executor kind "oracle")
     bench: {...}              # the benchmark table (executor kind "table"): table, dataset, source
     output: {...}             # install_dir: also copy winners into a user arch dir
+
+It loads into a ``SearchConfig``: one frozen dataclass per section (``PoolConfig``,
+``PredictorConfig``, ``Stage2Config``, ...), each validated once, when it is built, with
+the shared validators of ``fbnet_zoo.errors``; readers use attributes (``cfg.stage2.m``).
+Loading also builds the ``SearchSpace`` once (``cfg.search_space``), which the run uses.
+``to_dict()`` is what the run store keeps and digests; ``DEFAULTS`` (the schema as a
+mapping) is derived from the dataclasses.
 
 Every problem raises ``SearchConfigError`` naming the dotted key, the bad value and what is
 allowed; unknown keys are errors. ``load_config(path, overrides)`` is the one entry point.
@@ -26,19 +33,26 @@ allowed; unknown keys are errors. ``load_config(path, overrides)`` is the one en
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
 from fbnet_zoo.conventions import CONVENTIONS
-from fbnet_zoo.errors import FBNetZooError, SearchConfigError  # noqa: F401 - SearchConfigError re-exported
+from fbnet_zoo.errors import (FBNetZooError, SearchConfigError, TrainConfigError, check_bool, check_choice, check_int,
+                              check_number, show_value)
+from fbnet_zoo.training.recipe import dataclass_kwargs
+from fbnet_zoo.training.settings import TrainSettings
 
 from .executors import executor_kinds
-from .family import DEFAULT_RULE, parse_family
+from .family import DEFAULT_RULE, Family, parse_family
+from .spaces import Space, make_space
+from .tabular import SOURCES as TABLE_SOURCES
 
 MODES = ("joint", "recipe_only", "arch_only")
 RANK_METHODS = ("kendall", "spearman")
@@ -54,156 +68,449 @@ class SearchRunError(FBNetZooError):
     """A run that cannot go on: nothing measured, environment failures to retry, a locked or broken run dir."""
 
 
-# Defaults: the schema. A key present here is allowed; its default's type is checked.
-# ``None`` defaults accept anything of the listed types in _NULLABLE.
-DEFAULTS: Dict[str, Any] = {
-    "name": "search",
-    "seed": 0,
-    "mode": "joint",
-    "flops_convention": "fvcore",
-    "space": None,
-    "fixed_arch": None,
-    "pool": {"n": 20000, "flops_min": None, "flops_max": None, "params_min": None, "params_max": None,
-             "max_draw_factor": 20},
-    "predictor": {
-        "hidden": [256, 256],
-        "head_hidden": 64,
-        "pretrain": True,
-        "pretrain_epochs": 30,
-        "pretrain_lr": 3e-3,
-        "batch_size": 512,
-        "val_fraction": 0.2,
-        "refit_frozen_epochs": 50,
-        "refit_full_epochs": 50,
-        "refit_lr": 3e-3,
-        "refit_full_lr_factor": 0.1,
-        "refit_batch_size": 32,
-        "huber_delta": 1.0,
-        "weight_decay": 1e-4,
-    },
-    "stage2": {
-        "rounds": 5,
-        "m": 48,
-        "epochs": None,
-        "early_stop": {"enabled": True, "method": "kendall", "threshold": 0.92},
-    },
-    "stage3": {
-        "constraints": [],
-        "population": 64,
-        "top_k": 32,
-        "seeds": 16,
-        "max_generations": 100,
-        "patience": 10,
-        "tol": 1e-4,
-        "k1": 1.0, "k2": 0.5, "k3": 1.0, "k4": 0.5,
-        "max_tries": 20,
-    },
-    "family": {"enabled": False, "rule": dict(DEFAULT_RULE), "members": []},
-    "executor": {"kind": "local", "ray_address": None, "num_cpus_per_candidate": 1.0,
-                 "num_gpus_per_candidate": 0.0, "max_retries": 2},
-    "train": {},
-    "oracle": {"seed": 0, "hidden": 32, "noise": 0.6, "delay_s": 0.0},
-    # executor kind "table": look-ups in a benchmark table (search/tabular.py); table null: the packaged one
-    "bench": {"table": None, "dataset": "cifar10", "source": "csv"},
-    "output": {"install_dir": None},
-}
+# --------------------------------------------------------------------------- sections
+def _optional_number(path: str, value: Any, lo: float = 0.0) -> None:
+    if value is not None:
+        check_number(path, value, lo, lo_open=False, error=SearchConfigError)
 
+
+def _seed(path: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
+        raise SearchConfigError(f"{path}: {value!r} is outside [0, {SEED_MAX}] (2**32 - 1)")
+    check_int(path, value, 0, SEED_MAX, error=SearchConfigError)
+
+
+def _positive_number(path: str, value: Any) -> None:
+    check_number(path, value, 0.0, error=SearchConfigError)
+
+
+def _plain(value: Any) -> Any:
+    """A section as the JSON-able mapping the run store keeps (values exactly as given)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+class _Section:
+    """A config section: ``from_mapping`` refuses unknown keys (naming the dotted path) and
+    builds nested sections; the dataclass's ``__post_init__`` checks values and types."""
+
+    PATH: ClassVar[str] = ""
+    NESTED: ClassVar[Dict[str, type]] = {}
+
+    @classmethod
+    def from_mapping(cls, data: Any, path: Optional[str] = None):
+        path = path or cls.PATH
+        kwargs = dataclass_kwargs(cls, data, path, SearchConfigError)
+        for name, sub in cls.NESTED.items():
+            if name in kwargs:
+                kwargs[name] = sub.from_mapping(kwargs[name], f"{path}.{name}")
+        return cls(**kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class PoolConfig(_Section):
+    """Stage 1: the Sobol pool's size and the FLOPs / params window its candidates must fall in."""
+
+    PATH: ClassVar[str] = "pool"
+    n: int = 20000
+    flops_min: Optional[float] = None
+    flops_max: Optional[float] = None
+    params_min: Optional[float] = None
+    params_max: Optional[float] = None
+    max_draw_factor: int = 20
+
+    def __post_init__(self) -> None:
+        check_int("pool.n", self.n, error=SearchConfigError)
+        check_int("pool.max_draw_factor", self.max_draw_factor, error=SearchConfigError)
+        for lo, hi in (("flops_min", "flops_max"), ("params_min", "params_max")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            _optional_number(f"pool.{lo}", a)
+            _optional_number(f"pool.{hi}", b)
+            if a is not None and b is not None and a > b:
+                raise SearchConfigError(f"pool.{lo}/{hi}: ({a!r}, {b!r}) is an empty (inverted) range")
+
+    def contains(self, flops: float, params: float) -> bool:
+        """Whether a candidate's cost lies in the window (None: unbounded)."""
+        return ((self.flops_min is None or flops >= self.flops_min)
+                and (self.flops_max is None or flops <= self.flops_max)
+                and (self.params_min is None or params >= self.params_min)
+                and (self.params_max is None or params <= self.params_max))
+
+
+@dataclass(frozen=True)
+class PredictorConfig(_Section):
+    """The MLP predictor: sizes, stage-1 pretraining and stage-2 refit schedules."""
+
+    PATH: ClassVar[str] = "predictor"
+    hidden: Tuple[int, ...] = (256, 256)
+    head_hidden: int = 64
+    pretrain: bool = True
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 3e-3
+    batch_size: int = 512
+    val_fraction: float = 0.2
+    refit_frozen_epochs: int = 50
+    refit_full_epochs: int = 50
+    refit_lr: float = 3e-3
+    refit_full_lr_factor: float = 0.1
+    refit_batch_size: int = 32
+    huber_delta: float = 1.0
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        p = "predictor."
+        if not isinstance(self.hidden, (list, tuple)) or not self.hidden or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden):
+            raise SearchConfigError(f"{p}hidden: {show_value(self.hidden)} is not a non-empty list of positive "
+                                    "integers")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        check_bool(p + "pretrain", self.pretrain, error=SearchConfigError)
+        for name in ("head_hidden", "pretrain_epochs", "batch_size", "refit_batch_size"):
+            check_int(p + name, getattr(self, name), error=SearchConfigError)
+        for name in ("refit_frozen_epochs", "refit_full_epochs"):
+            check_int(p + name, getattr(self, name), 0, error=SearchConfigError)
+        for name in ("pretrain_lr", "refit_lr", "refit_full_lr_factor", "huber_delta"):
+            _positive_number(p + name, getattr(self, name))
+        check_number(p + "weight_decay", self.weight_decay, 0.0, lo_open=False, error=SearchConfigError)
+        check_number(p + "val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
+class EarlyStopConfig(_Section):
+    """Stage 2's early-stop epoch: the first epoch whose ranking agrees with the full one."""
+
+    PATH: ClassVar[str] = "stage2.early_stop"
+    enabled: bool = True
+    method: str = "kendall"
+    threshold: float = 0.92
+
+    def __post_init__(self) -> None:
+        check_bool(self.PATH + ".enabled", self.enabled, error=SearchConfigError)
+        check_choice(self.PATH + ".method", self.method, RANK_METHODS, error=SearchConfigError)
+        check_number(self.PATH + ".threshold", self.threshold, -1.0, 1.0, lo_open=False, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
+class Stage2Config(_Section):
+    """Stage 2: ``rounds`` rounds of ``m`` trained candidates (``epochs``: None = the recipe's)."""
+
+    PATH: ClassVar[str] = "stage2"
+    NESTED: ClassVar[Dict[str, type]] = {"early_stop": EarlyStopConfig}
+    rounds: int = 5
+    m: int = 48
+    epochs: Optional[int] = None
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+
+    def __post_init__(self) -> None:
+        check_int("stage2.rounds", self.rounds, error=SearchConfigError)
+        check_int("stage2.m", self.m, error=SearchConfigError)
+        if self.epochs is not None:
+            check_int("stage2.epochs", self.epochs, error=SearchConfigError)
+        if not isinstance(self.early_stop, EarlyStopConfig):
+            raise SearchConfigError(f"stage2.early_stop: {show_value(self.early_stop)} is not an EarlyStopConfig")
+
+    @property
+    def budget(self) -> int:
+        """Candidates stage 2 trains."""
+        return self.rounds * self.m
+
+
+@dataclass(frozen=True)
+class Stage3Config(_Section):
+    """Stage 3: the constraints (parsed, see ``parse_constraint``) and the adaptive GA's settings."""
+
+    PATH: ClassVar[str] = "stage3"
+    constraints: Tuple[Dict[str, float], ...] = ()
+    population: int = 64
+    top_k: int = 32
+    seeds: int = 16
+    max_generations: int = 100
+    patience: int = 10
+    tol: float = 1e-4
+    k1: float = 1.0
+    k2: float = 0.5
+    k3: float = 1.0
+    k4: float = 0.5
+    max_tries: int = 20
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.constraints, (list, tuple)):
+            raise SearchConfigError(f"stage3.constraints: {show_value(self.constraints)} is not a list")
+        object.__setattr__(self, "constraints", tuple(parse_constraint(c, f"stage3.constraints[{i}]")
+                                                          for i, c in enumerate(self.constraints)))
+        for name in ("population", "top_k", "seeds", "max_generations", "patience", "max_tries"):
+            check_int(f"stage3.{name}", getattr(self, name), error=SearchConfigError)
+        check_number("stage3.tol", self.tol, -math.inf, error=SearchConfigError)
+        for name in ("k1", "k2", "k3", "k4"):
+            check_number(f"stage3.{name}", getattr(self, name), 0.0, 1.0, lo_open=False, error=SearchConfigError)
+        if self.top_k > self.population:
+            raise SearchConfigError(f"stage3.top_k: {self.top_k!r} exceeds stage3.population ({self.population})")
+
+
+@dataclass(frozen=True)
+class FamilyRule(_Section):
+    """The compound-scaling bases: depth alpha^phi, width beta^phi, resolution gamma^phi."""
+
+    PATH: ClassVar[str] = "family.rule"
+    alpha: float = DEFAULT_RULE["alpha"]
+    beta: float = DEFAULT_RULE["beta"]
+    gamma: float = DEFAULT_RULE["gamma"]
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _positive_number(f"{self.PATH}.{f.name}", getattr(self, f.name))
+
+
+@dataclass(frozen=True)
+class FamilyConfig(_Section):
+    """Models derived from the stage-3 winners by scaling (``members``: see family.py, which
+    validates them); ``derived`` is the parsed family, None when disabled."""
+
+    PATH: ClassVar[str] = "family"
+    NESTED: ClassVar[Dict[str, type]] = {"rule": FamilyRule}
+    enabled: bool = False
+    rule: FamilyRule = field(default_factory=FamilyRule)
+    members: Tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rule, FamilyRule):
+            raise SearchConfigError(f"family.rule: {show_value(self.rule)} is not a FamilyRule")
+        if isinstance(self.members, (list, tuple)):
+            object.__setattr__(self, "members", tuple(copy.deepcopy(list(self.members))))
+        object.__setattr__(self, "_derived", parse_family(self.to_dict(), self.PATH))
+
+    @property
+    def derived(self) -> Optional[Family]:
+        return self._derived
+
+
+@dataclass(frozen=True)
+class ExecutorConfig(_Section):
+    """Where candidates train: any registered executor kind and its resources."""
+
+    PATH: ClassVar[str] = "executor"
+    kind: str = "local"
+    ray_address: Optional[str] = None
+    num_cpus_per_candidate: float = 1.0
+    num_gpus_per_candidate: float = 0.0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or self.kind not in executor_kinds():
+            raise SearchConfigError(f"executor.kind: {show_value(self.kind)} is not a registered executor kind; "
+                                    f"registered: {executor_kinds()}")
+        if self.ray_address is not None and not isinstance(self.ray_address, str):
+            raise SearchConfigError(f"executor.ray_address: {show_value(self.ray_address)} is not null or a string")
+        for name in ("num_cpus_per_candidate", "num_gpus_per_candidate"):
+            check_number(f"executor.{name}", getattr(self, name), 0.0, lo_open=False, error=SearchConfigError)
+        check_int("executor.max_retries", self.max_retries, 0, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
+class OracleConfig(_Section):
+    """The synthetic trainer (executor kind ``oracle``)."""
+
+    PATH: ClassVar[str] = "oracle"
+    seed: int = 0
+    hidden: int = 32
+    noise: float = 0.6
+    delay_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _seed("oracle.seed", self.seed)
+        check_int("oracle.hidden", self.hidden, error=SearchConfigError)
+        check_number("oracle.noise", self.noise, 0.0, lo_open=False, error=SearchConfigError)
+        check_number("oracle.delay_s", self.delay_s, 0.0, lo_open=False, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
+class BenchConfig(_Section):
+    """Executor kind ``table``: look-ups in a benchmark table (search/tabular.py); ``table``
+    null: the packaged one."""
+
+    PATH: ClassVar[str] = "bench"
+    table: Optional[str] = None
+    dataset: str = "cifar10"
+    source: str = "csv"
+
+    def __post_init__(self) -> None:
+        if self.table is not None and not isinstance(self.table, str):
+            raise SearchConfigError(f"bench.table: {show_value(self.table)} is not null or a path")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise SearchConfigError(f"bench.dataset: {show_value(self.dataset)} is not a dataset name (e.g. cifar10, "
+                                    "cifar100)")
+        check_choice("bench.source", self.source, TABLE_SOURCES, error=SearchConfigError)
+
+
+@dataclass(frozen=True)
+class OutputConfig(_Section):
+    """``install_dir``: also copy the winners into this user arch dir (and register it)."""
+
+    PATH: ClassVar[str] = "output"
+    install_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.install_dir is not None and not isinstance(self.install_dir, str):
+            raise SearchConfigError(f"output.install_dir: {show_value(self.install_dir)} is not null or a string")
+
+
+_SECTIONS: Dict[str, type] = {"pool": PoolConfig, "predictor": PredictorConfig, "stage2": Stage2Config,
+                              "stage3": Stage3Config, "family": FamilyConfig, "executor": ExecutorConfig,
+                              "oracle": OracleConfig, "bench": BenchConfig, "output": OutputConfig}
+# what decides the space; replacing one of them rebuilds it
+_SPACE_FIELDS = ("space", "mode", "fixed_arch", "flops_convention", "bench")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A validated search config: one typed section per concern.
+
+    ``space`` (the space section, validated by building the ``SearchSpace``) and ``fixed_arch``
+    stay the mappings given. ``train`` is the ``train:`` section as given; its schema is the
+    training package's ``TrainSettings`` (unknown keys are refused here; ``train_settings()``
+    builds it, which a run does when it opens: a shipped config may leave ``data_dir`` to the
+    command line). Build a config with ``from_mapping`` (or ``load_config``), which also builds
+    the search space once: ``search_space`` hands that one object to whoever needs it.
+    ``to_dict()`` is the mapping the run store keeps and digests (values as given, every
+    default filled in)."""
+
+    name: str = "search"
+    seed: int = 0
+    mode: str = "joint"
+    flops_convention: str = "fvcore"
+    space: Optional[Mapping[str, Any]] = None
+    fixed_arch: Any = None
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    stage3: Stage3Config = field(default_factory=Stage3Config)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or not all(ch.isalnum() or ch in "_-" for ch in self.name):
+            raise SearchConfigError(f"name: {show_value(self.name)} is not a non-empty name of letters, digits, "
+                                    "'_' or '-'")
+        _seed("seed", self.seed)
+        check_choice("mode", self.mode, MODES, error=SearchConfigError)
+        check_choice("flops_convention", self.flops_convention, sorted(CONVENTIONS), error=SearchConfigError)
+        if self.mode == "recipe_only" and self.fixed_arch is None:
+            raise SearchConfigError("fixed_arch: None is required in mode 'recipe_only' (a zoo name, YAML path or "
+                                    "arch mapping)")
+        for name, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise SearchConfigError(f"{name}: {show_value(getattr(self, name))} is not a {cls.__name__}")
+        object.__setattr__(self, "train", copy.deepcopy(dataclass_kwargs(TrainSettings, self.train, "train",
+                                                                          SearchConfigError)))
+        if self.pool.n < self.stage2.budget:
+            raise SearchConfigError(f"pool.n: {self.pool.n!r} is below stage2.rounds x stage2.m = {self.stage2.budget} "
+                                    "(candidates to train)")
+        if self.space is None:
+            raise SearchConfigError("space: None is missing: a search config needs a space")
+        if not isinstance(self.space, Mapping):
+            raise SearchConfigError(f"space: {show_value(self.space)} is not a mapping")
+        object.__setattr__(self, "space", copy.deepcopy(dict(self.space)))
+        object.__setattr__(self, "fixed_arch", copy.deepcopy(self.fixed_arch))
+        object.__setattr__(self, "_search_space", None)
+
+    @classmethod
+    def from_mapping(cls, raw: Any) -> "SearchConfig":
+        """Validated config from a raw mapping (missing keys take their defaults); builds the space once."""
+        kwargs = dataclass_kwargs(cls, raw, "", SearchConfigError)
+        for name, section in _SECTIONS.items():
+            if name in kwargs:
+                kwargs[name] = section.from_mapping(kwargs[name])
+        cfg = cls(**kwargs)
+        cfg.search_space  # the space validates itself (ranges, choices, ties, specs it can produce)
+        return cfg
+
+    def train_settings(self) -> TrainSettings:
+        """The ``train:`` section as the training package's settings (strictly validated)."""
+        try:
+            return TrainSettings.from_dict(self.train)
+        except TrainConfigError as e:
+            text = str(e)
+            raise SearchConfigError(text if text.startswith("train") else f"train: {text}") from None
+
+    @property
+    def search_space(self) -> Space:
+        """The search space of this config (of kind ``space.kind``), built on first use and then shared."""
+        if self._search_space is None:
+            object.__setattr__(self, "_search_space", make_space(self))
+        return self._search_space
+
+    def replace(self, **changes: Any) -> "SearchConfig":
+        """A copy with whole sections replaced; the built space is kept unless its inputs change."""
+        new = dataclasses.replace(self, **changes)
+        if not set(changes) & set(_SPACE_FIELDS):
+            object.__setattr__(new, "_search_space", self._search_space)
+        return new
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The config as the run store keeps it: every key, in the schema's order, values as given."""
+        out: Dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = _plain(copy.deepcopy(value))
+        return out
+
+
+def _defaults() -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(SearchConfig):
+        if f.name in _SECTIONS:
+            out[f.name] = _SECTIONS[f.name]().to_dict()
+        elif f.name == "train":
+            out[f.name] = {}  # TrainSettings' own defaults
+        else:
+            out[f.name] = f.default
+    return out
+
+
+# The schema as a mapping (derived from the dataclasses): a key present here is allowed.
+DEFAULTS: Dict[str, Any] = _defaults()
 # keys whose value is free-form (validated elsewhere): the space, train settings, fixed arch
 _FREE = {"space", "train", "fixed_arch"}
-_NULLABLE = {
-    "pool.flops_min": (int, float), "pool.flops_max": (int, float), "pool.params_min": (int, float),
-    "pool.params_max": (int, float), "stage2.epochs": (int,), "executor.ray_address": (str,),
-    "output.install_dir": (str,),
-    "bench.table": (str,),
-}
 
 
 def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:
     return SearchConfigError(f"{key}: {value!r} {allowed}")
 
 
-def _merge(base: Dict[str, Any], update: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in update.items():
-        key = f"{prefix}{k}"
-        if not isinstance(k, str):
-            raise _fail(key, k, "is not a string key")
-        if k not in base:
-            raise SearchConfigError(f"{key}: unknown key; allowed: {sorted(base)}")
-        if isinstance(base[k], dict) and base[k] and key not in _FREE and isinstance(v, Mapping):
-            out[k] = _merge(base[k], v, key + ".")
-        elif isinstance(base[k], dict) and base[k] and key not in _FREE and v is not None:
-            raise _fail(key, v, "is not a mapping")
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _check_types(cfg: Mapping[str, Any], schema: Mapping[str, Any], prefix: str = "") -> None:
-    for k, default in schema.items():
-        key = f"{prefix}{k}"
-        v = cfg[k]
-        if key in _FREE:
-            continue
-        if isinstance(default, dict) and default:
-            _check_types(v, default, key + ".")
-            continue
-        if default is None:
-            types = _NULLABLE.get(key)
-            if v is not None and types is not None and (isinstance(v, bool) or not isinstance(v, types)):
-                raise _fail(key, v, f"is not null or of type {'/'.join(t.__name__ for t in types)}")
-            continue
-        if isinstance(default, bool):
-            if not isinstance(v, bool):
-                raise _fail(key, v, "is not a boolean (true/false)")
-        elif isinstance(default, int):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise _fail(key, v, "is not an integer")
-        elif isinstance(default, float):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise _fail(key, v, "is not a finite number")
-        elif isinstance(default, str):
-            if not isinstance(v, str):
-                raise _fail(key, v, "is not a string")
-        elif isinstance(default, list):
-            if not isinstance(v, list):
-                raise _fail(key, v, "is not a list")
-
-
-def _positive(cfg: Mapping[str, Any], key: str, minimum: float = 1) -> None:
-    v = get(cfg, key)
-    if v < minimum:
-        raise _fail(key, v, f"is below the minimum {minimum}")
-
-
-def get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def parse_constraint(text: Union[str, Mapping[str, Any], float, int]) -> Dict[str, float]:
+def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str = "constraint"
+                     ) -> Dict[str, float]:
     """A constraint from config or the command line.
 
     Mapping form: ``{flops: 450e6}``, ``{flops: 450e6, params: 9e6}`` (upper bounds).
     String form: ``flops<=450M``, ``450M`` (FLOPs), ``params<=9.5M``, ``flops<=450M&params<=9M``.
-    Suffixes K, M, G scale by 1e3, 1e6, 1e9.
+    Suffixes K, M, G scale by 1e3, 1e6, 1e9. Errors name ``path`` (e.g. ``stage3.constraints[0]``).
     """
     if isinstance(text, Mapping):
         unknown = [k for k in text if k not in CONSTRAINT_KEYS]
         if unknown:
-            raise _fail(f"constraint.{unknown[0]}", text[unknown[0]], f"is not a known resource; allowed: {list(CONSTRAINT_KEYS)}")
+            raise _fail(f"{path}.{unknown[0]}", text[unknown[0]], f"is not a known resource; allowed: {list(CONSTRAINT_KEYS)}")
         if not text:
-            raise _fail("constraint", dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
+            raise _fail(path, dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
         out = {}
         for k, v in text.items():
-            out[k] = _constraint_value(f"constraint.{k}", v)
+            out[k] = _constraint_value(f"{path}.{k}", v)
         return out
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return {"flops": _constraint_value("constraint.flops", text)}
+        return {"flops": _constraint_value(f"{path}.flops", text)}
     if not isinstance(text, str):
-        raise _fail("constraint", text, "is not a mapping, number or string like 'flops<=450M'")
+        raise _fail(path, text, "is not a mapping, number or string like 'flops<=450M'")
     out = {}
     for part in text.replace(" ", "").split("&"):
         if "<=" in part:
@@ -211,8 +518,8 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int]) -> Dict[st
         else:
             k, v = "flops", part
         if k not in CONSTRAINT_KEYS:
-            raise _fail("constraint", text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
-        out[k] = _constraint_value(f"constraint.{k}", v)
+            raise _fail(path, text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
+        out[k] = _constraint_value(f"{path}.{k}", v)
     return out
 
 
@@ -239,84 +546,6 @@ def constraint_label(c: Mapping[str, float]) -> str:
     if "params" in c:
         parts.append(f"{c['params'] / 1e6:g}mp")
     return "_".join(parts).replace(".", "p")
-
-
-def _validate(cfg: Dict[str, Any]) -> None:
-    _check_types(cfg, DEFAULTS)
-    if not cfg["name"] or not all(ch.isalnum() or ch in "_-" for ch in cfg["name"]):
-        raise _fail("name", cfg["name"], "is not a non-empty name of letters, digits, '_' or '-'")
-    if cfg["mode"] not in MODES:
-        raise _fail("mode", cfg["mode"], f"is not one of {list(MODES)}")
-    if cfg["mode"] == "recipe_only" and cfg["fixed_arch"] is None:
-        raise _fail("fixed_arch", None, "is required in mode 'recipe_only' (a zoo name, YAML path or arch mapping)")
-    for key in ("seed", "oracle.seed"):
-        if not 0 <= get(cfg, key) <= SEED_MAX:
-            raise _fail(key, get(cfg, key), f"is outside [0, {SEED_MAX}] (2**32 - 1)")
-    if cfg["executor"]["kind"] not in executor_kinds():
-        raise _fail("executor.kind", cfg["executor"]["kind"], f"is not a registered executor kind; registered: "
-                    f"{executor_kinds()}")
-    if not isinstance(cfg["train"], dict):
-        raise _fail("train", cfg["train"], "is not a mapping")
-    for key in ("pool.n", "pool.max_draw_factor", "predictor.pretrain_epochs",
-                "predictor.batch_size", "predictor.refit_batch_size", "predictor.head_hidden",
-                "stage2.rounds", "stage2.m", "stage3.population", "stage3.top_k", "stage3.seeds",
-                "stage3.max_generations", "stage3.patience", "stage3.max_tries"):
-        _positive(cfg, key)
-    for key in ("predictor.refit_frozen_epochs", "predictor.refit_full_epochs"):
-        _positive(cfg, key, 0)
-    for key in ("predictor.pretrain_lr", "predictor.refit_lr", "predictor.refit_full_lr_factor",
-                "predictor.huber_delta"):
-        if get(cfg, key) <= 0:
-            raise _fail(key, get(cfg, key), "is not a positive number")
-    if not all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in cfg["predictor"]["hidden"]) \
-            or not cfg["predictor"]["hidden"]:
-        raise _fail("predictor.hidden", cfg["predictor"]["hidden"], "is not a non-empty list of positive integers")
-    vf = cfg["predictor"]["val_fraction"]
-    if not 0 < vf < 1:
-        raise _fail("predictor.val_fraction", vf, "is outside (0, 1)")
-    if cfg["stage2"]["epochs"] is not None and cfg["stage2"]["epochs"] < 1:
-        raise _fail("stage2.epochs", cfg["stage2"]["epochs"], "is below the minimum 1")
-    es = cfg["stage2"]["early_stop"]
-    if es["method"] not in RANK_METHODS:
-        raise _fail("stage2.early_stop.method", es["method"], f"is not one of {list(RANK_METHODS)}")
-    if not -1 <= es["threshold"] <= 1:
-        raise _fail("stage2.early_stop.threshold", es["threshold"], "is outside [-1, 1]")
-    budget = cfg["stage2"]["rounds"] * cfg["stage2"]["m"]
-    if cfg["pool"]["n"] < budget:
-        raise _fail("pool.n", cfg["pool"]["n"], f"is below stage2.rounds x stage2.m = {budget} (candidates to train)")
-    for key in ("executor.num_cpus_per_candidate", "executor.num_gpus_per_candidate"):
-        if get(cfg, key) < 0:
-            raise _fail(key, get(cfg, key), "is negative")
-    if cfg["stage3"]["top_k"] > cfg["stage3"]["population"]:
-        raise _fail("stage3.top_k", cfg["stage3"]["top_k"], f"exceeds stage3.population ({cfg['stage3']['population']})")
-    for k in ("k1", "k2", "k3", "k4"):
-        if not 0 <= cfg["stage3"][k] <= 1:
-            raise _fail(f"stage3.{k}", cfg["stage3"][k], "is outside [0, 1]")
-    for lo, hi in (("flops_min", "flops_max"), ("params_min", "params_max")):
-        a, b = cfg["pool"][lo], cfg["pool"][hi]
-        for key, v in ((lo, a), (hi, b)):
-            if v is not None and v < 0:
-                raise _fail(f"pool.{key}", v, "is negative")
-        if a is not None and b is not None and a > b:
-            raise SearchConfigError(f"pool.{lo}/{hi}: ({a!r}, {b!r}) is an empty (inverted) range")
-    if not isinstance(cfg["stage3"]["constraints"], list):
-        raise _fail("stage3.constraints", cfg["stage3"]["constraints"], "is not a list")
-    cfg["stage3"]["constraints"] = [parse_constraint(c) for c in cfg["stage3"]["constraints"]]
-    if cfg["flops_convention"] not in CONVENTIONS:
-        raise _fail("flops_convention", cfg["flops_convention"], f"is not one of {sorted(CONVENTIONS)}")
-    if cfg["oracle"]["delay_s"] < 0:
-        raise _fail("oracle.delay_s", cfg["oracle"]["delay_s"], "is negative")
-    if cfg["bench"]["source"] not in ("csv", "nats_bench", "nas_201_api"):
-        raise _fail("bench.source", cfg["bench"]["source"], "is not one of ['csv', 'nats_bench', 'nas_201_api']")
-    if not cfg["bench"]["dataset"]:
-        raise _fail("bench.dataset", cfg["bench"]["dataset"], "is not a dataset name (e.g. cifar10, cifar100)")
-    if cfg["space"] is None:
-        raise _fail("space", None, "is missing: a search config needs a space")
-    # the space and the family validate themselves (ranges, choices, ties, specs it can produce)
-    from .spaces import make_space
-
-    parse_family(cfg["family"])
-    make_space(cfg)
 
 
 # --------------------------------------------------------------------------- overrides
@@ -401,18 +630,16 @@ def read_raw(path: Optional[str]) -> Dict[str, Any]:
     return data
 
 
-def build_config(raw: Mapping[str, Any]) -> Dict[str, Any]:
-    """Validated full config (defaults filled in) from a raw mapping."""
+def build_config(raw: Mapping[str, Any]) -> SearchConfig:
+    """Validated config (defaults filled in) from a raw mapping: ``SearchConfig.from_mapping``."""
     if not isinstance(raw, Mapping):
         raise _fail("config", raw, "is not a mapping")
-    cfg = _merge(DEFAULTS, raw)
-    _validate(cfg)
-    return cfg
+    return SearchConfig.from_mapping(raw)
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
                 constraints: Optional[Sequence[str]] = None, base: Optional[Mapping[str, Any]] = None
-                ) -> Dict[str, Any]:
+                ) -> SearchConfig:
     """Load ``path`` (None: the embedded default; a shipped name like 'cifar10' works too),
     apply dotted ``overrides`` and optional command-line ``constraints``; validate.
     ``base``: start from this config mapping instead of a file (a resumed run's stored config)."""
@@ -423,15 +650,35 @@ def load_config(path: Optional[str] = None, overrides: Sequence[str] = (),
     return build_config(raw)
 
 
-def config_digest(cfg: Mapping[str, Any], sections: Optional[Sequence[str]] = None) -> str:
+def config_digest(cfg: Union[SearchConfig, Mapping[str, Any]], sections: Optional[Sequence[str]] = None) -> str:
     """Digest of what a resumed run must keep: every section that decides what is trained
     (pool, predictor, stage 2, train, space, seed, ...). Placement (executor) and the stage-3
-    sections are left out; ``sections`` digests just those sections instead."""
+    sections are left out; ``sections`` digests just those sections instead. ``cfg``: a
+    SearchConfig or its stored mapping (``to_dict()``), which digest alike."""
+    if isinstance(cfg, SearchConfig):
+        cfg = cfg.to_dict()
     if sections is None:
         d = {k: v for k, v in cfg.items() if k not in PLACEMENT_SECTIONS + STAGE3_SECTIONS}
     else:
         d = {k: cfg.get(k) for k in sections}
     return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def with_defaults(stored: Mapping[str, Any]) -> Dict[str, Any]:
+    """A stored config with every key the schema has gained since the run started filled in
+    with its default (a new key's default keeps what runs did before it existed), so that an
+    older run dir compares equal to today's config and resumes."""
+
+    def fill(node: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> Dict[str, Any]:
+        out = dict(node)
+        for k, default in schema.items():
+            if k not in out:
+                out[k] = copy.deepcopy(default)
+            elif isinstance(default, dict) and default and f"{prefix}{k}" not in _FREE and isinstance(out[k], Mapping):
+                out[k] = fill(out[k], default, f"{prefix}{k}.")
+        return out
+
+    return fill(stored, DEFAULTS, "")
 
 
 def diff_configs(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> List[str]:

@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .config import DEFAULTS, SearchConfigError
+from .config import SearchConfigError, Stage3Config
 from .encoding import Encoder
 from .predictor import Predictor
 from .spaces import Space
@@ -53,14 +53,11 @@ class EvolutionResult:
 
 class AdaptiveGA:
     def __init__(self, space: Space, predictor: Predictor, encoder: Optional[Encoder] = None,
-                 settings: Optional[Mapping[str, Any]] = None) -> None:
+                 settings: Optional[Stage3Config] = None) -> None:
         self.space = space
         self.predictor = predictor
         self.encoder = encoder or Encoder(space)
-        # the stage-3 config's defaults (the mutation itself is the space's)
-        s = {k: v for k, v in DEFAULTS["stage3"].items() if k not in ("constraints", "seeds")}
-        s.update({k: v for k, v in (settings or {}).items() if k in s})
-        self.s = s
+        self.s = settings or Stage3Config()  # the mutation itself is the space's
 
     def _make(self, unit: np.ndarray) -> Individual:
         values = self.space.decode(unit)
@@ -79,7 +76,7 @@ class AdaptiveGA:
             progress: bool = False, desc: str = "stage 3") -> EvolutionResult:
         s = self.s
         rng = np.random.default_rng(seed)
-        K, P = int(s["top_k"]), int(s["population"])
+        K, P = s.top_k, s.population
         pop: Dict[str, Individual] = {}
         rejected = 0
         for u in seeds:
@@ -89,7 +86,7 @@ class AdaptiveGA:
             else:
                 rejected += 1
         tries = 0
-        while len(pop) < K and tries < K * s["max_tries"]:  # fill: mutants of seeds, else random points
+        while len(pop) < K and tries < K * s.max_tries:  # fill: mutants of seeds, else random points
             tries += 1
             if pop and rng.random() < 0.7:
                 parent = list(pop.values())[rng.integers(len(pop))]
@@ -117,25 +114,25 @@ class AdaptiveGA:
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=int(s["max_generations"]), desc=desc, unit="gen", leave=False)
-        for gens in range(1, int(s["max_generations"]) + 1):
+            bar = tqdm(total=s.max_generations, desc=desc, unit="gen", leave=False)
+        for gens in range(1, s.max_generations + 1):
             scores = np.array([i.score for i in population])
             fmax, favg = float(scores.max()), float(scores.mean())
             spread = max(fmax - favg, 1e-12)
             children: List[Individual] = []
             for _ in range(P):
-                for _attempt in range(int(s["max_tries"])):
+                for _attempt in range(s.max_tries):
                     a, b = (population[j] for j in rng.integers(len(population), size=2))
                     a2, b2 = (population[j] for j in rng.integers(len(population), size=2))
                     pa = a if a.score >= a2.score else a2          # binary tournaments
                     pb = b if b.score >= b2.score else b2
                     fprime = max(pa.score, pb.score)
-                    pc = s["k1"] * (fmax - fprime) / spread if fprime >= favg else s["k3"]
+                    pc = s.k1 * (fmax - fprime) / spread if fprime >= favg else s.k3
                     if rng.random() < min(pc, 1.0):
                         u = self.space.crossover(pa.unit, pb.unit, rng)
                     else:
                         u = (pa if pa.score >= pb.score else pb).unit
-                    pm = s["k2"] * (fmax - fprime) / spread if fprime >= favg else s["k4"]
+                    pm = s.k2 * (fmax - fprime) / spread if fprime >= favg else s.k4
                     u = self.space.mutate(u, min(max(pm, 0.0), 1.0), rng)
                     ind = self._make(u)
                     if ind.key in seen:
@@ -152,11 +149,11 @@ class AdaptiveGA:
             best = population[0].score
             gain = best - history[-1]
             history.append(best)
-            stale = stale + 1 if gain < s["tol"] else 0
+            stale = stale + 1 if gain < s.tol else 0
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(best=f"{best:.3f}")
-            if stale >= s["patience"]:
+            if stale >= s.patience:
                 break
         if bar is not None:
             bar.close()

@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -110,13 +110,13 @@ class OracleExecutor(Executor):
 
 
 def make_oracle_executor(space: SearchSpace, values_of: Optional[Callable[[Candidate], dict]] = None,
-                         run_dir: Optional[str] = None, search_config: Optional[Mapping[str, Any]] = None,
+                         run_dir: Optional[str] = None, search_config: Any = None,
                          seed: Optional[int] = None, hidden: Optional[int] = None, noise: Optional[float] = None,
                          delay_s: Optional[float] = None, log_path: Optional[str] = None,
                          **_context: Any) -> OracleExecutor:
     """The ``oracle`` executor kind: settings from the search config's ``oracle:`` section
     (explicit arguments win); every training is logged to ``<run_dir>/oracle_trained.log``."""
-    o = dict((search_config or {}).get("oracle") or {})
+    o = search_config.oracle.to_dict() if search_config is not None else {}
     given = {"seed": seed, "hidden": hidden, "noise": noise, "delay_s": delay_s}
     o.update({k: v for k, v in given.items() if v is not None})
     if log_path is None and run_dir is not None and search_config is not None:

@@ -11,12 +11,12 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from .config import SearchConfigError
+from .config import PoolConfig, SearchConfigError
 from .spaces import RowCostCache, Space
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Pool", "RowCostCache", "build_pool", "in_window", "label", "sobol_points"]
+__all__ = ["Pool", "RowCostCache", "build_pool", "label", "sobol_points"]
 
 
 @dataclass
@@ -52,16 +52,11 @@ def label(space: Space, values: Mapping[str, Any]) -> tuple:
     return space.cost(values)
 
 
-def in_window(flops: float, params: float, window: Mapping[str, Optional[float]]) -> bool:
-    lo, hi = window.get("flops_min"), window.get("flops_max")
-    plo, phi = window.get("params_min"), window.get("params_max")
-    return ((lo is None or flops >= lo) and (hi is None or flops <= hi)
-            and (plo is None or params >= plo) and (phi is None or params <= phi))
-
-
-def build_pool(space: Space, n: int, seed: int, window: Mapping[str, Optional[float]],
+def build_pool(space: Space, n: int, seed: int, window: Optional[PoolConfig] = None,
                max_draw_factor: int = 20, progress: bool = False) -> Pool:
-    """Draw Sobol points in chunks until ``n`` unique candidates fall in ``window``."""
+    """Draw Sobol points in chunks until ``n`` unique candidates fall in ``window`` (the pool
+    section's FLOPs / params bounds; None: no bounds)."""
+    window = window or PoolConfig()
     units, keys, flops, params, vals = [], [], [], [], []
     seen = set()
     drawn = 0
@@ -88,7 +83,7 @@ def build_pool(space: Space, n: int, seed: int, window: Mapping[str, Optional[fl
                     continue
                 seen.add(k)
                 f, p = space.cost(v)
-                if not in_window(f, p, window):
+                if not window.contains(f, p):
                     continue
                 units.append(u)
                 keys.append(k)
@@ -103,7 +98,8 @@ def build_pool(space: Space, n: int, seed: int, window: Mapping[str, Optional[fl
         if bar is not None:
             bar.close()
     if not keys:
-        raise SearchConfigError(f"pool: no candidate of {drawn} drawn falls in the window {dict(window)}; "
+        raise SearchConfigError(f"pool: no candidate of {drawn} drawn falls in the window "
+                                f"{ {k: v for k, v in window.to_dict().items() if k.endswith(('_min', '_max'))} }; "
                                 "widen pool.flops_min/flops_max")
     if len(keys) < n:
         logger.warning("pool: only %d unique candidates in the window after %d draws (asked %d)", len(keys), drawn, n)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import DEFAULTS
+from .config import PredictorConfig
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +95,11 @@ class Predictor:
     """Encoder + proxy head + accuracy head over the space's feature vectors."""
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 256), head_hidden: int = 64,
-                 seed: int = 0, settings: Optional[Dict[str, Any]] = None) -> None:
+                 seed: int = 0, settings: Optional[PredictorConfig] = None) -> None:
         self.in_features = in_features
         self.hidden = list(hidden)
         self.head_hidden = head_hidden
-        self.settings = {**DEFAULTS["predictor"], **(settings or {})}
+        self.settings = settings or PredictorConfig()
         torch.manual_seed(seed)
         self.net = PredictorNet(in_features, self.hidden, head_hidden)
         self.pretrained = False
@@ -107,18 +107,18 @@ class Predictor:
         self.acc_stats = np.array([0.0, 1.0])       # mean/std of accuracy targets
 
     @classmethod
-    def from_config(cls, in_features: int, pcfg: Dict[str, Any], seed: int) -> "Predictor":
-        return cls(in_features, pcfg["hidden"], pcfg["head_hidden"], seed, pcfg)
+    def from_config(cls, in_features: int, pcfg: PredictorConfig, seed: int) -> "Predictor":
+        return cls(in_features, pcfg.hidden, pcfg.head_hidden, seed, pcfg)
 
     # ------------------------------------------------------------------ stage 1
     @_threads
     def pretrain(self, features: np.ndarray, flops: np.ndarray, params: np.ndarray, seed: int,
                  epochs: Optional[int] = None, progress: bool = False) -> FitReport:
         """Encoder + proxy head on (log FLOPs, log params); 80/20 split by default."""
-        epochs = int(epochs if epochs is not None else self.settings["pretrain_epochs"])
-        lr = self.settings["pretrain_lr"]
-        bs = int(self.settings["batch_size"])
-        val_fraction = self.settings["val_fraction"]
+        epochs = int(epochs if epochs is not None else self.settings.pretrain_epochs)
+        lr = self.settings.pretrain_lr
+        bs = int(self.settings.batch_size)
+        val_fraction = self.settings.val_fraction
         g = np.random.default_rng(seed)
         n = len(features)
         order = g.permutation(n)
@@ -132,7 +132,7 @@ class Predictor:
         yt = torch.from_numpy(yn)
         torch.manual_seed(seed)
         params_ = list(self.net.encoder.parameters()) + list(self.net.proxy_head.parameters())
-        opt = torch.optim.Adam(params_, lr=lr, weight_decay=self.settings["weight_decay"])
+        opt = torch.optim.Adam(params_, lr=lr, weight_decay=self.settings.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs))
         self.net.train()
         last = float("nan")
@@ -188,12 +188,12 @@ class Predictor:
     def refit(self, features: np.ndarray, acc: np.ndarray, seed: int,
               frozen_epochs: Optional[int] = None, full_epochs: Optional[int] = None) -> FitReport:
         """Accuracy head (encoder frozen when pretrained), then the whole model at lr x factor."""
-        frozen_epochs = int(frozen_epochs if frozen_epochs is not None else self.settings["refit_frozen_epochs"])
-        full_epochs = int(full_epochs if full_epochs is not None else self.settings["refit_full_epochs"])
-        lr = self.settings["refit_lr"]
-        factor = self.settings["refit_full_lr_factor"]
-        bs = int(self.settings["refit_batch_size"])
-        delta = self.settings["huber_delta"]
+        frozen_epochs = int(frozen_epochs if frozen_epochs is not None else self.settings.refit_frozen_epochs)
+        full_epochs = int(full_epochs if full_epochs is not None else self.settings.refit_full_epochs)
+        lr = self.settings.refit_lr
+        factor = self.settings.refit_full_lr_factor
+        bs = int(self.settings.refit_batch_size)
+        delta = self.settings.huber_delta
         acc = np.asarray(acc, dtype=np.float64)
         mean, std = float(acc.mean()), float(acc.std()) + 1e-6
         if len(acc) < 2 or std < 1e-3:
@@ -216,7 +216,7 @@ class Predictor:
             phases.append((list(self.net.parameters()), lr * factor, full_epochs))
         self.net.train()
         for params_, plr, ep in phases:
-            opt = torch.optim.Adam(params_, lr=plr, weight_decay=self.settings["weight_decay"])
+            opt = torch.optim.Adam(params_, lr=plr, weight_decay=self.settings.weight_decay)
             for _ in range(ep):
                 perm = torch.randperm(len(x), generator=gen)
                 total = 0.0
@@ -253,7 +253,7 @@ class Predictor:
         return buf.getvalue()
 
     @classmethod
-    def from_bytes(cls, blob: bytes, settings: Optional[Dict[str, Any]] = None) -> "Predictor":
+    def from_bytes(cls, blob: bytes, settings: Optional[PredictorConfig] = None) -> "Predictor":
         d = torch.load(io.BytesIO(blob), weights_only=True)
         p = cls(d["in_features"], d["hidden"], d["head_hidden"], 0, settings)
         p.net.load_state_dict(d["state"])
@@ -261,3 +261,26 @@ class Predictor:
         p.proxy_stats = d["proxy_stats"].numpy()
         p.acc_stats = d["acc_stats"].numpy()
         return p
+
+
+def cross_validated_rank_corr(blob: bytes, settings: PredictorConfig, features: np.ndarray, acc: np.ndarray,
+                              folds: int = 5, seed: int = 0) -> Dict[str, Any]:
+    """How well the refit predictor ranks candidates it was not fitted on: ``folds``-fold
+    cross-validation over measured candidates. Each fold refits a copy of ``blob`` (the
+    stage-1 predictor, as stage 2 does) on the other folds and predicts the held-out one; the
+    Spearman / Kendall correlation is over all held-out predictions pooled. Deterministic
+    for a seed (the fold split and each refit derive from it)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    n = len(acc)
+    k = min(int(folds), n)
+    if k < 2 or n < 4:
+        return {"folds": k, "n": n, "spearman": None, "kendall": None, "points": []}
+    parts = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    pred = np.empty(n)
+    for i, held in enumerate(parts):
+        fit = np.setdiff1d(np.arange(n), held)
+        p = Predictor.from_bytes(blob, settings)
+        p.refit(features[fit], acc[fit], seed=seed * 1000 + i)
+        pred[held] = p.predict(features[held])
+    return {"folds": k, "n": n, "spearman": rank_corr(pred, acc, "spearman"),
+            "kendall": rank_corr(pred, acc, "kendall"), "points": [[float(a), float(b)] for a, b in zip(pred, acc)]}

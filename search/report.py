@@ -1,5 +1,8 @@
 """The run report: report.md + report.json and matplotlib plots in the run directory.
 
+``heldout``: the predictor's Spearman on candidates it was not fitted on (the last round, as
+predicted before it trained; a 5-fold cross-validation of the refit over all measured ones).
+
 Plots: proxy-head fit (stage 1), predicted vs measured accuracy (stage 2, predictions made
 before each round trained), rank correlation vs epoch with the chosen early-stop epoch,
 measured candidates per round in accuracy-vs-FLOPs, and the final Pareto front (measured
@@ -19,7 +22,7 @@ from matplotlib.ticker import FormatStrFormatter
 
 from fbnet_zoo.io_utils import atomic_path, atomic_write_text
 
-from .predictor import rank_corr
+from .predictor import cross_validated_rank_corr, rank_corr
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,30 @@ def zoo_reference(num_classes: int, convention: str = "fvcore") -> List[Dict[str
             continue
         cx = complexity(spec, None, num_classes, convention)
         out.append({"name": name, "flops": cx.flops, "params": cx.params, "paper_top1": top1})
+    return out
+
+
+HELDOUT_FOLDS = 5
+
+
+def heldout_rank_corr(run, measured: List[Dict[str, Any]], epoch: int, pred_vs_meas: List[tuple]) -> Dict[str, Any]:
+    """How well the predictor ranks candidates it was not fitted on, two ways: ``last_round``:
+    the last round's candidates, predicted by the previous round's refit before they trained
+    (few, and chosen by that predictor, so a narrow range); ``cross_validated``: every measured
+    candidate held out once in a k-fold cross-validation of the stage-2 refit (from the stage-1
+    predictor, as stage 2 refits)."""
+    out: Dict[str, Any] = {"last_round": None, "cross_validated": None}
+    if pred_vs_meas:
+        last = max(p[2] for p in pred_vs_meas)
+        pts = [p for p in pred_vs_meas if p[2] == last]
+        out["last_round"] = {"round": last, "n": len(pts),
+                             "spearman": rank_corr([p[0] for p in pts], [p[1] for p in pts]) if len(pts) > 2 else None}
+    blob = run.store.load_checkpoint("stage1")
+    if blob is not None and len(measured) >= 2 * HELDOUT_FOLDS:
+        x = run.encoder.encode_units(np.stack([run.space.unit_of(c["values"]) for c in measured]))
+        y = np.array([run._target(c, epoch) for c in measured])
+        out["cross_validated"] = cross_validated_rank_corr(blob, run.cfg.predictor, x, y, HELDOUT_FOLDS,
+                                                           seed=run.seed)
     return out
 
 
@@ -91,16 +118,16 @@ def collect(run) -> Dict[str, Any]:
     pred_vs_meas = [(c["predicted"], run._target(c, e), c["round"]) for c in measured if c["predicted"] is not None]
     pvm_corr = rank_corr([p[0] for p in pred_vs_meas], [p[1] for p in pred_vs_meas]) if len(pred_vs_meas) > 2 else None
     es = prog.get("early_stop", {}).get("info", {})
-    train = run.cfg["train"]
     if run.space.zoo_archs:
         arch, recipe = run.space.decode_point(run.space.extreme_point(False), "task")
-        task = {"dataset": train.get("dataset", "embedded"), "train_classes": train.get("num_classes"),
+        train = run.cfg.train_settings()
+        task = {"dataset": train.dataset, "train_classes": train.num_classes,
                 "num_classes": run.space.num_classes, "resolution": recipe.resolution or arch.input_size}
     else:  # a space of benchmark cells: the task is the table's dataset
-        task = {"dataset": f"table:{run.cfg['bench']['dataset']}", "train_classes": None,
+        task = {"dataset": f"table:{run.cfg.bench.dataset}", "train_classes": None,
                 "num_classes": run.space.num_classes, "resolution": getattr(run.space, "input_size", None)}
     return {
-        "run": run.run, "run_dir": run.run_dir, "mode": run.cfg["mode"], "seed": run.seed,
+        "run": run.run, "run_dir": run.run_dir, "mode": run.cfg.mode, "seed": run.seed,
         "space": run.space.describe(), "task": task,
         "stage1": {k: v for k, v in stage1.items() if k != "samples"},
         "stage1_samples": stage1.get("samples", {}),
@@ -108,6 +135,7 @@ def collect(run) -> Dict[str, Any]:
         "target_epoch": e,
         "rounds": [rounds[k] for k in sorted(rounds)],
         "predicted_vs_measured": {"points": pred_vs_meas, "spearman": pvm_corr},
+        "heldout": heldout_rank_corr(run, measured, e, pred_vs_meas),
         "candidates": [{"key": c["key"], "round": c["round"], "status": c["status"], "flops": c["flops"],
                         "params": c["params"], "predicted": c["predicted"], "top1": c["top1"],
                         "target": run._target(c, e) if c["status"] == "ok" and c["top1"] else None,
@@ -278,6 +306,7 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     L += ["## Stage 2: rounds", "",
           f"{es_line}; predictor Spearman (predicted before training vs measured): "
           f"{fmt_dec(data['predicted_vs_measured']['spearman'])}", "",
+          *_heldout_md(data["heldout"]),
           "| round | candidates | ok | failed | retryable | best top-1 | train s |", "|---|---|---|---|---|---|---|"]
     for r in data["rounds"]:
         L.append(f"| {r['round']} | {r['candidates']} | {r['ok']} | {r['failed']} | {r.get('retryable', 0)} | "
@@ -302,6 +331,23 @@ def _md(data: Dict[str, Any], plots: List[str], outputs: Optional[List[Dict[str,
     if plots:
         L += ["", "## Plots", ""] + [f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots]
     return "\n".join(L) + "\n"
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "-" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+
+def _heldout_md(h: Dict[str, Any]) -> List[str]:
+    L = ["Predictor ranking of held-out candidates (Spearman):", ""]
+    lr, cv = h.get("last_round"), h.get("cross_validated")
+    if lr:
+        L.append(f"- last round ({lr['n']} candidates of round {lr['round']}, predicted before they trained): "
+                 f"{_fmt(lr['spearman'])}")
+    if cv:
+        L.append(f"- {cv['folds']}-fold cross-validation of the refit over all {cv['n']} measured candidates "
+                 f"(each predicted by a refit that never saw it): {_fmt(cv['spearman'])} "
+                 f"(Kendall {_fmt(cv['kendall'])})")
+    return L + [""] if len(L) > 2 else []
 
 
 def write_report(run, outputs: Optional[List[Dict[str, Any]]] = None, plots: bool = True) -> Dict[str, str]:

@@ -29,20 +29,18 @@ import numpy as np
 
 from fbnet_zoo.io_utils import output_file
 from fbnet_zoo.training.recipe import Recipe
-from fbnet_zoo.training.settings import TrainSettings
 
 from .candidate import Candidate, TrainResult
-from .config import (PLACEMENT_SECTIONS, STAGE3_SECTIONS, SearchConfigError, SearchRunError, config_digest,
-                     constraint_label, diff_configs)
+from .config import (PLACEMENT_SECTIONS, STAGE3_SECTIONS, SearchConfig, SearchConfigError, SearchRunError,
+                     config_digest, constraint_label, diff_configs, with_defaults)
 from .early_stop import select_early_stop_epoch
 from .encoding import Encoder
 from .evolution import AdaptiveGA, satisfies
 from .executors import RETRYABLE, ExecutorError, make_executor
-from .family import parse_family
 from .pool import Pool, build_pool
 from .predictor import Predictor, rank_corr
 from .report import write_report
-from .spaces import Space, make_space
+from .spaces import Space
 from .store import DB_NAME, RunLock, RunStore
 
 logger = logging.getLogger(__name__)
@@ -64,18 +62,17 @@ def constraint_text(c: Mapping[str, float]) -> str:
     return "&".join(f"{k}<={v:g}" for k, v in c.items())
 
 
-def make_executor_for(cfg: Mapping[str, Any], space: Space, run_dir: str,
+def make_executor_for(cfg: SearchConfig, space: Space, run_dir: str,
                       values_of: Callable[[Candidate], dict], kind: Optional[str] = None,
                       ray_address: Optional[str] = None, **opts: Any):
     """The executor named by ``kind`` (default: the config's), through the executor registry:
     every registered kind gets the same arguments and the search's context."""
-    kind = kind or cfg["executor"]["kind"]
-    ex = cfg["executor"]
+    ex = cfg.executor
     try:
-        return make_executor(kind=kind, train=dict(cfg["train"]), run_dir=run_dir,
-                             ray_address=ray_address or ex.get("ray_address"),
-                             num_cpus_per_candidate=ex["num_cpus_per_candidate"],
-                             num_gpus_per_candidate=ex["num_gpus_per_candidate"], max_retries=ex["max_retries"],
+        return make_executor(kind=kind or ex.kind, train=dict(cfg.train), run_dir=run_dir,
+                             ray_address=ray_address or ex.ray_address,
+                             num_cpus_per_candidate=ex.num_cpus_per_candidate,
+                             num_gpus_per_candidate=ex.num_gpus_per_candidate, max_retries=ex.max_retries,
                              space=space, values_of=values_of, search_config=cfg, **opts)
     except SearchConfigError:
         raise
@@ -100,7 +97,7 @@ def stored_config(run_dir: str) -> Dict[str, Any]:
 class SearchRun:
     """One run directory: open (new or resumed), then ``stage1()``, ``stage2()``, ``stage3()``."""
 
-    def __init__(self, cfg: Optional[Dict[str, Any]], run_dir: str, resume: bool = False,
+    def __init__(self, cfg: Optional[SearchConfig], run_dir: str, resume: bool = False,
                  progress: bool = False, executor: Any = None, executor_kind: Optional[str] = None,
                  ray_address: Optional[str] = None) -> None:
         self.run_dir = run_dir
@@ -123,7 +120,7 @@ class SearchRun:
             raise SearchConfigError(f"run dir {run_dir!r}: cannot create it ({e})") from None
         self.lock = RunLock(run_dir)  # before reading the store: its holder may be writing it
         try:
-            self._stage3_update: Optional[Dict[str, Any]] = None
+            self._stage3_update: Optional[Dict[str, Any]] = None  # the stored config with new stage-3 sections
             if exists:
                 self.store = RunStore(run_dir, create=False)
                 cfg = self._resumed_config(cfg)
@@ -142,36 +139,40 @@ class SearchRun:
                     pass
             raise
 
-    def _resumed_config(self, cfg: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """The stored config, with the caller's placement and stage-3 sections when given:
-        those may change on resume; a change anywhere else would invalidate finished training."""
+    def _resumed_config(self, cfg: Optional[SearchConfig]) -> SearchConfig:
+        """The stored config, or the caller's when it differs only in placement and stage-3
+        sections: those may change on resume; a change anywhere else would invalidate finished
+        training."""
         stored = self.store.get_meta("config")
         if stored is None:
             raise SearchConfigError(f"--resume: {self.run_dir!r} holds no config (the run never started)")
+        stored = with_defaults(stored)  # a run dir older than a key runs as that key's default
         if cfg is None:
-            return stored
-        if config_digest(cfg) != config_digest(stored):
-            fixed = [k for k in set(stored) | set(cfg) if k not in PLACEMENT_SECTIONS + STAGE3_SECTIONS]
-            diffs = diff_configs({k: stored.get(k) for k in fixed}, {k: cfg.get(k) for k in fixed})
+            return SearchConfig.from_mapping(stored)
+        given = cfg.to_dict()
+        if config_digest(given) != config_digest(stored):
+            fixed = [k for k in set(stored) | set(given) if k not in PLACEMENT_SECTIONS + STAGE3_SECTIONS]
+            diffs = diff_configs({k: stored.get(k) for k in fixed}, {k: given.get(k) for k in fixed})
             raise SearchConfigError(
                 f"--resume: {self.run_dir!r} was started with a different config ({len(diffs)} differences in "
                 "sections that decide what is trained: " + "; ".join(diffs[:5]) + (" ..." if len(diffs) > 5 else "")
                 + f"); only {list(PLACEMENT_SECTIONS + STAGE3_SECTIONS)} may change on resume")
-        changed = diff_configs({k: stored.get(k) for k in STAGE3_SECTIONS}, {k: cfg.get(k) for k in STAGE3_SECTIONS})
+        changed = diff_configs({k: stored.get(k) for k in STAGE3_SECTIONS}, {k: given[k] for k in STAGE3_SECTIONS})
         if changed:  # the run dir keeps the stage-3 settings its outputs were made with
             logger.info("resume with changed stage-3 settings: %s", "; ".join(changed))
-            self._stage3_update = dict(stored, **{k: cfg[k] for k in STAGE3_SECTIONS})
-        return dict(stored, **{k: cfg[k] for k in PLACEMENT_SECTIONS + STAGE3_SECTIONS})
+            self._stage3_update = dict(stored, **{k: given[k] for k in STAGE3_SECTIONS})
+        # every other section equals the stored one (same digest): the caller's config, and its space, go on
+        return cfg
 
-    def _open(self, cfg: Dict[str, Any], progress: bool, executor: Any, executor_kind: Optional[str],
+    def _open(self, cfg: SearchConfig, progress: bool, executor: Any, executor_kind: Optional[str],
               ray_address: Optional[str]) -> None:
         run_dir = self.run_dir
         self.cfg = cfg
-        self.seed = int(cfg["seed"])
+        self.seed = cfg.seed
         self.progress = progress
-        self.space = make_space(cfg)
+        self.space = cfg.search_space  # built once, when the config was validated
         self.encoder = Encoder(self.space)
-        self.constraints = list(cfg["stage3"]["constraints"])
+        self.constraints = list(cfg.stage3.constraints)
         self._executor = executor
         self._executor_kind = executor_kind
         self._ray_address = ray_address
@@ -179,24 +180,21 @@ class SearchRun:
         self._values: Dict[str, dict] = {}
         # everything that can be wrong with the input fails here, before the run dir is written
         self.check_constraints()
-        kind = executor_kind or cfg["executor"]["kind"]
+        kind = executor_kind or cfg.executor.kind
         if kind in ("table", "oracle") and self.space.kind != {"table": "nas_bench_201", "oracle": "fbnet"}[kind]:
             raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
         if executor is None:
-            try:
-                TrainSettings.from_dict(cfg["train"])
-            except ValueError as e:
-                raise SearchConfigError(f"train: {e}") from None
+            cfg.train_settings()
         if self.store is None:
             self.store = RunStore(run_dir)
-            self.store.set_meta(config=cfg, digest=config_digest(cfg), seed=cfg["seed"],
+            self.store.set_meta(config=cfg.to_dict(), digest=config_digest(cfg), seed=cfg.seed,
                                 pool_seed=self._pool_seed(cfg), created=time.time(), version=STORE_VERSION,
                                 run_name=run_name(run_dir))
         self.run = self.store.get_meta("run_name") or run_name(run_dir)
 
     @staticmethod
-    def _pool_seed(cfg: Mapping[str, Any]) -> int:
-        return int(cfg["seed"]) * 7919 + 1
+    def _pool_seed(cfg: SearchConfig) -> int:
+        return cfg.seed * 7919 + 1
 
     # ------------------------------------------------------------------ checks before training
     def check_constraints(self) -> None:
@@ -273,8 +271,8 @@ class SearchRun:
     # ------------------------------------------------------------------ stage 1
     def build_pool(self) -> Pool:
         if self.pool is None:
-            p = self.cfg["pool"]
-            self.pool = build_pool(self.space, p["n"], self._pool_seed(self.cfg), p, p["max_draw_factor"],
+            p = self.cfg.pool
+            self.pool = build_pool(self.space, p.n, self._pool_seed(self.cfg), p, p.max_draw_factor,
                                    progress=self.progress)
             self.pool_features = self.encoder.encode_units(self.pool.units)
             import hashlib
@@ -293,13 +291,13 @@ class SearchRun:
         pool = self.build_pool()
         blob = self.store.load_checkpoint("stage1")
         if blob is not None:
-            return Predictor.from_bytes(blob, self.cfg["predictor"])
+            return Predictor.from_bytes(blob, self.cfg.predictor)
         t0 = time.perf_counter()
-        pcfg = self.cfg["predictor"]
+        pcfg = self.cfg.predictor
         pred = Predictor.from_config(self.encoder.width, pcfg, self.seed)
-        info: Dict[str, Any] = {"pool_size": len(pool), "pool_drawn": pool.drawn, "pretrained": pcfg["pretrain"],
+        info: Dict[str, Any] = {"pool_size": len(pool), "pool_drawn": pool.drawn, "pretrained": pcfg.pretrain,
                                 "flops_range": [float(pool.flops.min()), float(pool.flops.max())]}
-        if pcfg["pretrain"]:
+        if pcfg.pretrain:
             rep = pred.pretrain(self.pool_features, pool.flops, pool.params, seed=self.seed + 11,
                                 progress=self.progress)
             info.update(rep.to_dict())
@@ -310,7 +308,7 @@ class SearchRun:
 
     # ------------------------------------------------------------------ stage 2
     def _full_epochs(self) -> int:
-        return int(self.cfg["stage2"]["epochs"] or self.space.full_epochs)
+        return int(self.cfg.stage2.epochs or self.space.full_epochs)
 
     def _entry(self, key: str, values: dict, predicted: Optional[float]) -> Dict[str, Any]:
         cand = self.space.candidate(key, values, name=f"cand_{key}").to_dict()
@@ -332,7 +330,7 @@ class SearchRun:
 
     def _select(self, rnd: int, pred: Predictor) -> None:
         pool = self.build_pool()
-        m = int(self.cfg["stage2"]["m"])
+        m = self.cfg.stage2.m
         known = self.store.known_keys()
         if rnd == 1:
             order = list(range(len(pool)))
@@ -405,7 +403,7 @@ class SearchRun:
                 + "); the search stops, nothing is published")
 
     def _refit(self, rnd: int) -> Predictor:
-        base = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
+        base = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg.predictor)
         e = self.target_epoch()
         rows = [r for r in self.store.candidates(status="ok") if r["round"] <= rnd]
         info: Dict[str, Any] = {"round": rnd, "samples": len(rows), "epoch": e}
@@ -423,12 +421,12 @@ class SearchRun:
         if self.store.load_checkpoint("stage1") is None:
             raise SearchConfigError("stage 2 needs stage 1's predictor: run stage 1 first")
         self.build_pool()
-        rounds = int(self.cfg["stage2"]["rounds"])
-        pred = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg["predictor"])
+        rounds = self.cfg.stage2.rounds
+        pred = Predictor.from_bytes(self.store.load_checkpoint("stage1"), self.cfg.predictor)
         for rnd in range(1, rounds + 1):
             ck = self.store.load_checkpoint(f"round{rnd}")
             if ck is not None:
-                pred = Predictor.from_bytes(ck, self.cfg["predictor"])
+                pred = Predictor.from_bytes(ck, self.cfg.predictor)
                 continue
             if self.store.get_round(rnd) is None:
                 self._select(rnd, pred)
@@ -444,33 +442,33 @@ class SearchRun:
         return pred
 
     def _choose_early_stop(self) -> None:
-        es = self.cfg["stage2"]["early_stop"]
+        es = self.cfg.stage2.early_stop
         rows = self.store.candidates(rnd=1, status="ok")
         full = self._full_epochs()
         curves = [r["top1"] for r in rows if len(r["top1"]) >= full]
-        if es["enabled"] and rows and all(len(r["top1"]) <= 1 for r in rows):
+        if es.enabled and rows and all(len(r["top1"]) <= 1 for r in rows):
             # a table (or any executor reporting final accuracies only): nothing to calibrate on
             self.store.set_progress("early_stop", "done", {
-                "epoch": full, "full_epochs": full, "method": es["method"], "threshold": es["threshold"],
+                "epoch": full, "full_epochs": full, "method": es.method, "threshold": es.threshold,
                 "correlations": [], "curves": 0,
                 "skipped": "no learning curves: the executor reports final accuracies only"})
             return
-        if es["enabled"]:
-            e, corrs = select_early_stop_epoch(curves, es["threshold"], es["method"])
+        if es.enabled:
+            e, corrs = select_early_stop_epoch(curves, es.threshold, es.method)
             e = e or full
         else:
             e, corrs = full, []
-        self.store.set_progress("early_stop", "done", {"epoch": e, "full_epochs": full, "method": es["method"],
-                                                       "threshold": es["threshold"], "correlations": corrs,
+        self.store.set_progress("early_stop", "done", {"epoch": e, "full_epochs": full, "method": es.method,
+                                                       "threshold": es.threshold, "correlations": corrs,
                                                        "curves": len(curves)})
 
     # ------------------------------------------------------------------ stage 3
     def final_predictor(self) -> Predictor:
-        rounds = int(self.cfg["stage2"]["rounds"])
+        rounds = self.cfg.stage2.rounds
         blob = self.store.load_checkpoint(f"round{rounds}")
         if blob is None:
             raise SearchConfigError("stage 3 needs stage 2's final predictor: run stage 2 first")
-        return Predictor.from_bytes(blob, self.cfg["predictor"])
+        return Predictor.from_bytes(blob, self.cfg.predictor)
 
     def stage3(self) -> Dict[str, Dict[str, Any]]:
         pred = self.final_predictor()
@@ -479,7 +477,7 @@ class SearchRun:
         measured = [r for r in self.store.candidates(status="ok")]
         if not measured:
             raise SearchRunError("stage 3: no candidate was measured in stage 2; nothing to search from or publish")
-        s3 = self.cfg["stage3"]
+        s3 = self.cfg.stage3
         s3_digest = config_digest(self.cfg, ["stage3"])
         ga = AdaptiveGA(self.space, pred, self.encoder, s3)
         pool_scores = pred.predict(self.pool_features)
@@ -493,9 +491,9 @@ class SearchRun:
             t0 = time.perf_counter()
             ok_measured = sorted((r for r in measured if satisfies(r["flops"], r["params"], c)),
                                  key=lambda r: (-self._target(r, e), r["key"]))
-            seeds = [self.space.unit_of(r["values"]) for r in ok_measured[: s3["seeds"]]]
+            seeds = [self.space.unit_of(r["values"]) for r in ok_measured[: s3.seeds]]
             fits = [i for i in np.argsort(-pool_scores, kind="stable")
-                    if satisfies(pool.flops[i], pool.params[i], c)][: max(0, s3["seeds"] - len(seeds))]
+                    if satisfies(pool.flops[i], pool.params[i], c)][: max(0, s3.seeds - len(seeds))]
             seeds += [pool.units[i] for i in fits]
             res = ga.run(c, seeds, seed=self.seed * 7 + ci, progress=self.progress, desc=f"stage 3: {label}")
             best = res.best
@@ -533,7 +531,7 @@ class SearchRun:
             recipe = Recipe.from_dict(data["recipe"])
             winners.append((data["flops"], arch, recipe, data))
         members = [(a, r, "searched", d["label"]) for _, a, r, d in winners]
-        family = parse_family(self.cfg["family"])
+        family = self.cfg.family.derived
         if family is not None:
             members += family.derive([(f, a, r, d["label"]) for f, a, r, d in winners])
         from fbnet_zoo.complexity import complexity
@@ -560,7 +558,7 @@ class SearchRun:
         return written
 
 
-def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = False,
+def run_search(cfg: Optional[SearchConfig], run_dir: str, *, resume: bool = False,
                stages: Sequence[int] = (1, 2, 3), progress: bool = False, executor: Any = None,
                executor_kind: Optional[str] = None, ray_address: Optional[str] = None,
                install_dir: Optional[str] = None, report: bool = True) -> Dict[str, Any]:
@@ -584,7 +582,7 @@ def run_search(cfg: Optional[Dict[str, Any]], run_dir: str, *, resume: bool = Fa
             t0 = time.perf_counter()
             results = run.stage3()
             summary["results"] = results
-            summary["outputs"] = run.write_outputs(results, install_dir or run.cfg["output"]["install_dir"])
+            summary["outputs"] = run.write_outputs(results, install_dir or run.cfg.output.install_dir)
             timings["stage3"] = time.perf_counter() - t0
         summary["timings"] = timings
         if report:

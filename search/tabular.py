@@ -24,8 +24,9 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from fbnet_zoo.errors import SearchConfigError
+
 from .candidate import Candidate, TrainResult
-from .config import SearchConfigError
 from .executors import Executor
 
 logger = logging.getLogger(__name__)
@@ -141,12 +142,12 @@ class Table:
         return cls.from_official(table, dataset, source)
 
 
-def make_table_executor(run_dir: Optional[str] = None, search_config: Optional[Mapping[str, Any]] = None,
+def make_table_executor(run_dir: Optional[str] = None, search_config: Any = None,
                         table: Optional[str] = None, dataset: Optional[str] = None, source: Optional[str] = None,
                         log_path: Optional[str] = None, **_context: Any) -> "TableExecutor":
     """The ``table`` executor kind: settings from the search config's ``bench:`` section
     (explicit arguments win); every look-up is logged to ``<run_dir>/table_queries.log``."""
-    b = dict((search_config or {}).get("bench") or {})
+    b = search_config.bench.to_dict() if search_config is not None else {}
     given = {"table": table, "dataset": dataset, "source": source}
     b.update({k: v for k, v in given.items() if v is not None})
     if "dataset" not in b:

@@ -72,10 +72,9 @@ def test_make_executor_validates_and_dispatches(tmp_path):
 def test_oracle_kind_is_found_lazily(tmp_path):
     from fbnet_zoo.search.config import load_config
     from fbnet_zoo.search.oracle import OracleExecutor
-    from fbnet_zoo.search.space import SearchSpace
 
     cfg = load_config(None)
-    ex = make_executor("oracle", cfg["train"], str(tmp_path), space=SearchSpace.from_config(cfg), seed=1,
+    ex = make_executor("oracle", cfg.train, str(tmp_path), space=cfg.search_space, seed=1,
                        values_of=lambda c: None)
     assert isinstance(ex, OracleExecutor) and ex.oracle.seed == 1
 

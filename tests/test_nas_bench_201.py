@@ -16,7 +16,7 @@ from fbnet_zoo.search.baselines import (NARSSettings, QueryLog, TabularSpace, be
 from fbnet_zoo.search.config import SearchConfigError, load_config
 from fbnet_zoo.search.pool import build_pool
 from fbnet_zoo.search.runner import run_search
-from fbnet_zoo.search.spaces import NASBench201Space, make_space
+from fbnet_zoo.search.spaces import NASBench201Space
 from fbnet_zoo.search.spaces.nas_bench_201 import (OPS, CellArchError, CellNetwork, all_archs, format_arch,
                                                    parse_arch)
 from fbnet_zoo.search.store import RunStore
@@ -33,7 +33,7 @@ def c10():
 
 @pytest.fixture(scope="module")
 def tab10(c10):
-    space = make_space(load_config("nas_bench_201"))
+    space = load_config("nas_bench_201").search_space
     return TabularSpace(space, space.arch_of, dict(zip(c10.archs, c10.acc)))
 
 
@@ -77,7 +77,7 @@ def test_official_benchmark_files_through_nats_bench():
 
 # ---------------------------------------------------------------------------- arch strings
 def test_arch_strings_round_trip_exactly_as_the_benchmark_writes_them(c10):
-    space = make_space(load_config("nas_bench_201"))
+    space = load_config("nas_bench_201").search_space
     for arch in c10.archs:
         assert format_arch(parse_arch(arch)) == arch
     for arch in c10.archs[:500]:
@@ -192,7 +192,7 @@ def test_table_executor_run_is_counted_stored_and_resumes_after_a_kill(tmp_path,
 def test_table_executor_needs_the_cell_space_and_cifar100_sizes_the_classifier(tmp_path):
     with pytest.raises(SearchConfigError, match="does not serve space.kind 'fbnet'"):
         run_search(load_config("default", ["executor.kind=table"]), str(tmp_path / "x"))
-    assert make_space(load_config("nas_bench_201", ["bench.dataset=cifar100"])).num_classes == 100
+    assert load_config("nas_bench_201", ["bench.dataset=cifar100"]).search_space.num_classes == 100
     with pytest.raises(SearchConfigError, match="space.num_classes: None is needed"):
         load_config("nas_bench_201", ["bench.dataset=svhn"])
 
@@ -212,7 +212,7 @@ def test_queries_are_counted_once_per_architecture(tab10):
 
 
 def test_nars_pool_is_the_searchs_sobol_pool_and_budgets_share_their_prefix(tab10):
-    pool = build_pool(tab10.space, 300, seed=4, window={})
+    pool = build_pool(tab10.space, 300, seed=4, window=None)
     ids = sobol_pool(tab10, 300, seed=4)
     assert [tab10.names[i] for i in ids] == [tab10.space.arch_of(v) for v in pool.values]
     settings = NARSSettings(pool_n=2048, m=6, predictor={"hidden": [32], "head_hidden": 16, "pretrain_epochs": 2,

@@ -10,7 +10,6 @@ from fbnet_zoo.search.config import SearchConfigError, load_config
 from fbnet_zoo.search.family import parse_family
 from fbnet_zoo.search.pool import RowCostCache, sobol_points
 from fbnet_zoo.training.recipe import Recipe
-from fbnet_zoo.search.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +19,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def space(cfg):
-    return SearchSpace.from_config(cfg)
+    return cfg.search_space
 
 
 def _channels_dim(space, block):
@@ -83,17 +82,17 @@ def test_fbnetv3_e_stage4_is_in_the_space(space):
 
 
 def test_imagenet_search_counts_flops_as_the_paper(cfg, space):
-    assert cfg["flops_convention"] == "paper" and space.flops_convention == "paper"
+    assert cfg.flops_convention == "paper" and space.flops_convention == "paper"
     arch = space.build_arch(space.decode(np.full(space.ndim, 0.3)))
     assert RowCostCache("paper").cost(arch, 1000)[0] == count_flops(arch, convention="paper")
     assert RowCostCache("paper").cost(arch, 1000)[0] < RowCostCache().cost(arch, 1000)[0]
-    assert load_config("default")["flops_convention"] == "fvcore"
+    assert load_config("default").flops_convention == "fvcore"
     with pytest.raises(SearchConfigError, match=r"flops_convention: 'mobile_cv' is not one of \['fvcore', 'paper'\]"):
         load_config("imagenet_fbnetv3", ["flops_convention=mobile_cv"])
 
 
 def test_family_section_derives_a_f_g_from_any_winners(cfg):
-    family = parse_family(cfg["family"])
+    family = cfg.family.derived
     b, e = get_spec("FBNetV3-B"), get_spec("FBNetV3-E")
     recipe = Recipe(drop_path=0.05, resolution=248)
     winners = [(count_flops(e, convention="paper"), e, recipe.replace(resolution=264), "750m"),
@@ -128,14 +127,14 @@ def test_recipe_only_config_has_the_papers_settings_and_runs(tmp_path):
     from fbnet_zoo.search.runner import run_search
 
     cfg = load_config("imagenet_recipe_only")
-    assert (cfg["mode"], cfg["pool"]["n"], cfg["stage2"]["m"], cfg["stage2"]["rounds"]) == ("recipe_only", 20000, 48, 4)
-    assert cfg["flops_convention"] == "paper"
-    space = SearchSpace.from_config(cfg)
+    assert (cfg.mode, cfg.pool.n, cfg.stage2.m, cfg.stage2.rounds) == ("recipe_only", 20000, 48, 4)
+    assert cfg.flops_convention == "paper"
+    space = cfg.search_space
     assert all(d.name.startswith("recipe.") for d in space.dims)
     assert space.base_recipe.epochs == 150 and space.base_recipe.lr_decay == 0.963
     # the one constraint admits every searched resolution of the fixed arch
     top = max(space.dims[0].values()) if space.dims[0].name == "recipe.resolution" else None
-    assert top == 272 and count_flops("FBNetV3-B", top, convention="paper") <= cfg["stage3"]["constraints"][0]["flops"]
+    assert top == 272 and count_flops("FBNetV3-B", top, convention="paper") <= cfg.stage3.constraints[0]["flops"]
     small = load_config("imagenet_recipe_only", [
         "executor.kind=oracle", "pool.n=256", "stage2.rounds=2", "stage2.m=4", "stage3.population=16",
         "stage3.top_k=8", "stage3.max_generations=5", "predictor.pretrain_epochs=2",

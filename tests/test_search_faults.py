@@ -67,7 +67,7 @@ register_executor("test_all_fail", _AllFail, overwrite=True)
 def test_seeds_outside_32_bits_are_refused_at_config_time(key, value):
     with pytest.raises(SearchConfigError, match=rf"^{key}: {value} is outside \[0, 4294967295\]"):
         load_config("default", [f"{key}={value}"])
-    assert load_config("default", [f"seed={2 ** 32 - 1}"])["seed"] == 2 ** 32 - 1
+    assert load_config("default", [f"seed={2 ** 32 - 1}"]).seed == 2 ** 32 - 1
 
 
 def test_a_config_that_is_not_utf8_is_a_config_error_naming_the_file(tmp_path):

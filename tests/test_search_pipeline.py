@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fbnet_zoo import build_model, count_flops
-from fbnet_zoo.search.config import SearchConfigError, load_config
+from fbnet_zoo.search.config import PredictorConfig, SearchConfigError, Stage3Config, load_config
 from fbnet_zoo.search.early_stop import rank_corr_by_epoch, select_early_stop_epoch
 from fbnet_zoo.search.encoding import Encoder
 from fbnet_zoo.search.evolution import AdaptiveGA
@@ -12,7 +12,6 @@ from fbnet_zoo.search.oracle import Oracle
 from fbnet_zoo.search.pool import build_pool
 from fbnet_zoo.search.predictor import Predictor, rank_corr
 from fbnet_zoo.search.runner import SearchRun, run_search
-from fbnet_zoo.search.space import SearchSpace
 from fbnet_zoo.search.store import RunStore
 
 ORACLE = ["executor.kind=oracle", "family.enabled=false"]
@@ -43,15 +42,15 @@ def test_early_stop_picks_the_first_epoch_whose_ranking_matches_the_final_one():
 # ---------------------------------------------------------------------------- predictor
 @pytest.fixture(scope="module")
 def default_space():
-    return SearchSpace.from_config(load_config("default"))
+    return load_config("default").search_space
 
 
 def test_predictor_pretraining_learns_flops_and_refits_deterministically(default_space):
     space = default_space
     enc = Encoder(space)
-    pool = build_pool(space, 512, seed=0, window={})
+    pool = build_pool(space, 512, seed=0, window=None)
     x = enc.encode_units(pool.units)
-    p = Predictor(enc.width, [64, 64], 32, seed=0, settings={"batch_size": 64})
+    p = Predictor(enc.width, [64, 64], 32, seed=0, settings=PredictorConfig(batch_size=64))
     rep = p.pretrain(x, pool.flops, pool.params, seed=1, epochs=30)
     assert rep.val_rank_corr["flops"] > 0.9 and rep.val_rank_corr["params"] > 0.9
     assert rep.val_mse < 0.2
@@ -77,11 +76,11 @@ def test_adaptive_ga_only_returns_candidates_meeting_the_constraint(default_spac
     space = default_space
     enc = Encoder(space)
     p = Predictor(enc.width, [32], 16, seed=0)
-    pool = build_pool(space, 128, seed=0, window={})
+    pool = build_pool(space, 128, seed=0, window=None)
     oracle = Oracle(space, seed=0)
     y = np.array([oracle.final_top1(v) for v in pool.values])
     p.refit(enc.encode_units(pool.units), y, seed=0, frozen_epochs=30, full_epochs=0)
-    ga = AdaptiveGA(space, p, enc, {"population": 24, "top_k": 12, "max_generations": 15, "patience": 4})
+    ga = AdaptiveGA(space, p, enc, Stage3Config(population=24, top_k=12, max_generations=15, patience=4))
     for bound in (0.5e6, 1.0e6):
         res = ga.run({"flops": bound}, list(pool.units[:8]), seed=1)
         assert res.population and all(ind.flops <= bound for ind in res.population)
@@ -112,10 +111,10 @@ def test_full_pipeline_beats_random_search_with_the_same_budget(tmp_path):
         summary = run_search(cfg, str(tmp_path / f"run{seed}"), report=False)
         winner = next(iter(summary["results"].values()))
         assert winner["flops"] <= bound
-        space = SearchSpace.from_config(cfg)
-        oracle = Oracle(space, seed, cfg["oracle"]["hidden"], cfg["oracle"]["noise"])
+        space = cfg.search_space
+        oracle = Oracle(space, seed, cfg.oracle.hidden, cfg.oracle.noise)
         found = oracle.final_top1(winner["values"])
-        budget = cfg["stage2"]["rounds"] * cfg["stage2"]["m"]
+        budget = cfg.stage2.budget
         random_best = np.mean([_random_search_best(space, oracle, budget, bound, 100 * seed + r) for r in range(10)])
         margins.append(found - random_best)
     assert all(m > 0 for m in margins), margins

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from fbnet_zoo import build_model, count_flops, count_params
-from fbnet_zoo.search.config import SearchConfigError, build_config, load_config, parse_constraint, read_raw
+from fbnet_zoo.search.config import (PoolConfig, SearchConfigError, build_config, load_config, parse_constraint,
+                                     read_raw)
 from fbnet_zoo.search.encoding import Encoder
 from fbnet_zoo.search.pool import build_pool, sobol_points
 from fbnet_zoo.search.recipe import Recipe, RecipeError
-from fbnet_zoo.search.space import SearchSpace
 from fbnet_zoo.spec import ArchSpec
 
 SHIPPED = ["default", "cifar10", "imagenet_fbnetv3"]
@@ -16,7 +16,7 @@ SHIPPED = ["default", "cifar10", "imagenet_fbnetv3"]
 
 @pytest.fixture(scope="module")
 def spaces():
-    return {n: SearchSpace.from_config(load_config(n)) for n in SHIPPED}
+    return {n: load_config(n).search_space for n in SHIPPED}
 
 
 def _in_dim(dim, value):
@@ -78,7 +78,7 @@ def test_tied_dimensions_share_one_coordinate_and_stay_tied(spaces):
     raw = read_raw("default")
     raw["space"]["blocks"][2]["channels"] = {"range": [16, 32, 8], "tie": "w"}
     raw["space"]["blocks"][3]["channels"] = {"range": [16, 32, 8], "tie": "w"}
-    s2 = SearchSpace.from_config(build_config(raw))
+    s2 = build_config(raw).search_space
     for u in np.random.default_rng(0).random((50, s2.ndim)):
         v = s2.decode(u)
         assert v["space.blocks[2].channels"] == v["space.blocks[3].channels"]
@@ -87,7 +87,7 @@ def test_tied_dimensions_share_one_coordinate_and_stay_tied(spaces):
 
 def test_sobol_pool_is_deterministic_per_seed_and_labels_are_exact(spaces):
     space = spaces["default"]
-    window = {"flops_min": 4e5, "flops_max": 1.5e6}
+    window = PoolConfig(flops_min=4e5, flops_max=1.5e6)
     p1 = build_pool(space, 200, seed=5, window=window)
     p2 = build_pool(space, 200, seed=5, window=window)
     p3 = build_pool(space, 200, seed=6, window=window)
@@ -98,7 +98,7 @@ def test_sobol_pool_is_deterministic_per_seed_and_labels_are_exact(spaces):
         arch = space.build_arch(p1.values[i])
         assert p1.flops[i] == count_flops(arch, None, space.num_classes)
         assert p1.params[i] == count_params(arch, space.num_classes)
-        assert window["flops_min"] <= p1.flops[i] <= window["flops_max"]
+        assert window.flops_min <= p1.flops[i] <= window.flops_max
 
 
 def test_encoding_is_one_hot_for_choices_and_min_max_for_numbers(spaces):
@@ -124,7 +124,7 @@ def test_encoding_is_one_hot_for_choices_and_min_max_for_numbers(spaces):
 def test_a_decoded_default_candidate_builds_and_runs():
     import torch
 
-    space = SearchSpace.from_config(load_config("default"))
+    space = load_config("default").search_space
     arch, recipe = space.decode_point(sobol_points(space.ndim, 1, seed=0)[0], "probe")
     model = build_model(arch, num_classes=10).eval()
     with torch.no_grad():
@@ -132,14 +132,14 @@ def test_a_decoded_default_candidate_builds_and_runs():
 
 
 def test_modes_recipe_only_and_arch_only_search_the_right_dimensions():
-    rec = SearchSpace.from_config(load_config("default", ["mode=recipe_only", "fixed_arch=FBNetV3-A",
-                                                         "space.recipe.base.resolution=64"]))
+    rec = load_config("default", ["mode=recipe_only", "fixed_arch=FBNetV3-A",
+                                                         "space.recipe.base.resolution=64"]).search_space
     assert all(d.name.startswith("recipe.") for d in rec.dims)
     arch, recipe = rec.decode_point(np.full(rec.ndim, 0.3))
     from fbnet_zoo import get_spec
 
     assert arch.stages == get_spec("FBNetV3-A").stages and arch.input_size == recipe.resolution
-    arc = SearchSpace.from_config(load_config("default", ["mode=arch_only"]))
+    arc = load_config("default", ["mode=arch_only"]).search_space
     assert not any(d.name.startswith("recipe.") for d in arc.dims)
     _, r = arc.decode_point(np.full(arc.ndim, 0.9))
     assert r.optimizer == arc.base_recipe.optimizer and r.lr == arc.base_recipe.lr

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
                 cfg = load_config(config_path, overrides, args.constraints, base=base)
         else:
             cfg = load_config(config_path, overrides, args.constraints)
-            run_dir = args.run_dir or _fresh_dir(os.path.join("runs", cfg["name"]))
+            run_dir = args.run_dir or _fresh_dir(os.path.join("runs", cfg.name))
         stages = tuple(sorted(set(args.stage))) if args.stage else (1, 2, 3)
         summary = run_search(cfg, run_dir, resume=bool(args.resume), stages=stages, progress=not args.no_progress,
                              executor_kind=args.executor, ray_address=args.ray_address,

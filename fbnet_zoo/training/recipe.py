@@ -15,13 +15,14 @@ OPTIMIZERS = ("rmsprop", "sgd")
 
 def dataclass_kwargs(cls, data: Any, where: str, error: Type[Exception]) -> Dict[str, Any]:
     """``data`` as keyword arguments of the dataclass ``cls``: a mapping with only its field names
-    (Recipe, TrainSettings); otherwise ``error`` naming ``where`` and the first unknown key."""
+    (Recipe, TrainSettings); otherwise ``error`` naming ``where`` and the first unknown key
+    (``where`` empty: a top-level mapping, the key alone)."""
     if not isinstance(data, Mapping):
-        raise error(f"{where}: {data!r} is not a mapping")
+        raise error(f"{where or 'config'}: {data!r} is not a mapping")
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in allowed]
     if unknown:
-        raise error(f"{where}.{unknown[0]}: unknown key; allowed: {allowed}")
+        raise error(f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed: {allowed}")
     return dict(data)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Type
 
-from ..config import SearchConfigError
+from fbnet_zoo.errors import SearchConfigError
+
 from .base import Dim, Space, parse_dim
 from .fbnet import FBNetSpace, RowCostCache
 from .nas_bench_201 import NASBench201Space
@@ -22,16 +23,16 @@ def register_space(kind: str, cls: Type[Space], overwrite: bool = False) -> None
     SPACES[kind] = cls
 
 
-def space_kind(cfg: Mapping[str, Any]) -> str:
-    space = cfg.get("space")
-    kind = space.get("kind", "fbnet") if isinstance(space, Mapping) else "fbnet"
+def space_kind(cfg: Any) -> str:
+    """The ``space.kind`` of a SearchConfig (default ``fbnet``)."""
+    kind = cfg.space.get("kind", "fbnet") if isinstance(cfg.space, Mapping) else "fbnet"
     if kind not in SPACES:
         raise SearchConfigError(f"space.kind: {kind!r} is not one of {sorted(SPACES)}")
     return kind
 
 
-def make_space(cfg: Mapping[str, Any]) -> Space:
-    """The space of a (validated or raw-but-merged) search config."""
+def make_space(cfg: Any) -> Space:
+    """The space a SearchConfig names (its ``search_space`` calls this once)."""
     return SPACES[space_kind(cfg)].from_config(cfg)
 
 

@@ -29,8 +29,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from fbnet_zoo.errors import SearchConfigError
+
 from ..candidate import Candidate
-from ..config import SearchConfigError
 
 
 def _fail(key: str, value: Any, allowed: str) -> SearchConfigError:

@@ -44,12 +44,12 @@ import numpy as np
 from fbnet_zoo.blocks import Classifier, Cx, block_complexity, headless_pool_cx
 from fbnet_zoo.complexity import complexity
 from fbnet_zoo.conventions import cost_rules
+from fbnet_zoo.errors import SearchConfigError
 from fbnet_zoo.registry import load_spec
 from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, make_divisible, walk_rows
 from fbnet_zoo.training.recipe import Recipe, RecipeError
 
 from ..candidate import Candidate
-from ..config import SearchConfigError
 from .base import Dim, Space, _fail, _is_num, parse_dim
 
 BLOCK_KEYS = ("stage", "type", "kernel", "expansion", "channels", "depth", "stride", "se", "act", "bias",
@@ -187,8 +187,10 @@ class FBNetSpace(Space):
 
     # ------------------------------------------------------------------ parsing
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "FBNetSpace":
-        return cls(cfg["space"], cfg.get("mode", "joint"), cfg.get("fixed_arch"), cfg.get("flops_convention", "fvcore"))
+    def from_config(cls, cfg: Any) -> "FBNetSpace":
+        """The space of a SearchConfig (``space``, ``mode``, ``fixed_arch``, ``flops_convention``);
+        a loaded config already holds it: ``cfg.search_space``."""
+        return cls(cfg.space, cfg.mode, cfg.fixed_arch, cfg.flops_convention)
 
     def _add(self, dim: Dim) -> str:
         self.dims.append(dim)

@@ -265,13 +265,14 @@ class NASBench201Space(Space):
         self._costs: Dict[Tuple[str, ...], Tuple[float, float]] = {}
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> "NASBench201Space":
-        if cfg.get("mode", "joint") not in ("joint", "arch_only"):
-            raise _fail("mode", cfg.get("mode"), "is not searchable in the nas_bench_201 space (no recipe: "
+    def from_config(cls, cfg: Any) -> "NASBench201Space":
+        """The space of a SearchConfig (``space``, ``mode``, ``bench.dataset``)."""
+        if cfg.mode not in ("joint", "arch_only"):
+            raise _fail("mode", cfg.mode, "is not searchable in the nas_bench_201 space (no recipe: "
                                                  "use joint or arch_only)")
-        space = dict(cfg["space"])
+        space = dict(cfg.space)
         if "num_classes" not in space:
-            dataset = (cfg.get("bench") or {}).get("dataset", "cifar10")
+            dataset = cfg.bench.dataset
             if dataset not in DATASET_CLASSES:
                 raise _fail("space.num_classes", None, f"is needed: bench.dataset {dataset!r} is not one of "
                                                        f"{sorted(DATASET_CLASSES)} whose class count is known")
