@@ -137,20 +137,20 @@ def test_kill_9_mid_run_then_resume_ends_with_the_uninterrupted_weights(setup_di
         while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
         assert ckpt.exists(), "the run wrote no epoch checkpoint"
-        time.sleep(0.2)  # into epoch 2 (an epoch takes well over a second here)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # at once: epochs take well under a second on an idle machine
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    assert state["epoch"] == 1, "killed after epoch 1's checkpoint, before epoch 2's"
+    killed_at = state["epoch"]  # 1, or 2 where the kill landed after the next checkpoint
+    assert 1 <= killed_at < 3, "killed after a checkpoint, before the run ended"
     assert not (workdir / FINAL_NAME).exists()
     # resume through the tool's entry point (in this process): from epoch 1 to the end
     assert _load_tool().main(tool_args(setup_dir, workdir)[1:]) == 0
     result = json.loads((workdir / RESULT_NAME).read_text())
-    assert result["extra"]["resumed_from"] == 1 and len(result["top1"]) == 3
+    assert result["extra"]["resumed_from"] == killed_at and len(result["top1"]) == 3
     a, b = final_weights(workdir / FINAL_NAME), final_weights(ref_path)
     assert a.keys() == b.keys()
     for k in a:
