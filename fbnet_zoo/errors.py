@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional, Sequence, Type
+from typing import Any, Mapping, Optional, Sequence, Type
 
 
 class FBNetZooError(ValueError):
@@ -150,6 +150,17 @@ def check_choice(path: str, value: Any, choices: Sequence[Any], error: Type[FBNe
         ok = False
     if not ok:
         raise error(f"{path}: {show_value(value)} is not one of {list(choices)}")
+    return value
+
+
+def check_keys(path: str, value: Any, allowed: Sequence[str], error: Type[FBNetZooError] = SpecError,
+               what: str = "a mapping") -> Mapping[str, Any]:
+    """``value`` if it is a mapping whose keys are all in ``allowed``; the error names the first stranger."""
+    if not isinstance(value, Mapping):
+        raise error(f"{path}: {show_value(value)} is not {what}")
+    unknown = [k for k in value if k not in allowed]
+    if unknown:
+        raise error(f"{path}.{unknown[0]}: unknown key; allowed: {list(allowed)}")
     return value
 
 

@@ -26,7 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from fbnet_zoo.errors import SearchConfigError, check_bool, check_choice, check_int, check_number, show_value
+from fbnet_zoo.errors import SearchConfigError, check_bool, check_choice, check_keys, check_int, check_number, show_value
 from fbnet_zoo.scaling import FBNETV3_COMPOUND, CompoundScaling, scale
 from fbnet_zoo.spec import ArchSpec
 from fbnet_zoo.training.recipe import Recipe
@@ -78,11 +78,7 @@ class Family:
 
 def parse_family(section: Mapping[str, Any], where: str = "family") -> Optional[Family]:
     """The validated family section; None when it is disabled."""
-    if not isinstance(section, Mapping):
-        raise _fail(where, section, "is not a mapping")
-    unknown = [k for k in section if k not in ("enabled", "rule", "members")]
-    if unknown:
-        raise SearchConfigError(f"{where}.{unknown[0]}: unknown key; allowed: ['enabled', 'members', 'rule']")
+    check_keys(where, section, ("enabled", "members", "rule"), error=SearchConfigError)
     check_bool(f"{where}.enabled", section.get("enabled", False), error=SearchConfigError)
     rule_raw = section.get("rule") or DEFAULT_RULE
     if not isinstance(rule_raw, Mapping) or sorted(rule_raw) != ["alpha", "beta", "gamma"]:
@@ -103,11 +99,7 @@ def parse_family(section: Mapping[str, Any], where: str = "family") -> Optional[
 
 
 def _parse_member(m: Any, rule: CompoundScaling, path: str) -> FamilyMember:
-    if not isinstance(m, Mapping):
-        raise _fail(path, m, "is not a mapping")
-    unknown = [k for k in m if k not in MEMBER_KEYS]
-    if unknown:
-        raise SearchConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {list(MEMBER_KEYS)}")
+    check_keys(path, m, MEMBER_KEYS, error=SearchConfigError)
     name = m.get("name")
     if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise _fail(f"{path}.name", name, "is not a non-empty name of letters, digits, '_' or '-'")

@@ -44,7 +44,7 @@ import numpy as np
 from fbnet_zoo.blocks import Classifier, Cx, block_complexity, headless_pool_cx
 from fbnet_zoo.complexity import complexity
 from fbnet_zoo.conventions import cost_rules
-from fbnet_zoo.errors import SearchConfigError
+from fbnet_zoo.errors import SearchConfigError, check_keys
 from fbnet_zoo.registry import load_spec
 from fbnet_zoo.spec import ArchSpec, BlockSpec, SpecError, make_divisible, walk_rows
 from fbnet_zoo.training.recipe import Recipe, RecipeError
@@ -150,11 +150,7 @@ class FBNetSpace(Space):
 
     def __init__(self, space: Mapping[str, Any], mode: str = "joint", fixed_arch: Any = None,
                  flops_convention: str = "fvcore") -> None:
-        if not isinstance(space, Mapping):
-            raise _fail("space", space, "is not a mapping")
-        unknown = [k for k in space if k not in SPACE_KEYS]
-        if unknown:
-            raise SearchConfigError(f"space.{unknown[0]}: unknown key; allowed: {list(SPACE_KEYS)}")
+        check_keys("space", space, SPACE_KEYS, error=SearchConfigError)
         self.mode = mode
         self.flops_convention = flops_convention  # how FLOPs/params are counted (fbnet_zoo.conventions)
         self.raw = dict(space)
@@ -202,11 +198,7 @@ class FBNetSpace(Space):
         last_stage = -1
         for gi, b in enumerate(blocks):
             path = f"space.blocks[{gi}]"
-            if not isinstance(b, Mapping):
-                raise _fail(path, b, "is not a mapping")
-            unknown = [k for k in b if k not in BLOCK_KEYS]
-            if unknown:
-                raise SearchConfigError(f"{path}.{unknown[0]}: unknown key; allowed: {list(BLOCK_KEYS)}")
+            check_keys(path, b, BLOCK_KEYS, error=SearchConfigError)
             btype = b.get("type")
             if btype not in ("conv", "ir", "ir_pool"):
                 raise _fail(f"{path}.type", btype, "is not one of ['conv', 'ir', 'ir_pool']")
@@ -282,11 +274,8 @@ class FBNetSpace(Space):
         raise KeyError(name)
 
     def _parse_recipe(self, recipe: Any) -> None:
-        if not isinstance(recipe, Mapping):
-            raise _fail("space.recipe", recipe, "is not a mapping with 'base' and 'search'")
-        unknown = [k for k in recipe if k not in ("base", "search")]
-        if unknown:
-            raise SearchConfigError(f"space.recipe.{unknown[0]}: unknown key; allowed: ['base', 'search']")
+        check_keys("space.recipe", recipe, ("base", "search"), error=SearchConfigError,
+                   what="a mapping with 'base' and 'search'")
         base = dict(recipe.get("base") or {})
         search = dict(recipe.get("search") or {})
         for where, d in (("base", base), ("search", search)):
