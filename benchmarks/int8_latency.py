@@ -30,7 +30,6 @@ with >= 99% top-1 agreement.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from fbnet_zoo.converters import timm_to_ours
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.quantize import default_backend, export_int8_torchscript, quantize_static, top1_agreement
 from fbnet_zoo.training.data import make_embedded_arrays
-from latency import _time, save_result  # benchmarks/latency.py: the same timer and result writer
+from latency import _time, machine_facts, save_result  # benchmarks/latency.py: the same timer and result writer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -234,10 +233,8 @@ def main(argv=None):
             done = {r["model"] for r in rows}
             rows = [r for r in json.load(f)["rows"] if r["model"] not in done] + rows
     result = {
-        "benchmark": "int8_latency", "device": "cpu", "threads": args.threads, "batch": 1,
-        "quantized_engine": default_backend(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "load_avg_at_end": os.getloadavg(),
+        "benchmark": "int8_latency", **machine_facts(args.threads), "batch": 1,
+        "quantized_engine": default_backend(), "onnxruntime": onnxruntime.__version__,
         "ratio_definition": "fp32 median time / int8 TorchScript median time (> 1: int8 faster)",
         "agreement_definition": "share of held-out images whose int8 top-1 class equals fp32's",
         "goals": {"ratio": ">= 2.0", "top1_agreement": ">= 0.99"},

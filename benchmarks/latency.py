@@ -119,6 +119,12 @@ def bench(variant, batch, iters, warmup, threads=1):
     }
 
 
+def machine_facts(threads):
+    """What every CPU benchmark result records about where it ran (ratios need the load)."""
+    return {"device": "cpu", "threads": threads, "torch": torch.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
+
+
 def save_result(path, result):
     """Write a benchmark's result dict as JSON (atomically) and say where."""
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
@@ -150,9 +156,7 @@ def main(argv=None):
     import timm
 
     result = {
-        "benchmark": "latency", "device": "cpu", "threads": args.threads, "torch": torch.__version__,
-        "timm": timm.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+        "benchmark": "latency", **machine_facts(args.threads), "timm": timm.__version__,
         "ratio_definition": "timm eager median time / ours median time (> 1: ours faster)",
         "goals": {"ratio_eager": ">= 1.0", "ratio_deploy": ">= 1.25"},
         "rows": rows,

@@ -99,6 +99,14 @@ class _D2BoxHead(StagesBoxHead):
         return ShapeSpec(channels=self.out_channels)
 
 
+def _fbnet_head_args(cfg, input_shape: ShapeSpec, rows_of) -> dict:
+    """The constructor arguments every FBNet RoI head shares: its rows (``rows_of(arch, variant)``),
+    the arch's width divisor and the head norm."""
+    darch = arch_from_cfg(cfg)
+    return dict(input_shape=input_shape, rows=rows_of(darch, _variant(cfg)), divisor=darch.spec.width_divisor,
+                norm_layer=_head_norm(cfg))
+
+
 @ROI_MASK_HEAD_REGISTRY.register()
 class FBNetMaskHead(BaseMaskRCNNHead):
     @configurable
@@ -111,10 +119,7 @@ class FBNetMaskHead(BaseMaskRCNNHead):
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
         ret = super().from_config(cfg, input_shape)
-        darch = arch_from_cfg(cfg)
-        rows = mask_rows(darch, _variant(cfg))
-        ret.update(input_shape=input_shape, rows=rows, divisor=darch.spec.width_divisor,
-                   norm_layer=_head_norm(cfg),
+        ret.update(_fbnet_head_args(cfg, input_shape, mask_rows),
                    num_classes=1 if cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES)
         return ret
 
@@ -139,9 +144,7 @@ class FBNetKeypointHead(BaseKeypointRCNNHead):
     @classmethod
     def from_config(cls, cfg, input_shape: ShapeSpec):
         ret = super().from_config(cfg, input_shape)
-        darch = arch_from_cfg(cfg)
-        ret.update(input_shape=input_shape, rows=keypoint_rows(darch, _variant(cfg)),
-                   divisor=darch.spec.width_divisor, norm_layer=_head_norm(cfg))
+        ret.update(_fbnet_head_args(cfg, input_shape, keypoint_rows))
         return ret
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
