@@ -155,12 +155,13 @@ def check_choice(path: str, value: Any, choices: Sequence[Any], error: Type[FBNe
 
 def check_keys(path: str, value: Any, allowed: Sequence[str], error: Type[FBNetZooError] = SpecError,
                what: str = "a mapping") -> Mapping[str, Any]:
-    """``value`` if it is a mapping whose keys are all in ``allowed``; the error names the first stranger."""
+    """``value`` if it is a mapping whose keys are all in ``allowed``; the error names the first stranger
+    (``path`` empty: a top-level mapping, named "config", whose keys are named alone)."""
     if not isinstance(value, Mapping):
-        raise error(f"{path}: {show_value(value)} is not {what}")
+        raise error(f"{path or 'config'}: {show_value(value)} is not {what}")
     unknown = [k for k in value if k not in allowed]
     if unknown:
-        raise error(f"{path}.{unknown[0]}: unknown key; allowed: {list(allowed)}")
+        raise error(f"{path + '.' if path else ''}{unknown[0]}: unknown key; allowed: {list(allowed)}")
     return value
 
 

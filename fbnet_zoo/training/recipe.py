@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Type, Union
 
 from fbnet_zoo.errors import RecipeError  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+from fbnet_zoo.errors import check_keys
 
 OPTIMIZERS = ("rmsprop", "sgd")
 
@@ -17,13 +18,7 @@ def dataclass_kwargs(cls, data: Any, where: str, error: Type[Exception]) -> Dict
     """``data`` as keyword arguments of the dataclass ``cls``: a mapping with only its field names
     (Recipe, TrainSettings); otherwise ``error`` naming ``where`` and the first unknown key
     (``where`` empty: a top-level mapping, the key alone)."""
-    if not isinstance(data, Mapping):
-        raise error(f"{where or 'config'}: {data!r} is not a mapping")
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in data if k not in allowed]
-    if unknown:
-        raise error(f"{where + '.' if where else ''}{unknown[0]}: unknown key; allowed: {allowed}")
-    return dict(data)
+    return dict(check_keys(where, data, [f.name for f in dataclasses.fields(cls)], error=error))
 
 
 @dataclass(frozen=True)
