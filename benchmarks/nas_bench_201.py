@@ -8,7 +8,9 @@ Every method queries the same table through the same counter (``fbnet_zoo.search
 a query is one architecture's 200-epoch test accuracy; a repeated architecture costs nothing.
 A method's result after B queries is the best accuracy among the architectures it queried
 within B. NARS runs its three stages (Sobol pool, predictor with / without pretraining on
-FLOPs and params, rounds of m, stage-3 GA) and spends its last query on the GA's winner.
+FLOPs and params, rounds of m with the local share of model_configs/search/nas_bench_201.yaml's
+stage2.local_fraction / local_parents, stage-3 GA) and spends its last query on the GA's
+best-predicted unmeasured cell.
 
 Writes DIR/results.json (best-found accuracy after each budget: mean, std, n over seeds),
 DIR/results.md (the table plus the predictor's Spearman on all unqueried architectures after
@@ -35,7 +37,7 @@ METHODS = ("nars", "nars_nopretrain", "rea", "random")
 REA = {"population": 20, "sample": 5}           # Real et al. 2019 settings used for the anchors
 # NARS on NAS-Bench-201: the whole space as the pool (15,625 cells: the predictor ranks all of
 # them each round), rounds of 10, a small MLP refit full-batch from stage 1's weights each
-# round, one unconstrained stage-3 GA whose winner is the last query.
+# round, one unconstrained stage-3 GA whose best-predicted unmeasured cell is the last query.
 # Stage 2's local share (stage2.local_fraction / local_parents) comes from model_configs/search/
 # nas_bench_201.yaml, the search's own config for this space; ``winners``: stage 3's queries.
 NARS = {"pool_n": 15625, "m": 10, "winners": 1,

@@ -17,8 +17,11 @@ methods work on integer arrays rather than strings.
 - ``nars``: the FBNetV3 search's three stages with the search's own pool (scrambled Sobol
   prefix), predictor (optional pretraining on FLOPs / params, per-round refits), round
   selection (round 1: the pool's first m; later rounds: the top m predicted among the
-  unqueried pool) and stage-3 adaptive GA under each constraint; the GA's winners are the
-  method's last queries (each one a query), so stage 3 must earn its place in the budget.
+  unqueried pool, of which ``local_fraction`` instead come from the one-edge neighbours of
+  the best measured archs, as ``stage2.local_fraction`` in the search) and stage-3 adaptive
+  GA under each constraint; the GA's winners are the method's last queries (each one a
+  query; ``winners`` = n: its n best-predicted unmeasured cells, so that a winner already
+  measured does not leave a query unspent), so stage 3 must earn its place in the budget.
 """
 
 from __future__ import annotations
@@ -189,7 +192,6 @@ class NARSSettings:
     spearman_at: Sequence[int] = ()                      # label counts to measure Spearman at
     local_fraction: float = 0.0   # share of each later round taken from neighbours of the best measured
     local_parents: int = 5        # how many of the best measured archs lend their one-edge neighbours
-    ensemble: int = 1             # predictors per refit (bootstrap resamples of the labels); rank by their mean
     winners: Optional[int] = None  # stage-3 queries per constraint; None: the GA's best (a repeat costs
                                    # nothing); n: the GA population's n best-predicted unmeasured cells
 
@@ -240,27 +242,11 @@ def pretrained_predictor(table: TabularSpace, pool: np.ndarray, settings: NARSSe
     return pred
 
 
-class _Ensemble:
-    """Predictors refit on bootstrap resamples of the same labels: their mean ranks candidates
-    less overconfidently than one fit (a member's quirk away from the labels is averaged out)."""
-
-    def __init__(self, members: Sequence[Predictor]) -> None:
-        self.members = list(members)
-
-    def predict(self, features: np.ndarray) -> np.ndarray:
-        return np.mean([p.predict(features) for p in self.members], axis=0)
-
-
-def _refit(base: bytes, table: TabularSpace, labels: Sequence[int], settings: NARSSettings, seed: int) -> Any:
+def _refit(base: bytes, table: TabularSpace, labels: Sequence[int], settings: NARSSettings, seed: int) -> Predictor:
+    pred = Predictor.from_bytes(base, settings.predictor_config)  # each refit starts from stage 1's predictor
     done = np.asarray(labels, dtype=np.int64)
-    members = []
-    for k in range(settings.ensemble):
-        pred = Predictor.from_bytes(base, settings.predictor_config)  # each refit starts from stage 1's predictor
-        # member 0 sees every label once; the others a bootstrap resample (bagging)
-        pick = done if k == 0 else done[np.random.default_rng([seed, k]).integers(len(done), size=len(done))]
-        pred.refit(table.features[pick], table.acc[pick], seed=seed + k)
-        members.append(pred)
-    return members[0] if len(members) == 1 else _Ensemble(members)
+    pred.refit(table.features[done], table.acc[done], seed=seed)
+    return pred
 
 
 def neighbours(table: TabularSpace, ids: Sequence[int]) -> np.ndarray:
@@ -281,7 +267,7 @@ def neighbours(table: TabularSpace, ids: Sequence[int]) -> np.ndarray:
     return ids_[np.sort(first)]
 
 
-def _stage3(table: TabularSpace, pred: Any, labels: Sequence[int], pool: np.ndarray, budget: int,
+def _stage3(table: TabularSpace, pred: Predictor, labels: Sequence[int], pool: np.ndarray, budget: int,
             settings: NARSSettings, seed: int) -> tuple:
     """Stage 3 after the stage-2 ``labels``: one GA per constraint; its winner is queried."""
     log = QueryLog(table, budget)
@@ -308,7 +294,7 @@ def _stage3(table: TabularSpace, pred: Any, labels: Sequence[int], pool: np.ndar
     return log, winners
 
 
-def _select(table: TabularSpace, pred: Any, fresh: np.ndarray, log: QueryLog, take: int,
+def _select(table: TabularSpace, pred: Predictor, fresh: np.ndarray, log: QueryLog, take: int,
             settings: NARSSettings) -> np.ndarray:
     """A later round's candidates: the ``local_fraction`` share the best-predicted unmeasured
     one-edge neighbours of the ``local_parents`` best measured archs that have any left
@@ -387,7 +373,8 @@ def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSS
         if rnd == 1:
             chosen = fresh[:take]
         else:
-            chosen = _select(table, pred, fresh, main, take, settings)
+            # a round cut short keeps the first ``take`` of its m (so budgets share their prefix)
+            chosen = _select(table, pred, fresh, main, settings.m, settings)[:take]
         before = main.used
         for b, n in stage2_len.items():  # a smaller budget whose stage 2 ends inside this round
             if before < n < before + len(chosen):

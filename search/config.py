@@ -206,8 +206,11 @@ class Stage2Config(_Section):
     ``local_fraction`` > 0 that share of each such round instead takes the best-predicted
     unmeasured mutants (one change each) of the ``local_parents`` best measured candidates:
     exploitation around what was measured, as stage 3 evolves from the best, so that a
-    predictor confidently wrong about one region cannot hold the whole budget there.
-    0.0 (the default) is the plain top-m-predicted selection."""
+    predictor confidently wrong about one region cannot hold the whole budget there (a best
+    candidate whose mutants were all measured gives way to the next). 0.0 (the default) is
+    the plain top-m-predicted selection. The NAS-Bench-201 benchmark's table version
+    (``baselines.nars``) enumerates every one-edge neighbour and tries the least-tried
+    (parent, edge) first."""
 
     PATH: ClassVar[str] = "stage2"
     NESTED: ClassVar[Dict[str, type]] = {"early_stop": EarlyStopConfig}

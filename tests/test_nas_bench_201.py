@@ -234,12 +234,13 @@ def test_nars_local_rounds_take_neighbours_of_the_best_measured_and_winners_are_
                                                         "refit_batch_size": 1024},
                             stage3={"max_generations": 4, "population": 16, "top_k": 8},
                             local_fraction=0.5, local_parents=2, winners=2)
-    res = nars(tab10, [30], seed=2, settings=settings)
+    res = nars(tab10, [20, 30], seed=2, settings=settings)
+    assert res.logs[20].order == nars(tab10, [20], seed=2, settings=settings).logs[20].order
     log = res.logs[30]
     assert log.used == 30 and len(res.winners[30]) == 2 and log.order[-2:] == res.winners[30]  # 2 fresh queries
     order = log.order
     for start in range(6, 28, 6):   # every later round: half one-edge neighbours of the 2 best measured before it
-        n_local = int(round(0.5 * min(6, 28 - start)))
+        n_local = min(3, 28 - start)   # a round cut short keeps the first of its 6
         before = order[:start]
         best = sorted(before, key=lambda a: -log.seen[a])[:2]
         near = set(neighbours(tab10, best).tolist())
