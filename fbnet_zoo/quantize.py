@@ -40,7 +40,7 @@ import copy
 import logging
 import platform
 import warnings
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -95,23 +95,31 @@ def _example(model: nn.Module, example: Optional[torch.Tensor]) -> Tuple[torch.T
 
 
 def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
-                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
+                    keep_float: Sequence[str] = ()) -> nn.Module:
     """An int8 copy of ``model`` by post-training static quantization.
 
     calibration: batches of images (tensors, or (images, labels) pairs) like the model will
-    see (same preprocessing); activation ranges are observed on them (histogram observers).
-    max_batches: stop after that many. The input ``model`` is not changed. Returns the
-    converted model (eval mode, float in, float out).
+    see (same preprocessing); activation ranges are observed on them (histogram observers;
+    weights per-channel). max_batches: stop after that many. keep_float: names of submodules
+    (e.g. ``"stages.0.0"``, ``"classifier"``) left in fp32 (quantize / dequantize around them).
+    The input ``model`` is not changed. Returns the converted model (eval mode, float in, float out).
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     backend = _backend(backend)
     float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
+    mapping = get_default_qconfig_mapping(backend)
+    names = dict(float_model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"quantize_static: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            prepared = prepare_fx(float_model, get_default_qconfig_mapping(backend), _example(model, example))
+            prepared = prepare_fx(float_model, mapping, _example(model, example))
     except Exception as e:  # FX tracing errors come in many types; name the step
         raise QuantizationError(f"quantize_static: FX tracing failed: {type(e).__name__}: {e}") from e
     n = 0

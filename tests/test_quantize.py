@@ -49,6 +49,19 @@ def test_post_training_quantization_gives_an_int8_model_close_to_fp32():
         quantize_static(model, calib, backend="tpu")
 
 
+def test_post_training_quantization_can_keep_named_layers_in_fp32():
+    model = _model()
+    q = quantize_static(model, [_images(8, s) for s in range(2)], keep_float=("stages.0", "classifier"))
+    assert isinstance(q.get_submodule("stages.0.0.conv"), nn.Conv2d)                # float conv (BN folded)
+    assert isinstance(q.get_submodule("classifier.fc"), nn.Linear)
+    assert type(q.get_submodule("stages.1.0.dw.conv")).__module__.startswith("torch.ao.nn.quantized")
+    x = _images(16, 7)
+    with torch.no_grad():
+        assert _sqnr(model(x), q(x)) > 15
+    with pytest.raises(QuantizationError, match="keep_float: 'stem' is not a submodule"):
+        quantize_static(model, [_images(8, 0)], keep_float=("stem",))
+
+
 def test_int8_torchscript_export_round_trips(tmp_path):
     model = _model()
     q = quantize_static(model, [_images(8, s) for s in range(2)])
