@@ -18,8 +18,9 @@ on the embedded 10-class procedural image set (fbnet_zoo.training.data, no downl
 ``--train-res`` px, then quantized (PTQ: per-channel weights, histogram activations) with
 ``--calib`` of its *training* images, and compared with fp32 on ``--held`` images generated
 from another seed (disjoint from training and calibration). Reported: fp32 and int8 top-1
-accuracy and int8-vs-fp32 top-1 agreement, for all-int8 and for the stem conv + classifier
-left in fp32 (``keep_float``).
+accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for the stem conv + classifier
+left in fp32 (``keep_float``) and for 8-bit activations (``reduce_range=False``; PyTorch's
+fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair sums).
 
     python benchmarks/int8_latency.py --quick        # B, D, G latency + B agreement: < 8 min on an idle server
     nice -n 10 python benchmarks/int8_latency.py     # full: more iterations, B/D/G agreement
@@ -46,6 +47,7 @@ from torch import nn
 import fbnet_zoo
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.quantize import export_int8_torchscript, quantize_static, top1_agreement
+from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
 from latency import _time, machine_facts, save_result  # benchmarks/latency.py: the same timer and result writer
@@ -57,6 +59,9 @@ MEAN = torch.tensor(EMBEDDED_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(EMBEDDED_STD).view(1, 3, 1, 1)
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 FIRST_AND_LAST = ("stages.0", "classifier")  # the stem conv and the classifier
+# A short from-scratch recipe that learns the embedded set (a small FBNet: 83% top-1 in 10 epochs)
+RECIPE = Recipe(optimizer="sgd", lr=0.05, batch_size=64, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
+                label_smoothing=0.1, warmup_epochs=1, lr_decay=0.8, weight_decay=4e-5)
 
 
 def cpu_facts():
@@ -165,28 +170,17 @@ def latency(variant, iters, threads, seed, with_ort):
 
 
 def train_classifier(variant, epochs, res, n_train, seed):
-    """FBNetV3-<variant> (10 classes) trained on ``n_train`` embedded images at ``res`` px."""
+    """FBNetV3-<variant> (10 classes) trained by the project's trainer on ``n_train`` embedded
+    images at ``res`` px (Nesterov SGD, warm-up then decay; channels_last, the trainer's default)."""
+    settings = TrainSettings(embedded_train_size=n_train, embedded_val_size=100, threads=torch.get_num_threads(),
+                             seed=seed)
+    train, val, _ = cached_datasets(settings, res)
     torch.manual_seed(seed)
-    model = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm", num_classes=10)
-    model = model.to(memory_format=torch.channels_last)
-    x, y = images(n_train, seed, res)
-    bs = 64
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * (n_train // bs), pct_start=0.15)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(n_train, generator=g)
-        for i in range(0, n_train - bs + 1, bs):
-            idx = order[i:i + bs]
-            flip = (torch.rand(bs, generator=g) < 0.5).view(-1, 1, 1, 1)
-            xb = torch.where(flip, x[idx].flip(3), x[idx]).contiguous(memory_format=torch.channels_last)
-            loss = nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=0.1)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    return model.eval().to(memory_format=torch.contiguous_format), x
+    model = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm", num_classes=10, drop_path_rate=0.0)
+    result = train_model(model, RECIPE.replace(resolution=res), epochs, train, val, settings, progress=False)
+    if result.status != "ok":
+        raise RuntimeError(f"training fbnetv3_{variant} failed: {result.error}")
+    return model.eval().to(memory_format=torch.contiguous_format), torch.stack([train[i][0] for i in range(len(train))])
 
 
 def trained_agreement(variant, epochs, res, n_train, n_calib, n_held, seed, load=None):
@@ -195,19 +189,25 @@ def trained_agreement(variant, epochs, res, n_train, n_calib, n_held, seed, load
         model = fbnet_zoo.build_model(f"FBNetV3-{variant.upper()}-timm", num_classes=10)
         model.load_state_dict(torch.load(load, map_location="cpu", weights_only=True))
         model.eval()
-        xt, _ = images(n_train, seed, res)
+        xt, _ = images(n_train, 0, 32)  # the trainer's training images (data_seed 0)
+        if res != 32:
+            xt = nn.functional.interpolate(xt, size=(res, res), mode="bilinear", align_corners=False)
     else:
         model, xt = train_classifier(variant, epochs, res, n_train, seed)
     train_s = time.perf_counter() - t0
-    xv, yv = images(n_held, seed + 1000, res)  # another seed: disjoint from training and calibration
+    xv, yv = images(n_held, seed + 1000, 32)  # another seed: disjoint from training (seed 2 * data_seed) and calibration
+    if res != 32:  # the embedded set is generated at 32 px; the trainer resizes it the same way
+        xv = nn.functional.interpolate(xv, size=(res, res), mode="bilinear", align_corners=False)
     calib = batches(xt[:n_calib], 32)
     with torch.no_grad():
         fp_acc = float((model(xv).argmax(1) == yv).float().mean())
     out = {"epochs": epochs, "resolution": res, "train_images": n_train, "train_seconds": round(train_s, 1),
            "loaded_weights": bool(load), "calibration_images": n_calib, "held_out_images": n_held,
            "fp32_top1": round(fp_acc, 4)}
-    for name, keep in (("all_int8", ()), ("stem_classifier_fp32", FIRST_AND_LAST)):
-        q = quantize_static(model, calib, example=xv[:1], keep_float=keep)
+    variants = (("all_int8", (), None), ("stem_classifier_fp32", FIRST_AND_LAST, None),
+                ("all_int8_8bit_activations", (), False))
+    for name, keep, reduce_range in variants:
+        q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range)
         agree, _ = top1_agreement(model, q, batches(xv, 100))
         with torch.no_grad():
             q_acc = float((q(xv).argmax(1) == yv).float().mean())

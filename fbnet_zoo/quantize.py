@@ -24,10 +24,18 @@ with the fbgemm kernels on x86 and qnnpack on ARM. Why this one, on torch 2.14:
 
 The graph: every conv-BN(-ReLU) pair is fused and quantized (per-channel weights), hardswish,
 hardsigmoid, the squeeze-excite multiply, residual adds, pooling and the classifier run in
-int8; only the input quantize and the output dequantize are float. Everything FX traces:
+int8; only the input quantize and the output dequantize are float (checked on FBNetV3-B's
+converted graph: no dequantize / quantize round trip inside). Everything FX traces:
 FBNet models trace in eval mode, and in train mode without drop path (the per-sample
 random mask of stochastic depth does not survive FX tracing: ``prepare_qat`` refuses it;
 build QAT models with ``drop_path_rate=0``).
+
+QAT uses ``qat_qconfig_mapping``, not PyTorch's default: with the default fake-quant modules
+the converted int8 model does not compute what the QAT model trained (the fused weight
+fake-quant rounds with another scale than ``convert_fx`` uses, and activations are clamped at
+reduce_range's 127 in QAT but at 255 in int8); after two trainer epochs the int8 logits were
+-2 dB SQNR from the QAT model's, now > 15 dB (tests/test_quantize.py). What remains is fbgemm's
+AVX2 kernels saturating int16 pair sums on the few activations above 127.
 
 Backends pack weights for one kernel library; ``quantize_static`` / ``convert_qat`` set
 ``torch.backends.quantized.engine`` to theirs (process-wide, as PyTorch requires) and leave
@@ -44,7 +52,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
                                    QConfig, QConfigMapping, get_default_qat_qconfig_mapping)
 
 from .blocks import DropPath
@@ -96,14 +104,17 @@ def _example(model: nn.Module, example: Optional[torch.Tensor]) -> Tuple[torch.T
 
 def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
                     max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
-                    keep_float: Sequence[str] = ()) -> nn.Module:
+                    keep_float: Sequence[str] = (), reduce_range: Optional[bool] = None) -> nn.Module:
     """An int8 copy of ``model`` by post-training static quantization.
 
     calibration: batches of images (tensors, or (images, labels) pairs) like the model will
     see (same preprocessing); activation ranges are observed on them (histogram observers;
     weights per-channel). max_batches: stop after that many. keep_float: names of submodules
     (e.g. ``"stages.0.0"``, ``"classifier"``) left in fp32 (quantize / dequantize around them).
-    The input ``model`` is not changed. Returns the converted model (eval mode, float in, float out).
+    reduce_range: observe activations into 7 bits (PyTorch's fbgemm / x86 default, None keeps
+    it: AVX2 kernels multiply u8 x s8 pairs into saturating int16) or 8 (False; qnnpack's
+    default). Measured on AVX2 (benchmarks/int8_latency.py): full range agrees *less* with fp32
+    on fbgemm (saturation); on VNNI CPUs it is worth measuring. The input ``model`` is not changed. Returns the converted model (eval mode, float in, float out).
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -111,6 +122,10 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
     backend = _backend(backend)
     float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
     mapping = get_default_qconfig_mapping(backend)
+    if reduce_range is not None:
+        default = mapping.global_qconfig
+        mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
+                                   weight=default.weight))
     names = dict(float_model.named_modules())
     for name in keep_float:
         if name not in names:
