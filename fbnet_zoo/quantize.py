@@ -61,9 +61,9 @@ from .errors import QuantizationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "QATSchedule", "QuantizationError", "convert_qat", "default_backend",
-           "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "quantize_static",
-           "top1_agreement"]
+__all__ = ["BACKENDS", "Int8StorageFakeQuantize", "QATSchedule", "QuantizationError", "convert_qat", "default_backend",
+           "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "qat_qconfig_mapping",
+           "quantize_static", "top1_agreement"]
 
 BACKENDS = ("fbgemm", "x86", "qnnpack")
 
