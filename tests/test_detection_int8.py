@@ -1,0 +1,108 @@
+"""int8 detectors (skipped where detectron2 is not installed; CI has none).
+
+The authors' FBNetV3-A C4 Faster R-CNN / Mask R-CNN and the Keypoint R-CNN with random
+weights and perturbed BN statistics (test_detection_deploy.randomised): post-training
+quantization makes every FBNet part int8 (trunk, RPN head, RoI box head, mask / keypoint
+head), each part stays close to fp32, and the one-file TorchScript export (post-processing
+included) equals the eager int8 detector at the traced size and at another one."""
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
+
+from test_detection_deploy import close, image, randomised  # noqa: E402
+
+from fbnet_zoo.detection import DetectionError  # noqa: E402
+from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, instances_from_outputs  # noqa: E402
+from fbnet_zoo.detection.d2.quantization import (SamePaddedQuantizedConv, export_int8_detector, int8_parts,  # noqa: E402
+                                                 quantize_detector, same_pad_depthwise)
+
+CASES = [pytest.param("FBNetV3-A-d2go:faster_rcnn_c4", ("backbone", "rpn_head", "box_head"), (), id="faster"),
+         pytest.param("FBNetV3-A-d2go:mask_rcnn_c4", ("backbone", "rpn_head", "box_head", "mask_head"),
+                      ("pred_masks",), id="mask", marks=pytest.mark.slow),  # ~60 s
+         pytest.param("FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4",
+                      ("backbone", "rpn_head", "box_head", "keypoint_head"), ("pred_keypoints",), id="keypoint")]
+
+
+def _quantized_modules(module):
+    return [m for m in module.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+@pytest.mark.parametrize("source, parts, extra", CASES)
+def test_whole_detector_int8_and_its_export_equal_eager(source, parts, extra, tmp_path):
+    cfg, model = randomised(source)
+    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    q = quantize_detector(deployed, [image(224, 320, seed=s) for s in range(3)])
+    assert int8_parts(q) == list(parts)
+    assert not _quantized_modules(deployed)  # the input is untouched
+    heads = q.roi_heads
+    assert _quantized_modules(q.proposal_generator.rpn_head) and _quantized_modules(heads.box_head)
+    assert heads.box_head.output_shape.channels == deployed.roi_heads.box_head.output_shape.channels
+    # depthwise convs padded below k // 2 (reference archs' stride-2 rows) run on fbgemm's fast kernel
+    under = [m for m in deployed.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1
+             and any(p < k // 2 for k, p in zip(m.kernel_size, m.padding))]
+    assert len([m for m in q.modules() if isinstance(m, SamePaddedQuantizedConv)]) == len(under)
+
+    # each int8 part stays close to its fp32 part (random weights and perturbed BN statistics
+    # are a hard case for int8; a wrong scale or a dropped part gives ~0)
+    x = image(240, 320, seed=7)
+    cos = torch.nn.functional.cosine_similarity
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32, i8 = deployed.backbone(t)["res4"], q.backbone(t)["res4"]
+        assert float(cos(f32.flatten(), i8.flatten(), dim=0)) > 0.8
+        l32, l8 = deployed.proposal_generator.rpn_head([f32])[0][0], q.proposal_generator.rpn_head([f32])[0][0]
+        assert float(cos(l32.flatten(), l8.flatten(), dim=0)) > 0.8
+        rois = f32[:, :, :6, :6].expand(8, -1, -1, -1)
+        b32, b8 = deployed.roi_heads.box_head(rois), heads.box_head(rois)
+        assert float(cos(b32.flatten(), b8.flatten(), dim=0)) > 0.8
+        want = q.inference([{"image": x}], do_postprocess=False)[0]
+    assert len(want) > 0
+
+    path = tmp_path / "detector_int8.ts"
+    export_int8_detector(q, x, str(path))
+    loaded = torch.jit.load(str(path))
+    fields = sorted(want.get_fields())
+    for h, w in ((240, 320), (224, 298)):
+        x = image(h, w, seed=h)
+        with torch.no_grad():
+            eager = q.inference([{"image": x}], do_postprocess=False)[0]
+            out = instances_from_outputs(loaded(x)[:-1], (h, w), fields)  # last output: the image size
+        assert len(out) == len(eager) > 0
+        assert torch.equal(out.pred_classes, eager.pred_classes)
+        close(eager.pred_boxes.tensor, out.pred_boxes.tensor, f"exported boxes at {h}x{w}", rtol=1e-4)
+        close(eager.scores, out.scores, f"exported scores at {h}x{w}", rtol=1e-4)
+        for field in extra:
+            close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}", rtol=1e-4)
+
+
+def test_same_padded_depthwise_conv_is_the_same_integer_conv():
+    from torch.ao.nn import quantized as nnq
+
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    g = torch.Generator().manual_seed(0)
+    for k, p, stride, size in ((5, 1, 2, 40), (3, 0, 2, 19), (5, 0, 1, 13), (3, 1, 2, 7)):
+        conv = nnq.Conv2d(16, 16, k, stride=stride, padding=p, groups=16)
+        w = torch.quantize_per_channel(torch.randn(16, 1, k, k, generator=g), torch.rand(16, generator=g) * 0.02 + 0.01,
+                                       torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+        conv.set_weight_bias(w, torch.randn(16, generator=g))
+        conv.scale, conv.zero_point = 0.07, 60
+        graph = torch.nn.Sequential(conv)
+        assert same_pad_depthwise(graph) == (p != k // 2)
+        x = torch.quantize_per_tensor(torch.randn(2, 16, size, size + 3, generator=g), 0.05, 64, torch.quint8)
+        want, got = conv(x), graph(x)
+        assert got.shape == want.shape, (k, p, stride)
+        assert torch.equal(got.int_repr(), want.int_repr()), (k, p, stride)
+
+
+def test_quantize_detector_refuses_bad_input():
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    with pytest.raises(DetectionError, match="images is empty"):
+        quantize_detector(model, [])
+    with pytest.raises(DetectionError, match="parts: 'mask_head'"):
+        quantize_detector(model, [image(224, 320)], parts=["mask_head"])
+    with pytest.raises(DetectionError, match="parts: 'neck' is not one of"):
+        quantize_detector(model, [image(224, 320)], parts=["neck"])
+    with pytest.raises(DetectionError, match="GeneralizedRCNN"):
+        quantize_detector(torch.nn.Conv2d(3, 3, 1), [image(224, 320)])
