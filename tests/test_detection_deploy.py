@@ -25,7 +25,11 @@ def randomised(source, seed=0, **opts):
     for k, v in opts.items():
         cfg.merge_from_list([k, v])
     torch.manual_seed(seed)
-    model = build_model(cfg).eval()
+    return cfg, randomise(build_model(cfg).eval(), seed)
+
+
+def randomise(model, seed=0):
+    """Every weight and BN statistic of a detector random (in place, returned)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -53,7 +57,7 @@ def randomised(source, seed=0, **opts):
             bn.eval()
             bn.running_mean.add_(torch.randn(bn.running_mean.shape, generator=g) * 0.1 * bn.running_var.sqrt())
             bn.running_var.mul_(torch.rand(bn.running_var.shape, generator=g) * 0.5 + 0.75)
-    return cfg, model
+    return model
 
 
 def image(h, w, seed=0):

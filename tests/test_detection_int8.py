@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
 
-from test_detection_deploy import close, image, randomised  # noqa: E402
+from test_detection_deploy import close, image, randomise, randomised  # noqa: E402
 
 from fbnet_zoo.detection import DetectionError  # noqa: E402
 from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, instances_from_outputs  # noqa: E402
@@ -106,3 +106,40 @@ def test_quantize_detector_refuses_bad_input():
         quantize_detector(model, [image(224, 320)], parts=["neck"])
     with pytest.raises(DetectionError, match="GeneralizedRCNN"):
         quantize_detector(torch.nn.Conv2d(3, 3, 1), [image(224, 320)])
+
+
+def test_export_tool_writes_an_int8_detector(tmp_path, capsys):
+    """tools/export.py --detector CONFIG --format int8: calibrated on image files, one
+    TorchScript file with the post-processing that loads and detects; refusals are one line."""
+    import importlib.util
+    import os
+
+    from fbnet_zoo.detection.toy_data import make_toy_coco
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("fbnet_export_tool", os.path.join(repo, "tools", "export.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    images = make_toy_coco(str(tmp_path / "toy"), num_images=3, image_size=(224, 288))["images"]
+    config = os.path.join(repo, "model_configs", "detection", "authors", "faster_rcnn_fbnetv3a_C4.yaml")
+    small = ["--opts", "MODEL.FBNET.NORM", "BN", "MODEL.FBNET.HEAD_NORM", "BN", "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+             "0.01"]
+    # random weights without ties (detectron2's init scores every box alike): a checkpoint to --weights
+    from detectron2.checkpoint import DetectionCheckpointer
+    from fbnet_zoo.detection.d2.export import load_detector
+
+    cfg, model = load_detector(config, opts=small[1:])
+    DetectionCheckpointer(randomise(model), save_dir=str(tmp_path)).save("random")
+    assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--format", "int8",
+                      "--calibration", images, "--calibration-images", "2", "--out", str(tmp_path / "out") + os.sep,
+                      *small]) == 0
+    path = tmp_path / "out" / "faster_rcnn_fbnetv3a_C4_int8.ts"
+    assert path.exists()
+    assert "int8 parts: backbone, rpn_head, box_head" in capsys.readouterr().out
+    with torch.no_grad():
+        boxes, classes, scores, size = torch.jit.load(str(path))(image(224, 288, seed=5))
+    assert boxes.shape == (len(classes), 4) and len(scores) == len(classes) > 0
+    assert tool.main(["--detector", config, "--format", "int8", "--out", str(tmp_path / "x.ts")]) == 1
+    assert "--calibration DIR is required" in capsys.readouterr().err
+    assert tool.main(["--detector", config, "--format", "onnx", "--calibration", images, "--out", "x.onnx"]) == 1
+    assert "torchscript or int8" in capsys.readouterr().err

@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 PARTS = ("backbone", "rpn_head", "box_head", "mask_head", "keypoint_head")
 
 __all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "RPNLevel", "SamePaddedQuantizedConv", "add_quantization_config",
-           "convert_detector_qat", "export_int8_detector", "freeze_detector_qat", "int8_parts",
+           "convert_detector_qat", "export_int8_detector", "freeze_detector_qat", "int8_parts", "part_inputs", "part_slots", "wrap_parts",
            "prepare_detector_qat", "quantize_detector", "same_pad_depthwise"]
 
 
@@ -169,7 +169,7 @@ def _fbnet_backbone(model: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def _wrap(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
+def wrap_parts(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
     """Make every FBNet part of ``model`` (in place) a one-tensor-in submodule, and return
     where each sits: ``{part: (parent, attribute)}``. Already wrapped parts are found again."""
     slots: Dict[str, Tuple[nn.Module, str]] = {}
@@ -221,7 +221,7 @@ def _plain_bn(module: nn.Module) -> nn.Module:
     return module
 
 
-def _capture(model: nn.Module, slots: Dict[str, Tuple[nn.Module, str]],
+def part_inputs(model: nn.Module, slots: Dict[str, Tuple[nn.Module, str]],
              images: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
     """The input tensors each part sees while ``model`` runs inference on ``images`` (CHW)."""
     seen: Dict[str, List[torch.Tensor]] = {p: [] for p in slots}
@@ -251,18 +251,18 @@ def _selected(slots: Dict[str, Tuple[nn.Module, str]], parts: Optional[Sequence[
         if p not in PARTS:
             raise DetectionError(f"parts: {p!r} is not one of {list(PARTS)}")
         if p not in slots:
-            raise DetectionError(f"parts: the detector has no FBNet {p} (it has {list(slots)})")
+            raise DetectionError(f"parts: {p!r}: the detector has no FBNet {p} (it has {list(slots)})")
     return list(parts)
 
 
 def int8_parts(model: nn.Module) -> List[str]:
     """The parts of ``model`` that hold quantized (int8) modules, in PARTS order."""
-    slots = _slots_of(model)
+    slots = part_slots(model)
     return [p for p, (parent, attr) in slots.items()
             if any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in getattr(parent, attr).modules())]
 
 
-def _slots_of(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
+def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
     """The slots of an already wrapped detector (no change to it)."""
     slots = {}
     trunk = _fbnet_backbone(model)
@@ -295,11 +295,11 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
     if not hasattr(model, "proposal_generator") or not hasattr(model, "roi_heads"):
         raise DetectionError(f"quantize_detector: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
-    slots = _wrap(model)
+    slots = wrap_parts(model)
     chosen = _selected(slots, parts)
     if not chosen:
         raise DetectionError("quantize_detector: the detector has no FBNet part to quantize")
-    seen = _capture(model, slots, images)
+    seen = part_inputs(model, slots, images)
     for part in chosen:
         parent, attr = slots[part]
         batches = [x for x in seen[part] if x.numel()]
@@ -326,9 +326,9 @@ def prepare_detector_qat(model: nn.Module, example_image: torch.Tensor, backend:
     if not hasattr(model, "proposal_generator") or not hasattr(model, "roi_heads"):
         raise DetectionError(f"prepare_detector_qat: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     model = _plain_bn(copy.deepcopy(model))
-    slots = _wrap(model)
+    slots = wrap_parts(model)
     chosen = _selected(slots, parts)
-    seen = _capture(model, slots, [example_image])
+    seen = part_inputs(model, slots, [example_image])
     for part in chosen:
         parent, attr = slots[part]
         if not seen[part]:
@@ -343,7 +343,7 @@ def prepare_detector_qat(model: nn.Module, example_image: torch.Tensor, backend:
 def freeze_detector_qat(model: nn.Module, bn: bool = False, observers: bool = False) -> None:
     """Late-QAT switches on a ``prepare_detector_qat`` model: stop updating the fused BN
     statistics (``bn``) and / or the quantization ranges (``observers``)."""
-    for parent, attr in _slots_of(model).values():
+    for parent, attr in part_slots(model).values():
         graph = getattr(parent, attr)
         if bn:
             freeze_qat_bn_stats(graph)
@@ -355,7 +355,7 @@ def convert_detector_qat(model: nn.Module, backend: Optional[str] = None) -> nn.
     """The int8 detector of a QAT-trained ``prepare_detector_qat`` model (a copy, eval mode)."""
     model = copy.deepcopy(model).eval()
     converted = []
-    for part, (parent, attr) in _slots_of(model).items():
+    for part, (parent, attr) in part_slots(model).items():
         graph = getattr(parent, attr)
         if isinstance(graph, torch.fx.GraphModule) and any("qat" in type(m).__module__ or "fake_quantize" in
                                                            type(m).__module__ for m in graph.modules()):
