@@ -143,3 +143,24 @@ def test_export_tool_writes_an_int8_detector(tmp_path, capsys):
     assert "--calibration DIR is required" in capsys.readouterr().err
     assert tool.main(["--detector", config, "--format", "onnx", "--calibration", images, "--out", "x.onnx"]) == 1
     assert "torchscript or int8" in capsys.readouterr().err
+
+
+def test_float_stem_stages_stay_float_and_the_rest_int8(tmp_path):
+    """float_stages=2: the stem and first stage float, the trunk's later stages one int8 graph;
+    the trunk stays close to fp32 and the detector still exports equal to eager."""
+    from fbnet_zoo.detection.d2.quantization import MixedTrunk
+
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    q = quantize_detector(deployed, [image(224, 320, seed=s) for s in range(2)], float_stages=2)
+    body = q.backbone.body
+    assert isinstance(body, MixedTrunk) and len(body.float_stages) == 2
+    assert not _quantized_modules(body.float_stages) and _quantized_modules(body.tail)
+    x = image(240, 320, seed=7)
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32, i8 = deployed.backbone(t)["res4"], q.backbone(t)["res4"]
+    assert float(torch.nn.functional.cosine_similarity(f32.flatten(), i8.flatten(), dim=0)) > 0.8
+    export_int8_detector(q, x, str(tmp_path / "mixed.ts"))  # raises when traced != eager
+    with pytest.raises(DetectionError, match="float_stages: 9 would leave"):
+        quantize_detector(deployed, [x], float_stages=9)

@@ -31,6 +31,7 @@ quantize per part input and one dequantize per part output.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,6 +42,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.engine import hooks
 from detectron2.layers import FrozenBatchNorm2d
 
+from fbnet_zoo.model import forward_to_features
 from fbnet_zoo.quantize import (convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat,
                                 quantize_static)
 
@@ -52,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 PARTS = ("backbone", "rpn_head", "box_head", "mask_head", "keypoint_head")
 
-__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "RPNLevel", "SamePaddedQuantizedConv", "add_quantization_config",
+__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "TrunkTail", "RPNLevel", "SamePaddedQuantizedConv", "add_quantization_config",
            "convert_detector_qat", "export_int8_detector", "freeze_detector_qat", "int8_parts", "part_inputs", "part_slots", "wrap_parts",
            "prepare_detector_qat", "quantize_detector", "same_pad_depthwise"]
 
@@ -158,6 +160,39 @@ def same_pad_depthwise(graph: nn.Module) -> int:
         setattr(graph.get_submodule(parent_name) if parent_name else graph, attr, SamePaddedQuantizedConv(module))
         n += 1
     return n
+
+
+class MixedTrunk(nn.Module):
+    """An FBNet trunk whose first stages run float (``float_stages``, a Sequential) and the
+    rest in ``tail`` (an int8 graph of ``TrunkTail``): int8 convolutions with 3-16 input
+    channels at stride 2 (the stem and the first stage) are slower than fp32 ones on x86."""
+
+    def __init__(self, float_stages: nn.Module, tail: nn.Module):
+        super().__init__()
+        self.float_stages = float_stages
+        self.tail = tail
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.tail(self.float_stages(x))
+
+
+class TrunkTail(nn.Module):
+    """Stages ``first``.. of an ``FBNetTrunk`` returning the trunk's features (all of which
+    must come from those stages), fed the output of stage ``first - 1``."""
+
+    def __init__(self, trunk: nn.Module, first: int):
+        super().__init__()
+        early = [f.name for f in trunk.features if f.stage < first]
+        if early:
+            raise DetectionError(f"float_stages: {first} would leave the trunk's feature(s) {early} float; "
+                                 f"at most {min(f.stage for f in trunk.features)} for this trunk")
+        self.features = [dataclasses.replace(f, stage=f.stage - first) for f in trunk.features]
+        self.num_stages = trunk.num_stages - first
+        for i in range(self.num_stages):
+            self.add_module(f"stage{i}", getattr(trunk, f"stage{i + first}"))
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return forward_to_features([getattr(self, f"stage{i}") for i in range(self.num_stages)], x, self.features)
 
 
 def _fbnet_backbone(model: nn.Module) -> Optional[nn.Module]:
@@ -281,14 +316,16 @@ def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
 
 
 def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend: Optional[str] = None,
-                      parts: Optional[Sequence[str]] = None) -> nn.Module:
+                      parts: Optional[Sequence[str]] = None, float_stages: int = 0) -> nn.Module:
     """An int8 copy of a detectron2 detector built with our FBNet adapters, by post-training
     static quantization (``fbnet_zoo.quantize.quantize_static`` on each part).
 
     images: calibration images (CHW, the model's input format and pixel range, e.g. a few
     hundred training images); every part's activation ranges are observed on the inputs it
     gets while the float model runs on them. parts: which of PARTS to quantize (default:
-    every FBNet part the detector has). Deploy the model first (``deploy_detector``: BN
+    every FBNet part the detector has). float_stages: keep the trunk's first stages float
+    (``MixedTrunk``; e.g. 2 = the stem and the stride-2 stage, where int8 kernels on 3-16
+    channels lose to fp32). Deploy the model first (``deploy_detector``: BN
     folded, test top-k); ``model`` is not changed."""
     if not images:
         raise DetectionError("quantize_detector: images is empty; calibration needs images like the test images")
@@ -299,9 +336,21 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
     chosen = _selected(slots, parts)
     if not chosen:
         raise DetectionError("quantize_detector: the detector has no FBNet part to quantize")
+    if float_stages < 0:
+        raise DetectionError(f"float_stages: {float_stages} must be >= 0")
     seen = part_inputs(model, slots, images)
     for part in chosen:
         parent, attr = slots[part]
+        if part == "backbone" and float_stages:
+            trunk = getattr(parent, attr)
+            tail = TrunkTail(trunk, float_stages)  # checks float_stages first
+            head = nn.Sequential(*[getattr(trunk, f"stage{i}") for i in range(float_stages)])
+            with torch.no_grad():
+                batches = [head(x) for x in seen[part]]
+            graph = quantize_static(tail, batches, backend=backend, example=batches[0])
+            same_pad_depthwise(graph)
+            setattr(parent, attr, MixedTrunk(head, graph))
+            continue
         batches = [x for x in seen[part] if x.numel()]
         if not batches:
             raise DetectionError(f"quantize_detector: {part} got no input on the {len(images)} calibration images "
