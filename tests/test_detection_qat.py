@@ -62,3 +62,41 @@ def test_train_net_qat_trains_converts_evaluates_and_exports(tmp_path):
     with torch.no_grad():
         out = ts(x)
     assert out[0].shape[-1] == 4 and out[0].shape[0] == out[1].shape[0]
+
+
+def test_prepare_train_step_convert_detector():
+    """The library path without the trainer: prepare_detector_qat -> one SGD step on a
+    Faster R-CNN loss (QAT weights change, fake-quant everywhere) -> late-QAT switches ->
+    convert_detector_qat: every FBNet part int8, and the converted detector detects."""
+    from detectron2.structures import Boxes, Instances
+    from test_detection_deploy import image, randomised
+
+    from fbnet_zoo.detection import DetectionError
+    from fbnet_zoo.detection.d2.quantization import (convert_detector_qat, freeze_detector_qat, int8_parts,
+                                                     prepare_detector_qat)
+
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4", **{"MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.01})
+    qat = prepare_detector_qat(model, image(224, 320))
+    assert qat.training and not model.training  # a copy
+    body = qat.backbone.body
+    assert any(type(m).__name__.startswith("ConvBn") for m in body.modules())
+    before = next(m for m in body.modules() if type(m).__name__.startswith("ConvBn")).weight.detach().clone()
+    gt = Instances((224, 320), gt_boxes=Boxes(torch.tensor([[20.0, 30.0, 120.0, 150.0], [150.0, 40.0, 300.0, 200.0]])),
+                   gt_classes=torch.tensor([0, 1]))
+    opt = torch.optim.SGD([p for p in qat.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0):  # detectron2's training forward logs into one
+        losses = qat([{"image": image(224, 320, seed=3), "instances": gt}])
+    sum(losses.values()).backward()
+    opt.step()
+    after = next(m for m in body.modules() if type(m).__name__.startswith("ConvBn")).weight
+    assert not torch.equal(before, after)
+    freeze_detector_qat(qat, bn=True, observers=True)
+    int8 = convert_detector_qat(qat)
+    assert int8_parts(int8) == ["backbone", "rpn_head", "box_head"]
+    with torch.no_grad():
+        out = int8.inference([{"image": image(240, 320, seed=7)}], do_postprocess=False)[0]
+    assert len(out) > 0
+    with pytest.raises(DetectionError, match="no QAT part"):
+        convert_detector_qat(int8)
