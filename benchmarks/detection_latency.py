@@ -227,7 +227,7 @@ def main(argv=None) -> Dict[str, Any]:
     # a smooth random image (not noise), so that proposals and detections are image-like
     photo = torch.nn.functional.interpolate(torch.rand(1, 3, 30, 40, generator=g), size=(480, 640),
                                             mode="bilinear", align_corners=False)[0]
-    square = photo[:, :, 80:560][:, 80:400]  # 320 x 320 crop
+    square = photo[:, 80:400, 80:400]  # 320 x 320 crop
 
     def resized(h, w):
         return torch.nn.functional.interpolate(photo[None], size=(h, w), mode="bilinear", align_corners=False)[0]

@@ -54,9 +54,10 @@ logger = logging.getLogger(__name__)
 
 PARTS = ("backbone", "rpn_head", "box_head", "mask_head", "keypoint_head")
 
-__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "TrunkTail", "RPNLevel", "SamePaddedQuantizedConv", "add_quantization_config",
-           "convert_detector_qat", "export_int8_detector", "freeze_detector_qat", "int8_parts", "part_inputs", "part_slots", "wrap_parts",
-           "prepare_detector_qat", "quantize_detector", "same_pad_depthwise"]
+__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "RPNLevel", "SamePaddedQuantizedConv",
+           "TrunkTail", "add_quantization_config", "convert_detector_qat", "export_int8_detector",
+           "freeze_detector_qat", "int8_parts", "part_inputs", "part_slots", "prepare_detector_qat",
+           "qat_schedule_hook", "quantize_detector", "same_pad_depthwise", "wrap_parts"]
 
 
 class RPNLevel(nn.Module):
@@ -257,7 +258,7 @@ def _plain_bn(module: nn.Module) -> nn.Module:
 
 
 def part_inputs(model: nn.Module, slots: Dict[str, Tuple[nn.Module, str]],
-             images: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
+                images: Sequence[torch.Tensor]) -> Dict[str, List[torch.Tensor]]:
     """The input tensors each part sees while ``model`` runs inference on ``images`` (CHW)."""
     seen: Dict[str, List[torch.Tensor]] = {p: [] for p in slots}
     hooks = []
