@@ -48,7 +48,7 @@ def test_train_net_qat_trains_converts_evaluates_and_exports(tmp_path):
     DetectionCheckpointer(float_model, save_dir=str(tmp_path)).save("float")
     args.opts += ["MODEL.WEIGHTS", str(tmp_path / "float.pth")]
     prepared = train_net.Trainer.build_model(train_net.setup(args))
-    fq = [m for m in prepared.modules() if type(m).__name__ == "FusedMovingAvgObsFakeQuantize"]
+    fq = [m for m in prepared.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
     assert len(fq) > 100  # fake-quant on the trunk, RPN head and box head
     qat_conv = next(m for m in prepared.backbone.body.modules() if type(m).__name__.startswith("ConvBn"))
     first = next(m for m in float_model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))

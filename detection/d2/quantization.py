@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
 
 from detectron2.config import CfgNode as CN
 from detectron2.engine import hooks
@@ -407,8 +408,7 @@ def convert_detector_qat(model: nn.Module, backend: Optional[str] = None) -> nn.
     converted = []
     for part, (parent, attr) in part_slots(model).items():
         graph = getattr(parent, attr)
-        if isinstance(graph, torch.fx.GraphModule) and any("qat" in type(m).__module__ or "fake_quantize" in
-                                                           type(m).__module__ for m in graph.modules()):
+        if isinstance(graph, torch.fx.GraphModule) and any(isinstance(m, FakeQuantizeBase) for m in graph.modules()):
             graph = convert_qat(graph, backend=backend)
             same_pad_depthwise(graph)
             setattr(parent, attr, graph)
