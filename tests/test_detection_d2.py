@@ -25,8 +25,8 @@ from fbnet_zoo.detection.toy_data import make_toy_coco  # noqa: E402
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_configs", "detection")
 SHIPPED = sorted(os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml"))
                  + glob.glob(os.path.join(CONFIG_DIR, "authors", "*.yaml"))
-                 if not os.path.basename(p).startswith(("Base-", "coco_schedule", "keypoint_")))
-# (keypoint configs need a keypoint data set: tests/test_detection_keypoint.py)
+                 if not os.path.basename(p).startswith(("Base-", "coco_schedule", "keypoint_", "qat_")))
+# (keypoint configs need a keypoint data set: tests/test_detection_keypoint.py; the QAT config: test_detection_qat.py)
 
 
 @pytest.fixture(autouse=True)
