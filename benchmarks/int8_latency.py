@@ -194,8 +194,9 @@ def build_arch(arch):
 
 
 def _embedded(n_train, res, seed):
+    # on the CPU even where CUDA is available: the agreement is measured on the CPU (int8 runs there)
     settings = TrainSettings(embedded_train_size=n_train, embedded_val_size=100, threads=torch.get_num_threads(),
-                             seed=seed)
+                             seed=seed, device="cpu")
     train, val, _ = cached_datasets(settings, res)
     return settings, train, val
 
