@@ -24,10 +24,18 @@ with the fbgemm kernels on x86 and qnnpack on ARM. Why this one, on torch 2.14:
 
 The graph: every conv-BN(-ReLU) pair is fused and quantized (per-channel weights), hardswish,
 hardsigmoid, the squeeze-excite multiply, residual adds, pooling and the classifier run in
-int8; only the input quantize and the output dequantize are float. Everything FX traces:
+int8; only the input quantize and the output dequantize are float (checked on FBNetV3-B's
+converted graph: no dequantize / quantize round trip inside). Everything FX traces:
 FBNet models trace in eval mode, and in train mode without drop path (the per-sample
 random mask of stochastic depth does not survive FX tracing: ``prepare_qat`` refuses it;
 build QAT models with ``drop_path_rate=0``).
+
+QAT uses ``qat_qconfig_mapping``, not PyTorch's default: with the default fake-quant modules
+the converted int8 model does not compute what the QAT model trained (the fused weight
+fake-quant rounds with another scale than ``convert_fx`` uses, and activations are clamped at
+reduce_range's 127 in QAT but at 255 in int8); after two trainer epochs the int8 logits were
+-2 dB SQNR from the QAT model's, now > 15 dB (tests/test_quantize.py). What remains is fbgemm's
+AVX2 kernels saturating int16 pair sums on the few activations above 127.
 
 Backends pack weights for one kernel library; ``quantize_static`` / ``convert_qat`` set
 ``torch.backends.quantized.engine`` to theirs (process-wide, as PyTorch requires) and leave
@@ -40,10 +48,12 @@ import copy
 import logging
 import platform
 import warnings
-from typing import Any, Callable, Iterable, Optional, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+                                   QConfig, QConfigMapping, get_default_qat_qconfig_mapping)
 
 from .blocks import DropPath
 from .deploy import _writing, check_output_path, example_input, prepare_for_deploy
@@ -51,9 +61,9 @@ from .errors import QuantizationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "QATSchedule", "QuantizationError", "convert_qat", "default_backend",
-           "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "quantize_static",
-           "top1_agreement"]
+__all__ = ["BACKENDS", "Int8StorageFakeQuantize", "QATSchedule", "QuantizationError", "convert_qat", "default_backend",
+           "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "qat_qconfig_mapping",
+           "quantize_static", "top1_agreement"]
 
 BACKENDS = ("fbgemm", "x86", "qnnpack")
 
@@ -93,23 +103,38 @@ def _example(model: nn.Module, example: Optional[torch.Tensor]) -> Tuple[torch.T
 
 
 def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
-                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
+                    keep_float: Sequence[str] = (), reduce_range: Optional[bool] = None) -> nn.Module:
     """An int8 copy of ``model`` by post-training static quantization.
 
     calibration: batches of images (tensors, or (images, labels) pairs) like the model will
-    see (same preprocessing); activation ranges are observed on them (histogram observers).
-    max_batches: stop after that many. The input ``model`` is not changed. Returns the
-    converted model (eval mode, float in, float out).
+    see (same preprocessing); activation ranges are observed on them (histogram observers;
+    weights per-channel). max_batches: stop after that many. keep_float: names of submodules
+    (e.g. ``"stages.0.0"``, ``"classifier"``) left in fp32 (quantize / dequantize around them).
+    reduce_range: observe activations into 7 bits (PyTorch's fbgemm / x86 default, None keeps
+    it: AVX2 kernels multiply u8 x s8 pairs into saturating int16) or 8 (False; qnnpack's
+    default). Measured on AVX2 (benchmarks/int8_latency.py): full range agrees *less* with fp32
+    on fbgemm (saturation); on VNNI CPUs it is worth measuring. The input ``model`` is not changed. Returns the converted model (eval mode, float in, float out).
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     backend = _backend(backend)
     float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
+    mapping = get_default_qconfig_mapping(backend)
+    if reduce_range is not None:
+        default = mapping.global_qconfig
+        mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
+                                   weight=default.weight))
+    names = dict(float_model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"quantize_static: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            prepared = prepare_fx(float_model, get_default_qconfig_mapping(backend), _example(model, example))
+            prepared = prepare_fx(float_model, mapping, _example(model, example))
     except Exception as e:  # FX tracing errors come in many types; name the step
         raise QuantizationError(f"quantize_static: FX tracing failed: {type(e).__name__}: {e}") from e
     n = 0
@@ -127,11 +152,54 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
     return quantized
 
 
+class Int8StorageFakeQuantize(FakeQuantize):
+    """Activation fake-quant that computes what the int8 model will: qparams from the observer
+    (``calculate_qparams``, honouring ``reduce_range``), clamped to the stored dtype's full
+    range (quint8: 0..255).
+
+    PyTorch's fake-quant clamps to the *observer's* range, which ``reduce_range=True`` (the
+    fbgemm / x86 default, against int16 overflow in AVX2 kernels) halves to 0..127; the
+    converted model stores quint8 and clamps at 255. With the reduced clamp, every activation
+    above its (moving-average) observed maximum is clipped in QAT and not in int8, and a net
+    trained through those clips computes something else in int8 (-1.3 dB logit SQNR after two
+    trainer epochs on the embedded set; 93.8% top-1 agreement with its own QAT model)."""
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.observer_enabled[0] == 1:
+            self.activation_post_process(X.detach())
+            scale, zero_point = self.calculate_qparams()
+            self.scale.copy_(scale.to(self.scale.device))
+            self.zero_point.copy_(zero_point.to(self.zero_point.device))
+        if self.fake_quant_enabled[0] == 1:
+            info = torch.iinfo(self.dtype)
+            X = torch.fake_quantize_per_tensor_affine(X, self.scale, self.zero_point, info.min, info.max)
+        return X
+
+
+def qat_qconfig_mapping(backend: str) -> QConfigMapping:
+    """PyTorch's default QAT qconfig mapping for ``backend`` with fake-quant modules whose
+    arithmetic is the converted int8 model's (PyTorch's defaults differ in two ways, each
+    enough to make a QAT-trained net's int8 model disagree with it):
+
+    - weights: ``FakeQuantize`` (observer, then ``calculate_qparams``) instead of the fused
+      ``FusedMovingAvgObsFakeQuantize`` kernel, which for per-channel symmetric weights scales
+      by ``absmax / 128`` where ``calculate_qparams`` (what ``convert_fx`` quantizes the
+      weights with) uses ``absmax / 127.5``: every weight rounds differently (~33 dB per layer).
+    - activations: ``Int8StorageFakeQuantize`` (the reduce_range clamp, see there).
+    Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree."""
+    mapping = get_default_qat_qconfig_mapping(backend)
+    activation = Int8StorageFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                                   reduce_range=backend in ("fbgemm", "x86"))
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
+                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    return mapping.set_global(QConfig(activation=activation, weight=weight))
+
+
 def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
     """A copy of ``model`` for quantization-aware training: conv-BN(-ReLU) fused into QAT modules
     with fake-quantized weights and activations, in train mode. Train it like any model (any
-    optimiser, the project's trainer), then ``convert_qat``."""
-    from torch.ao.quantization import get_default_qat_qconfig_mapping
+    optimiser, the project's trainer, with or without EMA), then ``convert_qat`` (the raw model
+    or the trainer's averaged copy): the int8 model computes what the fake-quant model did."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     drop = [name for name, m in model.named_modules() if isinstance(m, DropPath) and m.p > 0]
@@ -144,7 +212,7 @@ def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Option
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            return prepare_qat_fx(qat, get_default_qat_qconfig_mapping(backend), _example(model, example))
+            return prepare_qat_fx(qat, qat_qconfig_mapping(backend), _example(model, example))
     except Exception as e:
         raise QuantizationError(f"prepare_qat: FX tracing failed: {type(e).__name__}: {e}") from e
 

@@ -18,7 +18,7 @@ import torch
 import fbnet_zoo
 from fbnet_zoo.checkpoints import register_sources
 from fbnet_zoo.training import Recipe, RecipeError, TrainConfigError, TrainResult, TrainSettings
-from fbnet_zoo.training.distributed import DistContext
+from fbnet_zoo.training.distributed import DistContext, process_device
 from fbnet_zoo.training.final import FINAL_NAME, RESULT_NAME, load_final_config, train_final
 from fbnet_zoo.training.loop import CHECKPOINT_NAME, _setup, train_one_epoch
 
@@ -229,3 +229,12 @@ def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(TrainConfigError, match="batch_size: 8 .* not divisible by the 3 processes"):
         _setup(model, Recipe(batch_size=8), 1, None, TrainSettings(), None, None, 3, TrainResult("x", "ok"),
                dist=DistContext(rank=0, world_size=3))
+
+
+def test_a_cuda_device_without_index_becomes_this_process_local_gpu():
+    # torch.cuda.set_device refuses a bare "cuda" (found running `tools/train.py --device cuda`
+    # on a GPU machine); device objects are built without touching CUDA, so this runs anywhere
+    assert process_device("cuda", 1, 0) == torch.device("cuda", 0)
+    assert process_device("cuda", 4, 3) == torch.device("cuda", 3)
+    assert process_device("cuda:2", 4, 3) == torch.device("cuda", 2)
+    assert process_device("cpu", 4, 3) == torch.device("cpu")

@@ -49,6 +49,19 @@ def test_post_training_quantization_gives_an_int8_model_close_to_fp32():
         quantize_static(model, calib, backend="tpu")
 
 
+def test_post_training_quantization_can_keep_named_layers_in_fp32():
+    model = _model()
+    q = quantize_static(model, [_images(8, s) for s in range(2)], keep_float=("stages.0", "classifier"))
+    assert isinstance(q.get_submodule("stages.0.0.conv"), nn.Conv2d)                # float conv (BN folded)
+    assert isinstance(q.get_submodule("classifier.fc"), nn.Linear)
+    assert type(q.get_submodule("stages.1.0.dw.conv")).__module__.startswith("torch.ao.nn.quantized")
+    x = _images(16, 7)
+    with torch.no_grad():
+        assert _sqnr(model(x), q(x)) > 15
+    with pytest.raises(QuantizationError, match="keep_float: 'stem' is not a submodule"):
+        quantize_static(model, [_images(8, 0)], keep_float=("stem",))
+
+
 def test_int8_torchscript_export_round_trips(tmp_path):
     model = _model()
     q = quantize_static(model, [_images(8, s) for s in range(2)])
@@ -120,25 +133,47 @@ def test_export_cli_int8(tmp_path, capsys):
         assert (loaded(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
 
 
-def test_qat_through_the_projects_trainer_with_the_schedule_callback():
-    from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
+def _sqnr(want, got):
+    return float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum()))
 
-    settings = TrainSettings(embedded_train_size=240, embedded_val_size=100, threads=1)
-    recipe = Recipe(optimizer="sgd", lr=0.02, batch_size=32, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
-                    label_smoothing=0.0, lr_decay=0.9, weight_decay=1e-5, resolution=32)
+
+def test_qat_through_the_projects_trainer_converts_to_what_it_trained(tmp_path):
+    """The trainer's defaults (channels_last) and EMA: both the trained model and the trainer's
+    averaged copy (from the run's checkpoint) convert to int8 models that compute what their
+    fake-quant forward did. (PyTorch's default QAT fake-quant does not: its per-channel weight
+    scale and its reduce_range clamp both differ from the converted model's; see
+    qat_qconfig_mapping. The EMA paired tensors by position, which a GraphModule reorders.)"""
+    import copy
+
+    from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, train_model
+
+    settings = TrainSettings(embedded_train_size=240, embedded_val_size=100, threads=1, channels_last=True)
+    recipe = Recipe(optimizer="sgd", lr=0.02, batch_size=32, ema=True, ema_decay=0.9, dropout=0.0, drop_path=0.0,
+                    mixup=0.0, label_smoothing=0.0, lr_decay=0.9, weight_decay=1e-5, resolution=32)
     train, val, _ = cached_datasets(settings, 32)
     qat = prepare_qat(_model(), example=torch.randn(1, 3, 32, 32))
     before = {k: v.clone() for k, v in qat.state_dict().items() if v.is_floating_point()}
     schedule = QATSchedule(qat, freeze_bn=2, freeze_observers=2)
-    result = train_model(qat, recipe, 2, train, val, settings, progress=False, on_epoch_end=schedule)
+    result = train_model(qat, recipe, 2, train, val, settings, workdir=str(tmp_path), progress=False,
+                         on_epoch_end=schedule)
     assert result.status == "ok", result.error
     assert len(result.top1) == 2
+    ema = copy.deepcopy(qat)
+    ema.load_state_dict(torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["ema"]["module"])
     changed = [k for k, v in qat.state_dict().items() if k in before and not torch.equal(before[k], v)]
     assert any(k.endswith("weight") for k in changed)                      # the trainer's steps moved the weights
     fq = next(m for m in qat.modules() if "FakeQuantize" in type(m).__name__)
     assert fq.observer_enabled[0] == 0                                      # the schedule ran at the epoch end
-    q = convert_qat(qat)
-    assert _int8_modules(q)
-    x = next(iter(torch.utils.data.DataLoader(val, batch_size=16)))[0]
-    with torch.no_grad():
-        assert q(x).shape == (16, 10) and torch.isfinite(q(x)).all()
+    x = next(iter(torch.utils.data.DataLoader(val, batch_size=64)))[0]
+    for name, trained in (("model", qat), ("ema", ema)):
+        q = convert_qat(trained)
+        assert _int8_modules(q)
+        with torch.no_grad():
+            trained.eval()
+            want, got = trained(x), q(x)
+        assert got.shape == (64, 10)
+        assert _sqnr(want, got) > 15, f"{name}: int8 is not what QAT trained (SQNR {_sqnr(want, got):.1f} dB)"
+    assert any(not torch.equal(v, ema.state_dict()[k]) for k, v in qat.state_dict().items() if k.endswith("weight"))
+    ema_scales = {k: v for k, v in ema.state_dict().items() if k.endswith(".scale")}
+    bad = [(k, v, qat.state_dict()[k]) for k, v in ema_scales.items() if not torch.equal(v, qat.state_dict()[k])]
+    assert not bad, bad[:2]  # ranges copied, not averaged

@@ -83,6 +83,8 @@ def main(argv=None):
     p.add_argument("--calibration-images", type=int, default=128, help="int8: number of calibration images")
     p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | qnnpack (default: fbgemm on x86, "
                    "qnnpack on ARM)")
+    p.add_argument("--keep-float", default="", help="int8: comma-separated submodules left in fp32 "
+                   "(e.g. stages.0,classifier)")
     p.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample")
     p.add_argument("--out", required=True)
     p.add_argument("--input-size", type=int, help="default: the arch's input size")
@@ -130,7 +132,8 @@ def _export_int8(model, name, args):
         return 1
     batches = [calib[i:i + 8] for i in range(0, len(calib), 8)]
     try:
-        q = quantize_static(model, batches, backend=args.backend)
+        q = quantize_static(model, batches, backend=args.backend,
+                            keep_float=[n for n in args.keep_float.split(",") if n])
         ts = export_int8_torchscript(q, path, example=held[:1])
     except (DeployError, UnsafeNameError) as e:
         print(f"error: {e}", file=sys.stderr)

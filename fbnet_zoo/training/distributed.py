@@ -60,6 +60,16 @@ def _env_int(name: str, default: int) -> int:
         raise TrainConfigError(f"environment {name}: {v!r} is not an integer (set by torchrun)") from None
 
 
+def process_device(device: str, world: int, local_rank: int) -> torch.device:
+    """The device this process trains on. A CUDA device without an index (``"cuda"``, or
+    ``"auto"`` under torchrun) becomes ``cuda:LOCAL_RANK``: torch.cuda.set_device needs an index,
+    and each torchrun process owns its local GPU. An explicit index is kept as given."""
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and (chosen.index is None or (world > 1 and device == "auto")):
+        return torch.device("cuda", local_rank)
+    return chosen
+
+
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:
     """Join the process group torchrun describes (a no-op for a plain ``python`` run).
 
@@ -67,9 +77,7 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
     on CUDA every process takes ``cuda:LOCAL_RANK`` (an explicit index is kept as given)."""
     world = _env_int("WORLD_SIZE", 1)
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    chosen = resolve_device(device)
-    if chosen.type == "cuda" and world > 1 and device in ("auto", "cuda"):
-        chosen = torch.device("cuda", local)
+    chosen = process_device(device, world, local)
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world <= 1:
