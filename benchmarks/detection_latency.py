@@ -6,7 +6,9 @@ Models (random weights: latency does not depend on them; nothing is downloaded):
 * ours: Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml),
   eager (the config's RPN test top-k 6000 / 100) and deployed (``fbnet_zoo.detection.d2.deploy``:
   BN folded, the authors' test top-k 1000 / 30, TorchScript with the post-processing; also
-  with channels_last weights; and int8 trunk + box head, eager);
+  with channels_last weights; and the whole detector int8 -- trunk, RPN head, RoI box head
+  (``fbnet_zoo.detection.d2.quantization``) -- eager and as one frozen TorchScript file, and
+  that file with the trunk's stem and first stage left fp32);
 * the authors' (d2go-config) variant FBNetV3-A-d2go C4 (model_configs/detection/authors/),
   eager (their config: 1000 / 30) and deployed;
 * torchvision's fasterrcnn_mobilenet_v3_large_320_fpn and fasterrcnn_mobilenet_v3_large_fpn
@@ -19,20 +21,27 @@ torchvision's 320 model at 320 x 427 and the other at 800 x 1066 (their transfor
 predictor resizes outside the model). Timing is interleaved: every round times each model
 once, in turn, so machine load falls on all models alike; medians over rounds.
 
+Per part (trunk, RPN head, box head on the 30 RoIs), fp32 (frozen TorchScript,
+channels_last) and int8 (frozen TorchScript) are also timed alone on the inputs the detector
+gives them: where int8 gains and loses. The result records the machine (CPU model, AVX2 /
+AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
+
     nice -n 10 python benchmarks/detection_latency.py --rounds 15 --threads 1
-Writes benchmarks/results/detection_latency.json.
+    python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours + torchvision, ~3 min idle
+Writes benchmarks/results/detection_latency.json (--quick: detection_latency_quick.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
 import statistics
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -77,9 +86,67 @@ def d2_model(path: str, test_proposals: int = None):
     return cfg, build_model(cfg).eval()
 
 
-def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -> Dict[str, Tuple[Callable, dict]]:
-    """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config."""
-    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript, quantize_detector
+def cpu_facts() -> Dict[str, Any]:
+    """The CPU the numbers come from: model name and the SIMD flags int8 kernels depend on."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:  # not Linux: the platform's name only
+        pass
+    model = model or platform.processor() or platform.machine()
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+    return {"cpu_model": model, "cpu_count": os.cpu_count(), "simd": {k: k in flags for k in wanted},
+            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def median_ms(fn: Callable, x, rounds: int) -> float:
+    with torch.no_grad():
+        fn(x)
+        fn(x)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            fn(x)
+            times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def part_times(deployed, quantized, image: torch.Tensor, rounds: int) -> Dict[str, Dict[str, float]]:
+    """Each int8 part alone vs its fp32 part (frozen TorchScript both; fp32 channels_last), on
+    the inputs the float detector gives it for ``image`` (round-robin per part)."""
+    from fbnet_zoo.detection.d2.quantization import part_inputs, part_slots, wrap_parts
+
+    fp32 = copy.deepcopy(deployed)
+    slots = wrap_parts(fp32)
+    inputs = part_inputs(fp32, slots, [image])
+    out = {}
+    for part, (parent, attr) in part_slots(quantized).items():
+        x = inputs[part][0]
+        cl = copy.deepcopy(getattr(*slots[part])).to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            f = torch.jit.freeze(torch.jit.trace(cl, x_cl, strict=False).eval())
+            q = torch.jit.freeze(torch.jit.trace(getattr(parent, attr), x, strict=False).eval())
+        f_ms, q_ms = median_ms(f, x_cl, rounds), median_ms(q, x, rounds)
+        out[part] = {"input": list(x.shape), "fp32_ms": f_ms, "int8_ms": q_ms, "int8_speedup": f_ms / q_ms}
+    return out
+
+
+def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
+                parts: Optional[Dict[str, Any]] = None, part_rounds: int = 0) -> Dict[str, Tuple[Callable, dict]]:
+    """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config,
+    and the whole int8 detector (eager and frozen TorchScript); per-part times into ``parts``."""
+    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
+    from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector
 
     cfg, model = d2_model(path)
     calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
@@ -95,9 +162,18 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -
     out[f"{tag} deploy"] = (lambda: dep.inference([{"image": image}], do_postprocess=False), info)
     out[f"{tag} deploy TorchScript"] = (lambda: ts(image), info)
     out[f"{tag} deploy TorchScript channels_last"] = (lambda: ts_cl(image), info)
-    # int8 trunk + box head (fbnet_zoo.quantize's PTQ flow), calibrated on shifted copies of the calibration image
+    # the whole detector int8 (every FBNet part), calibrated on shifted copies of the calibration image
     q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
-    out[f"{tag} deploy int8 (trunk + box head)"] = (lambda: q.inference([{"image": image}], do_postprocess=False), info)
+    ts_q = export_int8_detector(q, calib)
+    qinfo = {**info, "int8_parts": int8_parts(q)}
+    out[f"{tag} deploy int8"] = (lambda: q.inference([{"image": image}], do_postprocess=False), qinfo)
+    out[f"{tag} deploy int8 TorchScript"] = (lambda: ts_q(image), qinfo)
+    # the same with the stem and the first (stride-2, 16-channel) stage float
+    q2 = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)], float_stages=2)
+    ts_q2 = export_int8_detector(q2, calib)
+    out[f"{tag} deploy int8 TorchScript (stages 0-1 fp32)"] = (lambda: ts_q2(image), {**qinfo, "float_stages": 2})
+    if parts is not None:
+        parts[tag] = part_times(dep, q, image, part_rounds)
     return out
 
 
@@ -136,14 +212,22 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds (each times every model once)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join(HERE, "results", "detection_latency.json"))
+    p.add_argument("--settings", default="published,320", help="comma-separated: published, 320")
+    p.add_argument("--no-d2go", action="store_true", help="leave out the authors' d2go-config variant")
+    p.add_argument("--quick", action="store_true",
+                   help="unattended short run: 320 x 320 only, ours + torchvision, 9 rounds (~3 min on an idle CPU)")
+    p.add_argument("--out", default=None, help="default: results/detection_latency.json (--quick: _quick.json)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.settings, a.no_d2go, a.rounds = "320", True, min(a.rounds, 9)
+    a.out = a.out or os.path.join(HERE, "results", "detection_latency_quick.json" if a.quick else
+                                  "detection_latency.json")
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     # a smooth random image (not noise), so that proposals and detections are image-like
     photo = torch.nn.functional.interpolate(torch.rand(1, 3, 30, 40, generator=g), size=(480, 640),
                                             mode="bilinear", align_corners=False)[0]
-    square = photo[:, :, 80:560][:, 80:400]  # 320 x 320 crop
+    square = photo[:, 80:400, 80:400]  # 320 x 320 crop
 
     def resized(h, w):
         return torch.nn.functional.interpolate(photo[None], size=(h, w), mode="bilinear", align_corners=False)[0]
@@ -152,18 +236,20 @@ def main(argv=None) -> Dict[str, Any]:
         "published": {"ours / d2go": resized(224, 298) * 255, "torchvision": photo},
         "320": {"ours / d2go": square * 255, "torchvision": square},
     }
+    settings = {k: settings[k] for k in a.settings.split(",")}
     load_before = os.getloadavg()
     result: Dict[str, Any] = {"setup": {
-        "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "batch": 1,
+        "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "quick": a.quick, **cpu_facts(), "batch": 1,
         "weights": "random (latency-equivalent; nothing downloaded)", "timing": "interleaved round-robin, median",
         "sizes": {"published": "ours/d2go 224x298; tv 320_fpn 320x427, tv fpn 800x1066 (480x640 resized inside)",
                   "320": "every model 320x320"}}}
     for setting, images in settings.items():
         models: Dict[str, Tuple[Callable, dict]] = {}
         img, calib = images["ours / d2go"], images["ours / d2go"]
-        models.update(d2_variants("ours FBNetV3-A C4", OURS, img, calib))
-        models.update(d2_variants("d2go FBNetV3-A-d2go C4", AUTHORS, img, calib))
+        parts: Dict[str, Any] = {}
+        models.update(d2_variants("ours FBNetV3-A C4", OURS, img, calib, parts, a.rounds))
+        if not a.no_d2go:
+            models.update(d2_variants("d2go FBNetV3-A-d2go C4", AUTHORS, img, calib))
         models.update(tv_variants(images["torchvision"], 320 if setting == "320" else 0))
         times = interleaved(models, a.rounds, a.warmup)
         rows = {}
@@ -174,15 +260,24 @@ def main(argv=None) -> Dict[str, Any]:
         ref = rows["tv mobilenet_v3_large_320_fpn"]["median_ms"]
         for r in rows.values():
             r["speed_vs_tv_320_fpn"] = ref / r["median_ms"]
+        int8 = min(rows[k]["median_ms"] for k in rows if k.startswith("ours") and "int8 TorchScript" in k)
+        fp32 = min(rows[k]["median_ms"] for k in rows if k.startswith("ours") and "TorchScript" in k and "int8" not in k)
         result[setting] = rows
+        result[f"{setting} int8 vs fp32"] = {
+            "definition": "best fp32 deploy TorchScript median / best int8 TorchScript median (> 1: int8 faster)",
+            "ratio": fp32 / int8, "per_part_ours": parts["ours FBNetV3-A C4"]}
         print(f"\n[{setting}]  {'model':<44} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
         for name, r in rows.items():
             print(f"{'':<{len(setting) + 4}}{name:<44} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
                   f"{r['speed_vs_tv_320_fpn']:8.2f} {r['proposals']:5d} {r['params'] / 1e6:8.2f}")
-    best = max(result["320"][k]["speed_vs_tv_320_fpn"] for k in result["320"] if k.startswith("ours") and "deploy" in k)
-    result["goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"] = {"best_ratio": best, "met": best >= 1.0}
+        print(f"  int8 vs best fp32 TorchScript: {fp32 / int8:.2f}x;  per part (fp32 ms / int8 ms): " + ", ".join(
+            f"{k} {v['fp32_ms']:.1f}/{v['int8_ms']:.1f}" for k, v in parts["ours FBNetV3-A C4"].items()))
+    if "320" in result:
+        best = max(result["320"][k]["speed_vs_tv_320_fpn"] for k in result["320"] if k.startswith("ours") and "deploy" in k)
+        result["goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"] = {"best_ratio": best, "met": best >= 1.0}
     result["setup"]["loadavg_1_5_15"] = {"before": load_before, "after": os.getloadavg()}
-    print("\ngoal (ours deployed >= tv 320_fpn at 320, 1 thread):", result["goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"],
+    result["setup"]["quantized_engine"] = torch.backends.quantized.engine
+    print("\ngoal (ours deployed >= tv 320_fpn at 320, 1 thread):", result.get("goal_ours_deployed_at_least_as_fast_as_tv_320_fpn_at_320"),
           " load average before/after:", load_before, os.getloadavg())
     from fbnet_zoo.io_utils import atomic_write_text
 

@@ -8,7 +8,9 @@ Every method queries the same table through the same counter (``fbnet_zoo.search
 a query is one architecture's 200-epoch test accuracy; a repeated architecture costs nothing.
 A method's result after B queries is the best accuracy among the architectures it queried
 within B. NARS runs its three stages (Sobol pool, predictor with / without pretraining on
-FLOPs and params, rounds of m, stage-3 GA) and spends its last query on the GA's winner.
+FLOPs and params, rounds of m with the local share of model_configs/search/nas_bench_201.yaml's
+stage2.local_fraction / local_parents, stage-3 GA) and spends its last query on the GA's
+best-predicted unmeasured cell.
 
 Writes DIR/results.json (best-found accuracy after each budget: mean, std, n over seeds),
 DIR/results.md (the table plus the predictor's Spearman on all unqueried architectures after
@@ -35,14 +37,27 @@ METHODS = ("nars", "nars_nopretrain", "rea", "random")
 REA = {"population": 20, "sample": 5}           # Real et al. 2019 settings used for the anchors
 # NARS on NAS-Bench-201: the whole space as the pool (15,625 cells: the predictor ranks all of
 # them each round), rounds of 10, a small MLP refit full-batch from stage 1's weights each
-# round, one unconstrained stage-3 GA whose winner is the last query.
-NARS = {"pool_n": 15625, "m": 10,
+# round, one unconstrained stage-3 GA whose best-predicted unmeasured cell is the last query.
+# Stage 2's local share (stage2.local_fraction / local_parents) comes from model_configs/search/
+# nas_bench_201.yaml, the search's own config for this space; ``winners``: stage 3's queries.
+NARS = {"pool_n": 15625, "m": 10, "winners": 1,
         "predictor": {"hidden": [64, 64], "head_hidden": 32, "pretrain_epochs": 5, "batch_size": 1024,
                       "refit_batch_size": 1024, "refit_frozen_epochs": 40, "refit_full_epochs": 40},
         "stage3": {"population": 32, "top_k": 16, "max_generations": 30, "patience": 5, "seeds": 8}}
 TARGET_QUANTILE = 0.995    # queries-to-target: reach the top 0.5% of the table's accuracies
 
 _TABLES: Dict[str, Any] = {}
+_CONFIGS: Dict[str, Any] = {}
+
+
+def _config(dataset: str):
+    """The search's config for this space (model_configs/search/nas_bench_201.yaml) on ``dataset``."""
+    if dataset not in _CONFIGS:
+        from fbnet_zoo.search.config import load_config
+
+        _CONFIGS[dataset] = load_config("nas_bench_201", [f"bench.dataset={dataset}"] + ([] if dataset in (
+            "cifar10", "cifar10-valid", "cifar100", "ImageNet16-120") else ["space.num_classes=10"]))
+    return _CONFIGS[dataset]
 
 
 def _table(path: str, dataset: str):
@@ -50,12 +65,9 @@ def _table(path: str, dataset: str):
     key = f"{path}:{dataset}"
     if key not in _TABLES:
         from fbnet_zoo.search.baselines import TabularSpace
-        from fbnet_zoo.search.config import load_config
         from fbnet_zoo.search.tabular import Table
 
-        cfg = load_config("nas_bench_201", [f"bench.dataset={dataset}"] + ([] if dataset in (
-            "cifar10", "cifar10-valid", "cifar100", "ImageNet16-120") else ["space.num_classes=10"]))
-        space = cfg.search_space
+        space = _config(dataset).search_space
         table = Table.from_csv(path, dataset)
         _TABLES[key] = TabularSpace(space, space.arch_of, dict(zip(table.archs, table.acc)))
     return _TABLES[key]
@@ -81,9 +93,11 @@ def run_seed(job: Dict[str, Any]) -> Dict[str, Any]:
             curve = log.best_so_far()
             out["methods"][method] = {"results": {b: best_after(curve, b) for b in budgets}, "curve": curve.tolist()}
         else:
+            s2 = _config(job["dataset"]).stage2
             settings = NARSSettings(pretrain=(method == "nars"), pool_n=NARS["pool_n"], m=NARS["m"],
                                     predictor=dict(NARS["predictor"]), stage3=dict(NARS["stage3"]),
-                                    spearman_at=tuple(n for n in (50, 100) if n < top))
+                                    spearman_at=tuple(n for n in (50, 100) if n < top), winners=NARS["winners"],
+                                    local_fraction=s2.local_fraction, local_parents=s2.local_parents)
             if pool is None:
                 pool = sobol_pool(table, settings.pool_n, seed * 7919 + 1)
             stage1 = pretrained_predictor(table, pool, settings, seed).to_bytes()
@@ -252,12 +266,15 @@ def main(argv=None) -> int:
 
     runs: List[Dict[str, Any]] = []
 
+    s2 = _config(datasets[0]).stage2
+
     def write(final: bool) -> str:
         wall = time.perf_counter() - t0
         results, details = summarise(runs, datasets, methods, budgets, table)
         details.update({"wall_seconds": wall, "workers": args.workers, "seeds": seeds, "budgets": budgets,
                         "complete": final, "cpu_seconds": sum(sum(r["seconds"].values()) for r in runs),
-                        "table": table, "rea": REA, "nars": NARS, "cpu_count": os.cpu_count()})
+                        "table": table, "rea": REA, "cpu_count": os.cpu_count(),
+                        "nars": {**NARS, "local_fraction": s2.local_fraction, "local_parents": s2.local_parents}})
         atomic_write_text(os.path.join(args.out, "results.json"), json.dumps(results, indent=1))
         atomic_write_text(os.path.join(args.out, "details.json"), json.dumps(details, indent=1))
         md = markdown(results, details, methods, budgets, wall, args.workers)

@@ -17,8 +17,11 @@ methods work on integer arrays rather than strings.
 - ``nars``: the FBNetV3 search's three stages with the search's own pool (scrambled Sobol
   prefix), predictor (optional pretraining on FLOPs / params, per-round refits), round
   selection (round 1: the pool's first m; later rounds: the top m predicted among the
-  unqueried pool) and stage-3 adaptive GA under each constraint; the GA's winners are the
-  method's last queries (each one a query), so stage 3 must earn its place in the budget.
+  unqueried pool, of which ``local_fraction`` instead come from the one-edge neighbours of
+  the best measured archs, as ``stage2.local_fraction`` in the search) and stage-3 adaptive
+  GA under each constraint; the GA's winners are the method's last queries (each one a
+  query; ``winners`` = n: its n best-predicted unmeasured cells, so that a winner already
+  measured does not leave a query unspent), so stage 3 must earn its place in the budget.
 """
 
 from __future__ import annotations
@@ -187,6 +190,10 @@ class NARSSettings:
     stage3: Dict[str, Any] = field(default_factory=dict)
     constraints: Sequence[Mapping[str, float]] = ({},)   # {}: unconstrained
     spearman_at: Sequence[int] = ()                      # label counts to measure Spearman at
+    local_fraction: float = 0.0   # share of each later round taken from neighbours of the best measured
+    local_parents: int = 5        # how many of the best measured archs lend their one-edge neighbours
+    winners: Optional[int] = None  # stage-3 queries per constraint; None: the GA's best (a repeat costs
+                                   # nothing); n: the GA population's n best-predicted unmeasured cells
 
     @property
     def predictor_config(self) -> PredictorConfig:
@@ -242,6 +249,24 @@ def _refit(base: bytes, table: TabularSpace, labels: Sequence[int], settings: NA
     return pred
 
 
+def neighbours(table: TabularSpace, ids: Sequence[int]) -> np.ndarray:
+    """Every architecture one coordinate away from one of ``ids`` (regularized evolution's
+    mutation, enumerated), in order of ``ids``, without duplicates."""
+    out = []
+    for a in ids:
+        idx = table.index[int(a)]
+        for c in range(len(idx)):
+            for shift in range(1, int(table.radix[c])):
+                n = idx.copy()
+                n[c] = (n[c] + shift) % table.radix[c]
+                out.append(n)
+    if not out:
+        return np.zeros(0, dtype=np.int64)
+    ids_ = table.id_of_index(np.array(out))
+    _, first = np.unique(ids_, return_index=True)
+    return ids_[np.sort(first)]
+
+
 def _stage3(table: TabularSpace, pred: Predictor, labels: Sequence[int], pool: np.ndarray, budget: int,
             settings: NARSSettings, seed: int) -> tuple:
     """Stage 3 after the stage-2 ``labels``: one GA per constraint; its winner is queried."""
@@ -258,10 +283,58 @@ def _stage3(table: TabularSpace, pred: Predictor, labels: Sequence[int], pool: n
         seeds = [table.units[a] for a in measured if fits[a]][: s3.seeds]
         seeds += [table.units[a] for a in by_score if fits[a]][: max(0, s3.seeds - len(seeds))]
         res = ga.run(dict(c), seeds, seed=seed * 7 + ci)
-        winner = int(table.id_of_units(res.best.unit[None])[0])
-        winners.append(winner)
-        log.query(winner)
+        if settings.winners is None:
+            picks = [int(table.id_of_units(res.best.unit[None])[0])]
+        else:  # the population is sorted by predicted score, best first
+            ranked = table.id_of_units(np.stack([i.unit for i in res.population]))
+            picks = [int(a) for a in dict.fromkeys(ranked.tolist()) if int(a) not in log.seen][: settings.winners]
+        for winner in picks:
+            winners.append(winner)
+            log.query(winner)
     return log, winners
+
+
+def _select(table: TabularSpace, pred: Predictor, fresh: np.ndarray, log: QueryLog, take: int,
+            settings: NARSSettings) -> np.ndarray:
+    """A later round's candidates: the ``local_fraction`` share the best-predicted unmeasured
+    one-edge neighbours of the ``local_parents`` best measured archs that have any left
+    (exploitation around what was measured, as stage 3 evolves from the best), the rest the
+    best-predicted unmeasured archs of the pool."""
+    n_local = int(round(settings.local_fraction * take))
+    chosen = np.zeros(0, dtype=np.int64)
+    if n_local:
+        near: List[int] = []
+        moves: List[tuple] = []   # (parent, coordinate changed) of each entry of near
+        for a in sorted(log.order, key=lambda a: -log.seen[a]):  # a parent with nothing left to try is skipped
+            n_before = len(near)
+            for b in neighbours(table, [a]):
+                if int(b) not in log.seen and int(b) not in near:
+                    near.append(int(b))
+                    moves.append((a, int(np.flatnonzero(table.index[b] != table.index[a])[0])))
+            if len(near) > n_before and len({p for p, _ in moves}) == settings.local_parents:
+                break
+        if near:
+            score = pred.predict(table.features[np.array(near, dtype=np.int64)])
+            # the least-tried (parent, edge) first, the predictor's favourite among them: a
+            # predictor that under-rates one edge's operations (seen: skip_connect into the
+            # output node) cannot keep that edge of the best cells from being tried
+            tried = {m: 0 for m in moves}
+            for a in log.order:
+                for pa in {p for p, _ in moves}:
+                    diff = np.flatnonzero(table.index[a] != table.index[pa])
+                    if len(diff) == 1 and (pa, int(diff[0])) in tried:
+                        tried[(pa, int(diff[0]))] += 1
+            left = list(np.argsort(-score, kind="stable"))
+            picks = []
+            while left and len(picks) < n_local:
+                i = min(left, key=lambda i: tried[moves[i]])   # stable: the best score among the least tried
+                left.remove(i)
+                tried[moves[i]] += 1
+                picks.append(near[i])
+            chosen = np.array(picks, dtype=np.int64)
+    rest = fresh[~np.isin(fresh, chosen)]
+    top = rest[np.argsort(-pred.predict(table.features[rest]), kind="stable")[: take - len(chosen)]]
+    return np.concatenate([chosen, top])
 
 
 def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSSettings,
@@ -277,7 +350,8 @@ def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSS
     if pool is None:
         pool = sobol_pool(table, settings.pool_n, seed * 7919 + 1)
     base = stage1 if stage1 is not None else pretrained_predictor(table, pool, settings, seed).to_bytes()
-    stage2_len = {b: max(b - len(settings.constraints), 1) for b in budgets}
+    per = 1 if settings.winners is None else settings.winners
+    stage2_len = {b: max(b - per * len(settings.constraints), 1) for b in budgets}
     main = QueryLog(table, max(stage2_len.values()))
     pred = Predictor.from_bytes(base, settings.predictor_config)
     logs: Dict[int, QueryLog] = {}
@@ -299,7 +373,8 @@ def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSS
         if rnd == 1:
             chosen = fresh[:take]
         else:
-            chosen = fresh[np.argsort(-pred.predict(table.features[fresh]), kind="stable")[:take]]
+            # a round cut short keeps the first ``take`` of its m (so budgets share their prefix)
+            chosen = _select(table, pred, fresh, main, settings.m, settings)[:take]
         before = main.used
         for b, n in stage2_len.items():  # a smaller budget whose stage 2 ends inside this round
             if before < n < before + len(chosen):
@@ -322,4 +397,4 @@ def nars(table: TabularSpace, budgets: Sequence[int], seed: int, settings: NARSS
 
 
 __all__ = ["NARSResult", "NARSSettings", "QueryLog", "TabularSpace", "best_after", "mutate_one_edge",
-           "nars", "pretrained_predictor", "random_search", "regularized_evolution", "sobol_pool"]
+           "nars", "neighbours", "pretrained_predictor", "random_search", "regularized_evolution", "sobol_pool"]

@@ -200,7 +200,17 @@ class EarlyStopConfig(_Section):
 
 @dataclass(frozen=True)
 class Stage2Config(_Section):
-    """Stage 2: ``rounds`` rounds of ``m`` trained candidates (``epochs``: None = the recipe's)."""
+    """Stage 2: ``rounds`` rounds of ``m`` trained candidates (``epochs``: None = the recipe's).
+
+    Rounds after the first take the best-predicted unmeasured pool candidates; with
+    ``local_fraction`` > 0 that share of each such round instead takes the best-predicted
+    unmeasured mutants (one change each) of the ``local_parents`` best measured candidates:
+    exploitation around what was measured, as stage 3 evolves from the best, so that a
+    predictor confidently wrong about one region cannot hold the whole budget there (a best
+    candidate whose mutants were all measured gives way to the next). 0.0 (the default) is
+    the plain top-m-predicted selection. The NAS-Bench-201 benchmark's table version
+    (``baselines.nars``) enumerates every one-edge neighbour and tries the least-tried
+    (parent, edge) first."""
 
     PATH: ClassVar[str] = "stage2"
     NESTED: ClassVar[Dict[str, type]] = {"early_stop": EarlyStopConfig}
@@ -208,10 +218,14 @@ class Stage2Config(_Section):
     m: int = 48
     epochs: Optional[int] = None
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    local_fraction: float = 0.0
+    local_parents: int = 5
 
     def __post_init__(self) -> None:
         check_int("stage2.rounds", self.rounds, error=SearchConfigError)
         check_int("stage2.m", self.m, error=SearchConfigError)
+        check_number("stage2.local_fraction", self.local_fraction, 0.0, 1.0, lo_open=False, error=SearchConfigError)
+        check_int("stage2.local_parents", self.local_parents, error=SearchConfigError)
         if self.epochs is not None:
             check_int("stage2.epochs", self.epochs, error=SearchConfigError)
         if not isinstance(self.early_stop, EarlyStopConfig):

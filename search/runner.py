@@ -338,13 +338,49 @@ class SearchRun:
         else:
             scores = pred.predict(self.pool_features)
             order = sorted(range(len(pool)), key=lambda i: (-scores[i], i))
-        chosen = [i for i in order if pool.keys[i] not in known][:m]
-        if not chosen:
+        local = self._local_candidates(rnd, pred, known) if rnd > 1 else []
+        taken = known | {k for k, _, _ in local}
+        chosen = [i for i in order if pool.keys[i] not in taken]
+        chosen = chosen[:m - len(local)]
+        if not chosen and not local:
             raise SearchConfigError(f"stage2 round {rnd}: the pool has no unevaluated candidate left; raise pool.n")
         epochs = self._full_epochs() if rnd == 1 else self.target_epoch()
-        entries = [self._entry(pool.keys[i], pool.values[i], None if scores is None else float(scores[i]))
-                   for i in chosen]
+        entries = [self._entry(k, v, s) for k, v, s in local]
+        entries += [self._entry(pool.keys[i], pool.values[i], None if scores is None else float(scores[i]))
+                    for i in chosen]
         self.store.add_round(rnd, entries, epochs)
+
+    def _local_candidates(self, rnd: int, pred: Predictor, known: Any) -> List[tuple]:
+        """``stage2.local_fraction`` of round ``rnd``'s m: the best-predicted unmeasured mutants
+        (the space's mutation, one coordinate on average, at least one) of the
+        ``stage2.local_parents`` best measured candidates that have any left, inside the
+        pool's FLOPs / params window, as (key, values, predicted)."""
+        s2 = self.cfg.stage2
+        n_local = int(round(s2.local_fraction * s2.m))
+        if not n_local:
+            return []
+        e = self.target_epoch()
+        best = sorted(self.store.candidates(status="ok"), key=lambda r: (-self._target(r, e), r["key"]))
+        rng = np.random.default_rng([self.seed, 7, rnd])  # a resumed run draws the same mutants
+        found: Dict[str, tuple] = {}
+        parents = 0
+        for r in best:   # a parent whose mutants were all measured already is skipped
+            unit = self.space.unit_of(r["values"])
+            before = len(found)
+            for _ in range(8 * self.space.ndim):
+                values = self.space.decode(self.space.mutate(unit, 1.0 / self.space.ndim, rng))
+                key = self.space.key(values)
+                if key not in known and key not in found and self.cfg.pool.contains(*self.space.cost(values)):
+                    found[key] = (key, values, self.space.unit_of(values))
+            parents += len(found) > before
+            if parents == s2.local_parents:
+                break
+        if not found:
+            return []
+        cands = list(found.values())
+        scores = pred.predict(self.encoder.encode_units(np.stack([u for _, _, u in cands])))
+        order = sorted(range(len(cands)), key=lambda i: (-scores[i], cands[i][0]))[:n_local]
+        return [(cands[i][0], cands[i][1], float(scores[i])) for i in order]
 
     def _train_pending(self, rnd: int, epochs: int) -> None:
         pending = [r for r in self.store.candidates(rnd=rnd) if r["status"] in ("pending", RETRYABLE)]

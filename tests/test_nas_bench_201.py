@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fbnet_zoo.search.baselines import (NARSSettings, QueryLog, TabularSpace, best_after, nars, random_search,
-                                        regularized_evolution, sobol_pool)
+from fbnet_zoo.search.baselines import (NARSSettings, QueryLog, TabularSpace, best_after, nars, neighbours,
+                                        random_search, regularized_evolution, sobol_pool)
 from fbnet_zoo.search.config import SearchConfigError, load_config
 from fbnet_zoo.search.pool import build_pool
 from fbnet_zoo.search.runner import run_search
@@ -226,6 +226,46 @@ def test_nars_pool_is_the_searchs_sobol_pool_and_budgets_share_their_prefix(tab1
         log = both.logs[b]
         assert log.used <= b and both.winners[b][0] in log.seen      # the winner is a query
     assert set(both.spearman) == {12} and -1 <= both.spearman[12] <= 1
+
+
+def test_nars_local_rounds_take_neighbours_of_the_best_measured_and_winners_are_fresh_queries(tab10):
+    settings = NARSSettings(pool_n=2048, m=6, predictor={"hidden": [32], "head_hidden": 16, "pretrain_epochs": 2,
+                                                        "refit_frozen_epochs": 8, "refit_full_epochs": 8,
+                                                        "refit_batch_size": 1024},
+                            stage3={"max_generations": 4, "population": 16, "top_k": 8},
+                            local_fraction=0.5, local_parents=2, winners=2)
+    res = nars(tab10, [20, 30], seed=2, settings=settings)
+    assert res.logs[20].order == nars(tab10, [20], seed=2, settings=settings).logs[20].order
+    log = res.logs[30]
+    assert log.used == 30 and len(res.winners[30]) == 2 and log.order[-2:] == res.winners[30]  # 2 fresh queries
+    order = log.order
+    for start in range(6, 28, 6):   # every later round: half one-edge neighbours of the 2 best measured before it
+        n_local = min(3, 28 - start)   # a round cut short keeps the first of its 6
+        before = order[:start]
+        best = sorted(before, key=lambda a: -log.seen[a])[:2]
+        near = set(neighbours(tab10, best).tolist())
+        assert all(a in near for a in order[start:start + n_local]), start
+    assert all(sum(x != y for x, y in zip(tab10.index[a], tab10.index[order[0]])) == 1
+               for a in neighbours(tab10, [order[0]]))
+    plain = nars(tab10, [30], seed=2, settings=NARSSettings(**{**settings.__dict__, "local_fraction": 0.0,
+                                                                 "winners": None}))
+    assert plain.logs[30].order[:6] == order[:6] and plain.logs[30].order != order   # same round 1, then differ
+
+
+def test_runner_local_rounds_are_mutants_of_the_best_measured(tmp_path, c10):
+    cfg = load_config("nas_bench_201", NB_ARGS + ["stage2.local_fraction=1.0", "stage2.local_parents=1"])
+    run_search(cfg, str(tmp_path / "r"), report=False, stages=(1, 2))
+    store = RunStore(str(tmp_path / "r"))
+    try:
+        r1 = store.candidates(rnd=1, status="ok")
+        r2 = store.candidates(rnd=2)
+    finally:
+        store.close()
+    best = max(r1, key=lambda r: r["top1"][-1])
+    assert len(r2) == 5
+    assert all(0 < sum(r["values"][k] != best["values"][k] for k in best["values"]) <= 3 for r in r2)
+    scores = [r["predicted"] for r in r2]
+    assert scores == sorted(scores, reverse=True)
 
 
 def test_benchmark_quick_run_writes_the_documented_schema(tmp_path):

@@ -62,6 +62,10 @@ def test_a_wrong_type_for_any_key_names_its_dotted_path(path):
     (["stage2.m=2.0"], r"^stage2.m: 2.0 is not an integer"),
     (["predictor.pretrain=maybe"], r"^predictor.pretrain: 'maybe' is not a boolean"),
     (["stage2.early_stop.threshold=1.5"], r"^stage2.early_stop.threshold: 1.5 is outside \[-1.0, 1.0\]"),
+    (["stage2.local_fraction=1.5"], r"^stage2.local_fraction: 1.5 is outside \[0.0, 1.0\]"),
+    (["stage2.local_fraction=half"], r"^stage2.local_fraction: 'half' is not a number"),
+    (["stage2.local_parents=0"], r"^stage2.local_parents: 0 is "),
+    (["stage2.local_parentz=3"], r"^stage2.local_parentz: unknown key in override"),
     (["family.rule.beta=0"], r"^family.rule.beta: 0 is outside \(0.0, inf\]"),
     (["family.members=[{name: F, from: biggest, phi: 1}]"], r"^family.members\[0\].from: 'biggest' is not one of"),
     (["flops_convention=mobile_cv"], r"^flops_convention: 'mobile_cv' is not one of \['fvcore', 'paper'\]"),
@@ -80,6 +84,8 @@ def test_sections_are_frozen_typed_and_round_trip_through_the_stored_mapping():
     cfg = load_config("default", ["stage2.m=16", "stage3.constraints=['flops<=0.7M&params<=40K']", "stage3.k1=1"])
     assert isinstance(cfg, SearchConfig) and cfg.stage2.m == 16 and cfg.stage2.early_stop.method == "kendall"
     assert cfg.stage3.constraints == ({"flops": 7e5, "params": 4e4},)
+    # the FBNet default keeps the plain top-m-predicted rounds; the cell space's config mixes in local rounds
+    assert cfg.stage2.local_fraction == 0.0 and load_config("nas_bench_201").stage2.local_fraction > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.stage2.m = 3
     stored = cfg.to_dict()

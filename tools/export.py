@@ -7,11 +7,21 @@ or int8 (post-training static quantization, TorchScript).
         --format onnx --input-size 224 --dynamic batch,height,width --out model.onnx
     python tools/export.py --arch FBNetV3-B-timm --pretrained --format int8 \
         --calibration /data/imagenet/train --calibration-images 256 --out exported/
+    # a detectron2 detector (config + weights, or an authors' d2go source), one TorchScript file
+    # with the post-processing; int8: every FBNet part quantized, calibrated on image files
+    python tools/export.py --detector model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
+        --weights output/model_final.pth --format int8 --calibration /data/coco/train2017 \
+        --calibration-images 64 --out exported/detector_int8.ts
+    python tools/export.py --detector FBNetV3-A-d2go:faster_rcnn_c4 --format torchscript \
+        --calibration /data/coco/val2017 --out exported/
 
 int8 calibrates on --calibration (a folder of images, searched recursively, resized and
 centre-cropped to the input size with ImageNet normalisation); without it, on generated
 images (the embedded procedural set), which is worse than a few hundred real ones. It
 reports the top-1 agreement with fp32 on held-out images of the same kind.
+
+--detector needs detectron2; --calibration is required for it (the export is traced on the
+first image; int8 calibrates on all of them); KEY VALUE config overrides go after --opts.
 
 --out is a directory (files named after the arch) or, for a single format, a file name. A
 file name made from the arch name must be one plain name inside --out: an arch named
@@ -28,6 +38,7 @@ import torch
 
 import fbnet_zoo
 from fbnet_zoo.checkpoints import CheckpointError
+from fbnet_zoo.errors import FBNetZooError
 from fbnet_zoo.deploy import DeployError, check_onnx, example_input, export_onnx, export_torchscript
 from fbnet_zoo.io_utils import UnsafeNameError, output_file
 from fbnet_zoo.quantize import export_int8_torchscript, quantize_static, top1_agreement
@@ -72,7 +83,11 @@ def calibration_images(folder, n, size, seed):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", required=True, help="zoo name or arch YAML")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="zoo name or arch YAML")
+    which.add_argument("--detector", help="detectron2 config YAML (MODEL.FBNET) or an authors' d2go source "
+                       "(FBNetV3-A-d2go:faster_rcnn_c4); formats torchscript | int8")
+    p.add_argument("--opts", nargs="*", default=[], help="--detector: KEY VALUE config overrides")
     p.add_argument("--weights", help="checkpoint path / URL / source name (default: random init)")
     p.add_argument("--pretrained", nargs="?", const=True, default=None,
                    help="load the arch's default source (or the named one)")
@@ -95,6 +110,8 @@ def main(argv=None):
     p.add_argument("--trace", action="store_true", help="TorchScript by tracing instead of scripting")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.detector:
+        return _export_detector(args)
     pretrained = args.weights or args.pretrained or False
     try:
         model = fbnet_zoo.build_model(args.arch, num_classes=args.num_classes, pretrained=pretrained).eval()
@@ -141,6 +158,34 @@ def _export_int8(model, name, args):
     agree, n = top1_agreement(model, ts, [held[i:i + 16] for i in range(0, len(held), 16)])
     kind = "generated" if args.calibration is None else "held-out"
     print(f"int8: {path} (top-1 agreement with fp32 on {n} {kind} images: {agree:.1%})")
+    return 0
+
+
+def _export_detector(args):
+    try:
+        from fbnet_zoo.detection.d2.export import detector_images, export_detector, load_detector
+    except ImportError as e:
+        print(f"error: --detector needs detectron2: {e}", file=sys.stderr)
+        return 1
+    if args.format not in ("torchscript", "int8"):
+        print(f"error: --format {args.format}: a detector exports as torchscript or int8", file=sys.stderr)
+        return 1
+    try:
+        cfg, model = load_detector(args.detector, args.weights or "", args.opts)
+        stem = os.path.splitext(os.path.basename(args.detector))[0] if args.detector.endswith((".yaml", ".yml")) \
+            else args.detector.replace(":", "_")
+        is_dir = os.path.isdir(args.out) or args.out.endswith(os.sep)
+        suffix = "_int8" if args.format == "int8" else ""
+        path = output_file(args.out, stem + suffix, ".ts", what="detector name") if is_dir else args.out
+        if not args.calibration:
+            raise FBNetZooError("--calibration DIR is required with --detector (image files to trace and calibrate on)")
+        images = detector_images(cfg, args.calibration, args.calibration_images, args.seed)
+        info = export_detector(cfg, model, path, args.format, images, backend=args.backend)
+    except (FBNetZooError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    parts = f", int8 parts: {', '.join(info['int8_parts'])}" if "int8_parts" in info else ""
+    print(f"{args.format}: {path} (traced at {info['image_size'][0]}x{info['image_size'][1]}{parts})")
     return 0
 
 

@@ -11,10 +11,19 @@
     # smoke run on a synthetic COCO-format set (CPU is fine):
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
         --toy-coco /tmp/toy SOLVER.MAX_ITER 20 SOLVER.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(128,)"
+    # quantization-aware training from trained fp32 weights, then int8: converted, evaluated,
+    # exported to OUTPUT_DIR/model_int8.ts (one TorchScript file with the post-processing)
+    python tools/train_net.py --config-file ... --qat MODEL.WEIGHTS output/model_final.pth \
+        SOLVER.BASE_LR 0.001 SOLVER.MAX_ITER 5000 QUANTIZATION.QAT.FREEZE_BN_ITER 3000 \
+        QUANTIZATION.QAT.FREEZE_OBSERVER_ITER 4000
 
 Options: --config-file, --resume, --eval-only, --num-gpus, --num-machines, --machine-rank,
 --dist-url and trailing KEY VALUE overrides, as detectron2's own tools/train_net.py;
 --toy-coco DIR writes (if absent) and registers the toy set and trains/tests on it.
+--qat (QUANTIZATION.QAT.ENABLED): the detector's FBNet parts (trunk, RPN head, RoI box / mask /
+keypoint heads) are prepared for quantization-aware training after the fp32 weights
+(MODEL.WEIGHTS, MODEL.FBNET.D2GO_WEIGHTS) are loaded, trained, converted to int8, evaluated
+and exported (fbnet_zoo.detection.d2.quantization; QUANTIZATION.* options documented there).
 COCO metrics come from detectron2's COCOEvaluator (pycocotools); semantic configs use
 SemSegEvaluator. MODEL.FBNET.PRETRAINED loads the zoo's ImageNet backbone weights.
 Needs detectron2 (https://github.com/facebookresearch/detectron2).
@@ -30,6 +39,7 @@ import torch
 
 try:
     import detectron2.utils.comm as comm
+    from detectron2.data import build_detection_test_loader
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
@@ -40,6 +50,8 @@ except ImportError:
 
 from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
 from fbnet_zoo.detection.d2 import lazy
+from fbnet_zoo.detection.d2.quantization import (add_quantization_config, convert_detector_qat, export_int8_detector,
+                                                 int8_parts, prepare_detector_qat, qat_schedule_hook)
 
 TOY_NAME = "fbnet_toy_coco"
 logger = logging.getLogger("fbnet_zoo.train_net")
@@ -52,6 +64,25 @@ class Trainer(DefaultTrainer):
         if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor":
             return SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        if not cfg.QUANTIZATION.QAT.ENABLED:
+            return model
+        # QAT starts from the float weights: load them before the parts become QAT graphs
+        if cfg.MODEL.WEIGHTS:
+            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        d2.load_configured_weights(model, cfg)
+        example = torch.zeros(3, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+        return prepare_detector_qat(model, example, backend=cfg.QUANTIZATION.BACKEND or None)
+
+    def build_hooks(self):
+        hooks = super().build_hooks()
+        q = self.cfg.QUANTIZATION.QAT
+        if q.ENABLED and (q.FREEZE_BN_ITER >= 0 or q.FREEZE_OBSERVER_ITER >= 0):
+            hooks.insert(-1, qat_schedule_hook(lambda: self.model, q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER))
+        return hooks
 
 
 def register_toy(root: str) -> dict:
@@ -69,7 +100,11 @@ def setup(args):
     else:
         cfg = get_cfg()
         d2.add_fbnet_config(cfg)
+        add_quantization_config(cfg)
         cfg.merge_from_file(args.config_file)
+    add_quantization_config(cfg)
+    if args.qat:
+        cfg.QUANTIZATION.QAT.ENABLED = True
     if args.toy_coco:
         names = register_toy(args.toy_coco)
         ds = names["sem_seg"] if cfg.MODEL.META_ARCHITECTURE == "SemanticSegmentor" else names["instances"]
@@ -117,10 +152,34 @@ def main(args):
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
+    if cfg.QUANTIZATION.QAT.ENABLED:
+        return train_qat(cfg, trainer, args.resume)
     trainer.resume_or_load(resume=args.resume)
     if not (args.resume and trainer.checkpointer.has_checkpoint()):
         d2.load_configured_weights(trainer.model, cfg)  # the authors' d2go weights, when the config names them
     return trainer.train()
+
+
+def train_qat(cfg, trainer, resume: bool):
+    """QAT: the float weights are in already (Trainer.build_model); resume only from a QAT
+    checkpoint of this run. After training: int8 model converted, evaluated, exported."""
+    if resume and trainer.checkpointer.has_checkpoint():
+        trainer.resume_or_load(resume=True)
+    results = {"qat": trainer.train()}
+    if not (cfg.QUANTIZATION.QAT.EXPORT and comm.is_main_process()):
+        return results
+    int8 = convert_detector_qat(trainer.model, backend=cfg.QUANTIZATION.BACKEND or None)
+    logger.info("QAT: int8 parts %s", int8_parts(int8))
+    if cfg.DATASETS.TEST:
+        results["int8"] = Trainer.test(cfg, int8)
+        image = next(iter(build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])))[0]["image"].float()
+    else:
+        image = torch.zeros(3, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    path = os.path.join(cfg.OUTPUT_DIR, "model_int8.ts")
+    export_int8_detector(int8, image, path)
+    logger.info("QAT: int8 detector exported to %s", path)
+    results["int8_export"] = path
+    return results
 
 
 def build_parser():
@@ -130,6 +189,9 @@ def build_parser():
     parser.add_argument("--d2go", default="", metavar="SOURCE",
                         help="one of the authors' d2go checkpoints (e.g. FBNetV3-A-d2go:faster_rcnn_c4): "
                              "their config is used (no --config-file needed) and their weights loaded")
+    parser.add_argument("--qat", action="store_true",
+                        help="quantization-aware training (QUANTIZATION.QAT.ENABLED): from the loaded fp32 weights, "
+                             "then int8 converted, evaluated and exported to OUTPUT_DIR/model_int8.ts")
     return parser
 
 

@@ -26,7 +26,6 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
 from fbnet_zoo.deploy import fold_bn, strip_identities
-from fbnet_zoo.quantize import quantize_static
 from fbnet_zoo.errors import DetectionError
 from fbnet_zoo.io_utils import atomic_path
 
@@ -36,7 +35,7 @@ logger = logging.getLogger(__name__)
 # POST_NMS_TOPK_TEST 30; "we use smaller numbers" than detectron2's 6000 / 1000).
 AUTHORS_C4_TEST_TOPK = {"pre_nms_topk": 1000, "test_proposals": 30}
 
-__all__ = ["AUTHORS_C4_TEST_TOPK", "deploy_detector", "quantize_detector", "export_torchscript", "instances_from_outputs"]
+__all__ = ["AUTHORS_C4_TEST_TOPK", "deploy_detector", "export_torchscript", "instances_from_outputs"]
 
 
 def _frozen_to_bn(module: nn.Module) -> nn.Module:
@@ -89,16 +88,19 @@ def _inference(model: nn.Module, image: torch.Tensor) -> Instances:
 
 
 def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str] = None,
-                       atol: float = 1e-3) -> torch.jit.ScriptModule:
+                       atol: float = 1e-3, freeze: bool = False) -> torch.jit.ScriptModule:
     """Trace ``model`` (deploy it first: ``deploy_detector``) on ``image`` (CHW, the model's
     input format and pixel range), check the traced outputs against eager on that image
     (DetectionError above ``atol``, relative to the largest value), save to ``path``
-    atomically when given. The module's ``outputs_schema`` attribute is not kept in the file;
+    atomically when given. ``freeze``: ``torch.jit.freeze`` the traced module (weights become
+    constants; what int8 graphs need to lose their per-op attribute lookups). The module's ``outputs_schema`` attribute is not kept in the file;
     ``instances_from_outputs`` rebuilds ``Instances`` from the flat tensors."""
     model = model.eval()
     adapter = TracingAdapter(model, (image,), _inference)
     with torch.no_grad():
         traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+        if freeze:
+            traced = torch.jit.freeze(traced.eval())
         want = adapter(*adapter.flattened_inputs)
         got = traced(*adapter.flattened_inputs)
     if len(want) != len(got):
@@ -129,49 +131,3 @@ def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[
     for name, value in zip(fields, outputs):
         inst.set(name, Boxes(value) if name == "pred_boxes" else value)
     return inst
-
-
-class _Int8BoxHead(nn.Module):
-    """An int8 RoI box head (an FX GraphModule) with the ``output_shape`` detectron2 reads."""
-
-    def __init__(self, quantized: nn.Module, output_shape):
-        super().__init__()
-        self.quantized = quantized
-        self._output_shape = output_shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantized(x)
-
-    @property
-    def output_shape(self):
-        return self._output_shape
-
-
-def quantize_detector(model: nn.Module, images: List[torch.Tensor], backend: Optional[str] = None) -> nn.Module:
-    """An int8 copy of a (deployed) C4 detector by post-training static quantization
-    (``fbnet_zoo.quantize.quantize_static``, the classifiers' flow): the FBNet trunk and the RoI
-    box head (the stride-32 stages) run int8, calibrated on ``images`` (CHW, the model's input
-    format and pixel range, e.g. a few hundred training images); the RPN head, RoI pooling,
-    the box predictor and the post-processing stay float. ``model`` is not changed."""
-    if not images:
-        raise DetectionError("quantize_detector: images is empty; calibration needs images like the test images")
-    body = getattr(getattr(model, "backbone", None), "body", None)
-    if body is None or not hasattr(model.roi_heads, "box_head"):
-        raise DetectionError("quantize_detector: expected a C4 GeneralizedRCNN built with our FBNet backbone")
-    model = copy.deepcopy(model).eval()
-    trunk_inputs: List[torch.Tensor] = []
-    roi_inputs: List[torch.Tensor] = []
-    hook = model.roi_heads.box_head.register_forward_hook(lambda m, args, out: roi_inputs.append(args[0]))
-    try:
-        with torch.no_grad():
-            for image in images:
-                trunk_inputs.append(model.preprocess_image([{"image": image}]).tensor)
-                model.inference([{"image": image}], do_postprocess=False)
-    finally:
-        hook.remove()
-    model.backbone.body = quantize_static(body, trunk_inputs, backend=backend)
-    box_head = model.roi_heads.box_head
-    model.roi_heads.box_head = _Int8BoxHead(quantize_static(box_head, roi_inputs, backend=backend),
-                                            box_head.output_shape)
-    logger.info("quantize_detector: trunk and box head int8, calibrated on %d images", len(images))
-    return model

@@ -1,0 +1,97 @@
+"""One-call detector export (tools/export.py --detector): build a detectron2 detector from a
+config (or one of the authors' d2go sources), load weights, deploy it (BN folded, the
+authors' test top-k for C4 models), and write one TorchScript file with the post-processing,
+fp32 or int8 (post-training static quantization calibrated on image files)."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.modeling import build_model
+
+from ..core import DetectionError
+from .config import add_fbnet_config, d2go_config
+from .deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
+from .model import load_configured_weights
+from .quantization import export_int8_detector, int8_parts, quantize_detector
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+__all__ = ["detector_images", "export_detector", "load_detector"]
+
+
+def load_detector(config: str, weights: str = "", opts: Sequence[str] = ()) -> Tuple[object, nn.Module]:
+    """(cfg, eval model): ``config`` a detectron2 YAML with MODEL.FBNET options or one of the
+    authors' d2go sources (``FBNetV3-A-d2go:faster_rcnn_c4``: their config and weights);
+    ``weights`` a detectron2 checkpoint (MODEL.WEIGHTS); ``opts`` KEY VALUE overrides."""
+    if config.endswith((".yaml", ".yml")):
+        if not os.path.isfile(config):
+            raise DetectionError(f"--detector: config file {config!r} does not exist")
+        cfg = get_cfg()
+        add_fbnet_config(cfg)
+        cfg.merge_from_file(config)
+    else:
+        cfg = d2go_config(config)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    model = build_model(cfg).eval()
+    if weights:
+        DetectionCheckpointer(model).load(weights)
+    else:
+        load_configured_weights(model, cfg)
+    return cfg, model
+
+
+def detector_images(cfg, folder: str, n: int, seed: int = 0) -> List[torch.Tensor]:
+    """``n`` image files from below ``folder`` (sorted, shuffled by ``seed``), read in the
+    model's INPUT.FORMAT and resized as detectron2's predictor does at test time (shortest
+    edge INPUT.MIN_SIZE_TEST, long side <= INPUT.MAX_SIZE_TEST): CHW float tensors."""
+    files = sorted(f for f in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+                   if f.lower().endswith(IMAGE_EXTS))
+    if not files:
+        raise DetectionError(f"--calibration {folder}: no image files ({', '.join(IMAGE_EXTS)}) below it")
+    order = np.random.default_rng(seed).permutation(len(files))[:n]
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    out = []
+    for i in order:
+        image = read_image(files[i], format=cfg.INPUT.FORMAT)
+        image = resize.get_transform(image).apply_image(image)
+        out.append(torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float())
+    return out
+
+
+def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
+                    calibration: Optional[List[torch.Tensor]] = None, backend: Optional[str] = None,
+                    authors_topk: bool = True) -> Dict[str, object]:
+    """Deploy ``model`` (BN folded; the authors' RPN test top-k 1000 / 30 for C4 models when
+    ``authors_topk``) and write it to ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every
+    FBNet part int8, calibrated on ``calibration``; traced on its first image). Returns what
+    was written (path, format, int8 parts, traced image size)."""
+    if fmt not in ("torchscript", "int8"):
+        raise DetectionError(f"format: {fmt!r} is not one of ['torchscript', 'int8'] for a detector")
+    if not calibration:
+        raise DetectionError("export_detector: no images (the export is traced and checked on one; int8 "
+                             "calibrates on all of them): pass --calibration DIR")
+    c4 = "FPN" not in cfg.MODEL.BACKBONE.NAME
+    deployed = deploy_detector(model, **(AUTHORS_C4_TEST_TOPK if c4 and authors_topk else {}))
+    info: Dict[str, object] = {"path": path, "format": fmt, "image_size": tuple(calibration[0].shape[-2:])}
+    if fmt == "int8":
+        q = quantize_detector(deployed, calibration, backend=backend)
+        export_int8_detector(q, calibration[0], path)
+        info["int8_parts"] = int8_parts(q)
+        info["calibration_images"] = len(calibration)
+    else:
+        export_torchscript(deployed, calibration[0], path)
+    return info

@@ -1,0 +1,166 @@
+"""int8 detectors (skipped where detectron2 is not installed; CI has none).
+
+The authors' FBNetV3-A C4 Faster R-CNN / Mask R-CNN and the Keypoint R-CNN with random
+weights and perturbed BN statistics (test_detection_deploy.randomised): post-training
+quantization makes every FBNet part int8 (trunk, RPN head, RoI box head, mask / keypoint
+head), each part stays close to fp32, and the one-file TorchScript export (post-processing
+included) equals the eager int8 detector at the traced size and at another one."""
+
+import pytest
+import torch
+
+pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
+
+from test_detection_deploy import close, image, randomise, randomised  # noqa: E402
+
+from fbnet_zoo.detection import DetectionError  # noqa: E402
+from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, instances_from_outputs  # noqa: E402
+from fbnet_zoo.detection.d2.quantization import (SamePaddedQuantizedConv, export_int8_detector, int8_parts,  # noqa: E402
+                                                 quantize_detector, same_pad_depthwise)
+
+CASES = [pytest.param("FBNetV3-A-d2go:faster_rcnn_c4", ("backbone", "rpn_head", "box_head"), (), id="faster"),
+         pytest.param("FBNetV3-A-d2go:mask_rcnn_c4", ("backbone", "rpn_head", "box_head", "mask_head"),
+                      ("pred_masks",), id="mask", marks=pytest.mark.slow),  # ~60 s
+         pytest.param("FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4",
+                      ("backbone", "rpn_head", "box_head", "keypoint_head"), ("pred_keypoints",), id="keypoint")]
+
+
+def _quantized_modules(module):
+    return [m for m in module.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+
+
+@pytest.mark.parametrize("source, parts, extra", CASES)
+def test_whole_detector_int8_and_its_export_equal_eager(source, parts, extra, tmp_path):
+    cfg, model = randomised(source)
+    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    q = quantize_detector(deployed, [image(224, 320, seed=s) for s in range(3)])
+    assert int8_parts(q) == list(parts)
+    assert not _quantized_modules(deployed)  # the input is untouched
+    heads = q.roi_heads
+    assert _quantized_modules(q.proposal_generator.rpn_head) and _quantized_modules(heads.box_head)
+    assert heads.box_head.output_shape.channels == deployed.roi_heads.box_head.output_shape.channels
+    # depthwise convs padded below k // 2 (reference archs' stride-2 rows) run on fbgemm's fast kernel
+    under = [m for m in deployed.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == m.in_channels > 1
+             and any(p < k // 2 for k, p in zip(m.kernel_size, m.padding))]
+    assert len([m for m in q.modules() if isinstance(m, SamePaddedQuantizedConv)]) == len(under)
+
+    # each int8 part stays close to its fp32 part (random weights and perturbed BN statistics
+    # are a hard case for int8; a wrong scale or a dropped part gives ~0)
+    x = image(240, 320, seed=7)
+    cos = torch.nn.functional.cosine_similarity
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32, i8 = deployed.backbone(t)["res4"], q.backbone(t)["res4"]
+        assert float(cos(f32.flatten(), i8.flatten(), dim=0)) > 0.8
+        l32, l8 = deployed.proposal_generator.rpn_head([f32])[0][0], q.proposal_generator.rpn_head([f32])[0][0]
+        assert float(cos(l32.flatten(), l8.flatten(), dim=0)) > 0.8
+        rois = f32[:, :, :6, :6].expand(8, -1, -1, -1)
+        b32, b8 = deployed.roi_heads.box_head(rois), heads.box_head(rois)
+        assert float(cos(b32.flatten(), b8.flatten(), dim=0)) > 0.8
+        want = q.inference([{"image": x}], do_postprocess=False)[0]
+    assert len(want) > 0
+
+    path = tmp_path / "detector_int8.ts"
+    export_int8_detector(q, x, str(path))
+    loaded = torch.jit.load(str(path))
+    fields = sorted(want.get_fields())
+    for h, w in ((240, 320), (224, 298)):
+        x = image(h, w, seed=h)
+        with torch.no_grad():
+            eager = q.inference([{"image": x}], do_postprocess=False)[0]
+            out = instances_from_outputs(loaded(x)[:-1], (h, w), fields)  # last output: the image size
+        assert len(out) == len(eager) > 0
+        assert torch.equal(out.pred_classes, eager.pred_classes)
+        close(eager.pred_boxes.tensor, out.pred_boxes.tensor, f"exported boxes at {h}x{w}", rtol=1e-4)
+        close(eager.scores, out.scores, f"exported scores at {h}x{w}", rtol=1e-4)
+        for field in extra:
+            close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}", rtol=1e-4)
+
+
+def test_same_padded_depthwise_conv_is_the_same_integer_conv():
+    from torch.ao.nn import quantized as nnq
+
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    g = torch.Generator().manual_seed(0)
+    for k, p, stride, size in ((5, 1, 2, 40), (3, 0, 2, 19), (5, 0, 1, 13), (3, 1, 2, 7)):
+        conv = nnq.Conv2d(16, 16, k, stride=stride, padding=p, groups=16)
+        w = torch.quantize_per_channel(torch.randn(16, 1, k, k, generator=g), torch.rand(16, generator=g) * 0.02 + 0.01,
+                                       torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+        conv.set_weight_bias(w, torch.randn(16, generator=g))
+        conv.scale, conv.zero_point = 0.07, 60
+        graph = torch.nn.Sequential(conv)
+        assert same_pad_depthwise(graph) == (p != k // 2)
+        x = torch.quantize_per_tensor(torch.randn(2, 16, size, size + 3, generator=g), 0.05, 64, torch.quint8)
+        want, got = conv(x), graph(x)
+        assert got.shape == want.shape, (k, p, stride)
+        assert torch.equal(got.int_repr(), want.int_repr()), (k, p, stride)
+
+
+def test_quantize_detector_refuses_bad_input():
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    with pytest.raises(DetectionError, match="images is empty"):
+        quantize_detector(model, [])
+    with pytest.raises(DetectionError, match="parts: 'mask_head'"):
+        quantize_detector(model, [image(224, 320)], parts=["mask_head"])
+    with pytest.raises(DetectionError, match="parts: 'neck' is not one of"):
+        quantize_detector(model, [image(224, 320)], parts=["neck"])
+    with pytest.raises(DetectionError, match="GeneralizedRCNN"):
+        quantize_detector(torch.nn.Conv2d(3, 3, 1), [image(224, 320)])
+
+
+def test_export_tool_writes_an_int8_detector(tmp_path, capsys):
+    """tools/export.py --detector CONFIG --format int8: calibrated on image files, one
+    TorchScript file with the post-processing that loads and detects; refusals are one line."""
+    import importlib.util
+    import os
+
+    from fbnet_zoo.detection.toy_data import make_toy_coco
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("fbnet_export_tool", os.path.join(repo, "tools", "export.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    images = make_toy_coco(str(tmp_path / "toy"), num_images=3, image_size=(224, 288))["images"]
+    config = os.path.join(repo, "model_configs", "detection", "authors", "faster_rcnn_fbnetv3a_C4.yaml")
+    small = ["--opts", "MODEL.FBNET.NORM", "BN", "MODEL.FBNET.HEAD_NORM", "BN", "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+             "0.01"]
+    # random weights without ties (detectron2's init scores every box alike): a checkpoint to --weights
+    from detectron2.checkpoint import DetectionCheckpointer
+    from fbnet_zoo.detection.d2.export import load_detector
+
+    cfg, model = load_detector(config, opts=small[1:])
+    DetectionCheckpointer(randomise(model), save_dir=str(tmp_path)).save("random")
+    assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--format", "int8",
+                      "--calibration", images, "--calibration-images", "2", "--out", str(tmp_path / "out") + os.sep,
+                      *small]) == 0
+    path = tmp_path / "out" / "faster_rcnn_fbnetv3a_C4_int8.ts"
+    assert path.exists()
+    assert "int8 parts: backbone, rpn_head, box_head" in capsys.readouterr().out
+    with torch.no_grad():
+        boxes, classes, scores, size = torch.jit.load(str(path))(image(224, 288, seed=5))
+    assert boxes.shape == (len(classes), 4) and len(scores) == len(classes) > 0
+    assert tool.main(["--detector", config, "--format", "int8", "--out", str(tmp_path / "x.ts")]) == 1
+    assert "--calibration DIR is required" in capsys.readouterr().err
+    assert tool.main(["--detector", config, "--format", "onnx", "--calibration", images, "--out", "x.onnx"]) == 1
+    assert "torchscript or int8" in capsys.readouterr().err
+
+
+def test_float_stem_stages_stay_float_and_the_rest_int8(tmp_path):
+    """float_stages=2: the stem and first stage float, the trunk's later stages one int8 graph;
+    the trunk stays close to fp32 and the detector still exports equal to eager."""
+    from fbnet_zoo.detection.d2.quantization import MixedTrunk
+
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    q = quantize_detector(deployed, [image(224, 320, seed=s) for s in range(2)], float_stages=2)
+    body = q.backbone.body
+    assert isinstance(body, MixedTrunk) and len(body.float_stages) == 2
+    assert not _quantized_modules(body.float_stages) and _quantized_modules(body.tail)
+    x = image(240, 320, seed=7)
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32, i8 = deployed.backbone(t)["res4"], q.backbone(t)["res4"]
+    assert float(torch.nn.functional.cosine_similarity(f32.flatten(), i8.flatten(), dim=0)) > 0.8
+    export_int8_detector(q, x, str(tmp_path / "mixed.ts"))  # raises when traced != eager
+    with pytest.raises(DetectionError, match="float_stages: 9 would leave"):
+        quantize_detector(deployed, [x], float_stages=9)
