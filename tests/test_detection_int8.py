@@ -15,8 +15,8 @@ from test_detection_deploy import close, image, randomise, randomised  # noqa: E
 
 from fbnet_zoo.detection import DetectionError  # noqa: E402
 from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, instances_from_outputs  # noqa: E402
-from fbnet_zoo.detection.d2.quantization import (SamePaddedQuantizedConv, export_int8_detector, int8_parts,  # noqa: E402
-                                                 quantize_detector, same_pad_depthwise)
+from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector  # noqa: E402
+from fbnet_zoo.quantize import SamePaddedQuantizedConv  # noqa: E402
 
 CASES = [pytest.param("FBNetV3-A-d2go:faster_rcnn_c4", ("backbone", "rpn_head", "box_head"), (), id="faster"),
          pytest.param("FBNetV3-A-d2go:mask_rcnn_c4", ("backbone", "rpn_head", "box_head", "mask_head"),
@@ -75,25 +75,6 @@ def test_whole_detector_int8_and_its_export_equal_eager(source, parts, extra, tm
         close(eager.scores, out.scores, f"exported scores at {h}x{w}", rtol=1e-4)
         for field in extra:
             close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}", rtol=1e-4)
-
-
-def test_same_padded_depthwise_conv_is_the_same_integer_conv():
-    from torch.ao.nn import quantized as nnq
-
-    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
-    g = torch.Generator().manual_seed(0)
-    for k, p, stride, size in ((5, 1, 2, 40), (3, 0, 2, 19), (5, 0, 1, 13), (3, 1, 2, 7)):
-        conv = nnq.Conv2d(16, 16, k, stride=stride, padding=p, groups=16)
-        w = torch.quantize_per_channel(torch.randn(16, 1, k, k, generator=g), torch.rand(16, generator=g) * 0.02 + 0.01,
-                                       torch.zeros(16, dtype=torch.long), 0, torch.qint8)
-        conv.set_weight_bias(w, torch.randn(16, generator=g))
-        conv.scale, conv.zero_point = 0.07, 60
-        graph = torch.nn.Sequential(conv)
-        assert same_pad_depthwise(graph) == (p != k // 2)
-        x = torch.quantize_per_tensor(torch.randn(2, 16, size, size + 3, generator=g), 0.05, 64, torch.quint8)
-        want, got = conv(x), graph(x)
-        assert got.shape == want.shape, (k, p, stride)
-        assert torch.equal(got.int_repr(), want.int_repr()), (k, p, stride)
 
 
 def test_quantize_detector_refuses_bad_input():

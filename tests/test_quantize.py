@@ -2,6 +2,7 @@
 convert), the int8 TorchScript export and the export CLI's int8 format. Tiny arch: the
 speed and agreement figures of the zoo models are benchmarks/int8_latency.py's job."""
 
+import copy
 import os
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 import fbnet_zoo
-from fbnet_zoo.quantize import (QATSchedule, QuantizationError, convert_qat, export_int8_torchscript, prepare_qat,
-                                quantize_static, top1_agreement)
+from fbnet_zoo.quantize import (QATSchedule, QuantizationError, SamePaddedQuantizedConv, convert_qat,
+                                export_int8_torchscript, prepare_qat, quantize_static, same_pad_depthwise,
+                                top1_agreement)
 from test_deploy import TINY, _model, _saved_tiny, _tool
 
 
@@ -177,3 +179,43 @@ def test_qat_through_the_projects_trainer_converts_to_what_it_trained(tmp_path):
     ema_scales = {k: v for k, v in ema.state_dict().items() if k.endswith(".scale")}
     bad = [(k, v, qat.state_dict()[k]) for k, v in ema_scales.items() if not torch.equal(v, qat.state_dict()[k])]
     assert not bad, bad[:2]  # ranges copied, not averaged
+
+
+def test_same_padded_depthwise_conv_is_the_same_integer_conv():
+    from torch.ao.nn import quantized as nnq
+
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else "qnnpack"
+    g = torch.Generator().manual_seed(0)
+    for k, p, stride, size in ((5, 1, 2, 40), (3, 0, 2, 19), (5, 0, 1, 13), (3, 1, 2, 7)):
+        conv = nnq.Conv2d(16, 16, k, stride=stride, padding=p, groups=16)
+        w = torch.quantize_per_channel(torch.randn(16, 1, k, k, generator=g), torch.rand(16, generator=g) * 0.02 + 0.01,
+                                       torch.zeros(16, dtype=torch.long), 0, torch.qint8)
+        conv.set_weight_bias(w, torch.randn(16, generator=g))
+        conv.scale, conv.zero_point = 0.07, 60
+        graph = torch.nn.Sequential(conv)
+        assert same_pad_depthwise(graph) == (p != k // 2)
+        x = torch.quantize_per_tensor(torch.randn(2, 16, size, size + 3, generator=g), 0.05, 64, torch.quint8)
+        want, got = conv(x), graph(x)
+        assert got.shape == want.shape, (k, p, stride)
+        assert torch.equal(got.int_repr(), want.int_repr()), (k, p, stride)
+
+
+def test_zoo_models_under_padded_stride_2_depthwise_convs_get_the_fast_kernel_with_the_same_outputs():
+    # FBNetV3-A pads its stride-2 5x5 by 1 and 3x3 by 0: fbgemm's depthwise kernel wants k // 2
+    model = fbnet_zoo.build_model("FBNetV3-A", num_classes=10).eval()
+    under = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups > 1
+             and m.padding[0] < m.kernel_size[0] // 2]
+    assert len(under) == 2
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    q = quantize_static(model, [x], example=x[:1])
+    assert len([m for m in q.modules() if isinstance(m, SamePaddedQuantizedConv)]) == len(under)
+    plain = copy.deepcopy(q)
+    for name, m in list(plain.named_modules()):
+        if isinstance(m, SamePaddedQuantizedConv):
+            parent, _, attr = name.rpartition(".")
+            orig = type(m.conv)(m.conv.in_channels, m.conv.out_channels, m.kernel, stride=m.stride, padding=m.padding,
+                                groups=m.conv.groups)
+            orig.set_weight_bias(m.conv.weight(), m.conv.bias())
+            orig.scale, orig.zero_point = m.conv.scale, m.conv.zero_point
+            setattr(plain.get_submodule(parent), attr, orig)
+    assert torch.equal(q(x), plain(x))

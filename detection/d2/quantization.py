@@ -44,8 +44,8 @@ from detectron2.engine import hooks
 from detectron2.layers import FrozenBatchNorm2d
 
 from fbnet_zoo.model import forward_to_features
-from fbnet_zoo.quantize import (convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat,
-                                quantize_static)
+from fbnet_zoo.quantize import (SamePaddedQuantizedConv, convert_qat, freeze_qat_bn_stats, freeze_qat_observers,
+                                prepare_qat, quantize_static, same_pad_depthwise)
 
 from ..core import DetectionError, LightRPNHead, StagesBoxHead
 from .deploy import export_torchscript
@@ -108,60 +108,6 @@ class GraphBoxHead(nn.Module):
     @property
     def output_shape(self):
         return self._output_shape
-
-
-class SamePaddedQuantizedConv(nn.Module):
-    """A quantized depthwise conv whose padding ``p`` is below ``kernel // 2`` (the reference
-    archs' stride-2 rows: FBNetV3-A pads a 5x5 by 1 and a 3x3 by 0), run as the same conv
-    with padding ``P = kernel // 2``. A zero-padded conv is the conv of the infinitely
-    zero-padded input at some window positions; padding ``P`` instead of ``p`` shifts those
-    positions by ``P - p``, so ``e`` zero rows / columns go in front (``P - p + e`` a multiple
-    of the stride) and the first ``(P - p + e) / stride`` outputs and any extra at the end are
-    dropped: the same windows, the same integer arithmetic. Why: fbgemm has a fast depthwise
-    kernel only for padding ``kernel // 2``; any other falls back to a per-group GEMM,
-    measured 100x slower here (55 ms vs 0.5 ms for a 200-channel 5x5 at 40x40)."""
-
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        kernel, stride, padding = tuple(conv.kernel_size), tuple(conv.stride), tuple(conv.padding)
-        self.kernel, self.stride, self.padding = kernel, stride, padding
-        shift = [k // 2 - p for k, p in zip(kernel, padding)]
-        self.front = tuple(-d % s for d, s in zip(shift, stride))
-        self.skip = tuple((d + e) // s for d, e, s in zip(shift, self.front, stride))
-        same = type(conv)(conv.in_channels, conv.out_channels, kernel, stride=stride,
-                          padding=tuple(k // 2 for k in kernel), dilation=conv.dilation, groups=conv.groups,
-                          bias=conv.bias() is not None)
-        same.set_weight_bias(conv.weight(), conv.bias())
-        same.scale, same.zero_point = conv.scale, conv.zero_point
-        self.conv = same
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out_h = (x.shape[-2] + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
-        out_w = (x.shape[-1] + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
-        if any(self.front):
-            x = torch.nn.functional.pad(x, (self.front[1], 0, self.front[0], 0))
-        y = self.conv(x)
-        return y[:, :, self.skip[0]:self.skip[0] + out_h, self.skip[1]:self.skip[1] + out_w]
-
-
-def same_pad_depthwise(graph: nn.Module) -> int:
-    """Swap every quantized depthwise conv of ``graph`` (in place) whose padding is below
-    ``kernel // 2`` for its ``SamePaddedQuantizedConv`` (same outputs, fbgemm's fast kernel).
-    Returns how many were swapped."""
-    from torch.ao.nn import quantized as nnq
-
-    n = 0
-    for name, module in list(graph.named_modules()):
-        if type(module) is not nnq.Conv2d or module.groups != module.in_channels or module.groups == 1:
-            continue
-        if module.dilation != (1, 1) or module.padding_mode != "zeros":
-            continue
-        if all(p == k // 2 for k, p in zip(module.kernel_size, module.padding)):
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(graph.get_submodule(parent_name) if parent_name else graph, attr, SamePaddedQuantizedConv(module))
-        n += 1
-    return n
 
 
 class MixedTrunk(nn.Module):
