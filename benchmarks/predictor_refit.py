@@ -24,6 +24,12 @@ VARIANTS = {
                                           "refit_full_lr_factor": 1.0},
     "full 80 at lr x0.5, batch 8": {"refit_frozen_epochs": 0, "refit_full_epochs": 80, "refit_full_lr_factor": 0.5,
                                     "refit_batch_size": 8},
+    "full 40 at lr x1": {"refit_frozen_epochs": 0, "refit_full_epochs": 40, "refit_full_lr_factor": 1.0},
+    "full 160 at lr x1": {"refit_frozen_epochs": 0, "refit_full_epochs": 160, "refit_full_lr_factor": 1.0},
+    "full 80 at lr 1e-3": {"refit_frozen_epochs": 0, "refit_full_epochs": 80, "refit_full_lr_factor": 1.0,
+                           "refit_lr": 1e-3},
+    "full 80 at lr x1, weight decay 1e-2": {"refit_frozen_epochs": 0, "refit_full_epochs": 80,
+                                            "refit_full_lr_factor": 1.0, "weight_decay": 1e-2},
 }
 
 
