@@ -377,7 +377,7 @@ def export_int8_detector(model: nn.Module, image: torch.Tensor, path: Optional[s
 def add_quantization_config(cfg: CN) -> CN:
     """Add the QUANTIZATION options (idempotent; d2go's names). Returns ``cfg``.
 
-    BACKEND: "" (fbgemm on x86, qnnpack on ARM) | fbgemm | x86 | qnnpack.
+    BACKEND: "" (x86 on x86 CPUs, qnnpack on ARM: fbnet_zoo.quantize.default_backend) | fbgemm | x86 | qnnpack.
     QAT.ENABLED: train the detector quantization-aware (tools/train_net.py --qat sets it).
     QAT.FREEZE_BN_ITER / QAT.FREEZE_OBSERVER_ITER: iteration after which the fused BN
     statistics / the quantization ranges stop updating (-1: never).
