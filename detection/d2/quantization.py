@@ -9,7 +9,7 @@ with the post-processing.
     >>> qat = prepare_detector_qat(model, example_image)    # fake-quant parts, train mode: train it
     >>> q = convert_detector_qat(qat)                        # the int8 detector
 
-What runs int8 (``fbnet_zoo.quantize``'s FX graph mode flow, fbgemm on x86 / qnnpack on ARM):
+What runs int8 (``fbnet_zoo.quantize``'s FX graph mode flow, x86 engine on x86 / qnnpack on ARM):
 every FBNet part of the detector, each one an FX graph with a quantize stub at its input and
 a dequantize stub at its outputs --
 
@@ -44,8 +44,7 @@ from detectron2.engine import hooks
 from detectron2.layers import FrozenBatchNorm2d
 
 from fbnet_zoo.model import forward_to_features
-from fbnet_zoo.quantize import (SamePaddedQuantizedConv, convert_qat, freeze_qat_bn_stats, freeze_qat_observers,
-                                prepare_qat, quantize_static, same_pad_depthwise)
+from fbnet_zoo.quantize import convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat, quantize_static
 
 from ..core import DetectionError, LightRPNHead, StagesBoxHead
 from .deploy import export_torchscript
@@ -54,11 +53,14 @@ from .heads import FBNetKeypointHead, FBNetMaskHead
 logger = logging.getLogger(__name__)
 
 PARTS = ("backbone", "rpn_head", "box_head", "mask_head", "keypoint_head")
+# RoI heads whose FBNet body and predictor become one graph: (part, head class, body attribute)
+_ROI_HEAD_PARTS = (("mask_head", FBNetMaskHead, "mask_feature"),
+                   ("keypoint_head", FBNetKeypointHead, "keypoint_feature"))
 
-__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "RPNLevel", "SamePaddedQuantizedConv",
-           "TrunkTail", "add_quantization_config", "convert_detector_qat", "export_int8_detector",
-           "freeze_detector_qat", "int8_parts", "part_inputs", "part_slots", "prepare_detector_qat",
-           "qat_schedule_hook", "quantize_detector", "same_pad_depthwise", "wrap_parts"]
+__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "RPNLevel", "TrunkTail",
+           "add_quantization_config", "convert_detector_qat", "export_int8_detector", "freeze_detector_qat",
+           "int8_parts", "part_inputs", "part_slots", "prepare_detector_qat", "qat_schedule_hook",
+           "quantize_detector", "wrap_parts"]
 
 
 class RPNLevel(nn.Module):
@@ -154,33 +156,22 @@ def _fbnet_backbone(model: nn.Module) -> Optional[nn.Module]:
 
 def wrap_parts(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
     """Make every FBNet part of ``model`` (in place) a one-tensor-in submodule, and return
-    where each sits: ``{part: (parent, attribute)}``. Already wrapped parts are found again."""
-    slots: Dict[str, Tuple[nn.Module, str]] = {}
-    trunk = _fbnet_backbone(model)
-    if trunk is not None:
-        slots["backbone"] = (trunk, "body")
+    where each sits: ``{part: (parent, attribute)}`` (``part_slots``). Already wrapped parts
+    are found again."""
     rpn = getattr(model, "proposal_generator", None)
-    if rpn is not None:
-        if isinstance(rpn.rpn_head, LightRPNHead):
-            rpn.rpn_head = LevelwiseRPNHead(RPNLevel(rpn.rpn_head))
-        if isinstance(rpn.rpn_head, LevelwiseRPNHead):
-            slots["rpn_head"] = (rpn.rpn_head, "level")
+    if rpn is not None and isinstance(rpn.rpn_head, LightRPNHead):
+        rpn.rpn_head = LevelwiseRPNHead(RPNLevel(rpn.rpn_head))
     heads = model.roi_heads
     box = getattr(heads, "box_head", None)
     if isinstance(box, StagesBoxHead):
         heads.box_head = GraphBoxHead(box, box.output_shape)
-    if isinstance(heads.box_head, GraphBoxHead):
-        slots["box_head"] = (heads.box_head, "graph")
-    for part, cls, attr in (("mask_head", FBNetMaskHead, "mask_feature"),
-                            ("keypoint_head", FBNetKeypointHead, "keypoint_feature")):
+    for part, cls, attr in _ROI_HEAD_PARTS:
         head = getattr(heads, part, None) if getattr(heads, part.split("_")[0] + "_on", False) else None
-        if not isinstance(head, cls):
-            continue
-        if not isinstance(head.predictor, nn.Identity):  # body and predictor in one graph: no round trip between
+        if isinstance(head, cls) and not isinstance(head.predictor, nn.Identity):
+            # body and predictor in one graph: no round trip between them
             setattr(head, attr, nn.Sequential(getattr(head, attr), head.predictor))
             head.predictor = nn.Identity()
-        slots[part] = (head, attr)
-    return slots
+    return part_slots(model)
 
 
 def _plain_bn(module: nn.Module) -> nn.Module:
@@ -246,7 +237,7 @@ def int8_parts(model: nn.Module) -> List[str]:
 
 
 def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
-    """The slots of an already wrapped detector (no change to it)."""
+    """Where the FBNet parts of a wrapped detector (``wrap_parts``) sit (no change to it)."""
     slots = {}
     trunk = _fbnet_backbone(model)
     if trunk is not None:
@@ -256,7 +247,7 @@ def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
         slots["rpn_head"] = (rpn.rpn_head, "level")
     if isinstance(getattr(model.roi_heads, "box_head", None), GraphBoxHead):
         slots["box_head"] = (model.roi_heads.box_head, "graph")
-    for part, attr in (("mask_head", "mask_feature"), ("keypoint_head", "keypoint_feature")):
+    for part, _, attr in _ROI_HEAD_PARTS:
         head = getattr(model.roi_heads, part, None)
         if head is not None and isinstance(getattr(head, "predictor", None), nn.Identity):
             slots[part] = (head, attr)
@@ -296,7 +287,6 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
             with torch.no_grad():
                 batches = [head(x) for x in seen[part]]
             graph = quantize_static(tail, batches, backend=backend, example=batches[0])
-            same_pad_depthwise(graph)
             setattr(parent, attr, MixedTrunk(head, graph))
             continue
         batches = [x for x in seen[part] if x.numel()]
@@ -305,7 +295,6 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
                                  "(no detections reach it); use more / more typical images or lower "
                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST while calibrating")
         graph = quantize_static(getattr(parent, attr), batches, backend=backend, example=batches[0])
-        same_pad_depthwise(graph)
         setattr(parent, attr, graph)
     logger.info("quantize_detector: %s int8, calibrated on %d images", ", ".join(chosen), len(images))
     return model
@@ -355,9 +344,7 @@ def convert_detector_qat(model: nn.Module, backend: Optional[str] = None) -> nn.
     for part, (parent, attr) in part_slots(model).items():
         graph = getattr(parent, attr)
         if isinstance(graph, torch.fx.GraphModule) and any(isinstance(m, FakeQuantizeBase) for m in graph.modules()):
-            graph = convert_qat(graph, backend=backend)
-            same_pad_depthwise(graph)
-            setattr(parent, attr, graph)
+            setattr(parent, attr, convert_qat(graph, backend=backend))
             converted.append(part)
     if not converted:
         raise DetectionError("convert_detector_qat: no QAT part found; expected a model from prepare_detector_qat")
