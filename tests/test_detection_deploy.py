@@ -73,6 +73,23 @@ def close(a, b, what, rtol=1e-3):
     assert err <= rtol * max(1.0, float(a.abs().max())), f"{what}: max difference {err:.3g}"
 
 
+def assert_export_equals_eager(model, path, fields, extra, rtol=1e-3):
+    """The TorchScript detector at ``path`` gives ``model``'s eager detections (``fields``; the
+    ``extra`` ones compared too) at a size it was not traced at and at the authors' test size."""
+    loaded = torch.jit.load(str(path))
+    for h, w in ((240, 320), (224, 298)):
+        x = image(h, w, seed=h)
+        with torch.no_grad():
+            eager = model.inference([{"image": x}], do_postprocess=False)[0]
+            out = instances_from_outputs(loaded(x)[:-1], (h, w), fields)  # last output: the image size
+        assert len(out) == len(eager) > 0
+        assert torch.equal(out.pred_classes, eager.pred_classes)
+        close(eager.pred_boxes.tensor, out.pred_boxes.tensor, f"exported boxes at {h}x{w}", rtol=rtol)
+        close(eager.scores, out.scores, f"exported scores at {h}x{w}", rtol=rtol)
+        for field in extra:
+            close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}", rtol=rtol)
+
+
 CASES = [pytest.param("FBNetV3-A-d2go:faster_rcnn_c4", (), id="faster"),
          pytest.param("FBNetV3-A-d2go:mask_rcnn_c4", ("pred_masks",), id="mask", marks=pytest.mark.slow),  # ~100 s
          pytest.param("FBNetV3-A-dsmask-w075-d2go:keypoint_rcnn_c4", ("pred_keypoints",), id="keypoint")]
@@ -103,19 +120,7 @@ def test_deployed_and_exported_detector_equal_eager(source, extra, tmp_path):
 
     path = tmp_path / "detector.ts"
     export_torchscript(deployed, img, str(path))
-    loaded = torch.jit.load(str(path))
-    fields = sorted(want.get_fields())
-    for h, w in ((240, 320), (224, 298)):
-        x = image(h, w, seed=h)
-        with torch.no_grad():
-            eager = deployed.inference([{"image": x}], do_postprocess=False)[0]
-            out = instances_from_outputs(loaded(x)[:-1], (h, w), fields)  # last output: the image size
-        assert len(out) == len(eager) > 0
-        assert torch.equal(out.pred_classes, eager.pred_classes)
-        close(eager.pred_boxes.tensor, out.pred_boxes.tensor, f"exported boxes at {h}x{w}")
-        close(eager.scores, out.scores, f"exported scores at {h}x{w}")
-        for field in extra:
-            close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}")
+    assert_export_equals_eager(deployed, path, sorted(want.get_fields()), extra)
 
 
 def test_frozen_bn_folds_and_bad_proposals_are_refused():

@@ -11,10 +11,10 @@ import torch
 
 pytest.importorskip("detectron2", reason="detectron2 is not installed (it is not on PyPI; see README: Detection)")
 
-from test_detection_deploy import close, image, randomise, randomised  # noqa: E402
+from test_detection_deploy import assert_export_equals_eager, image, randomise, randomised  # noqa: E402
 
 from fbnet_zoo.detection import DetectionError  # noqa: E402
-from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, instances_from_outputs  # noqa: E402
+from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector  # noqa: E402
 from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector  # noqa: E402
 from fbnet_zoo.quantize import SamePaddedQuantizedConv  # noqa: E402
 
@@ -62,19 +62,7 @@ def test_whole_detector_int8_and_its_export_equal_eager(source, parts, extra, tm
 
     path = tmp_path / "detector_int8.ts"
     export_int8_detector(q, x, str(path))
-    loaded = torch.jit.load(str(path))
-    fields = sorted(want.get_fields())
-    for h, w in ((240, 320), (224, 298)):
-        x = image(h, w, seed=h)
-        with torch.no_grad():
-            eager = q.inference([{"image": x}], do_postprocess=False)[0]
-            out = instances_from_outputs(loaded(x)[:-1], (h, w), fields)  # last output: the image size
-        assert len(out) == len(eager) > 0
-        assert torch.equal(out.pred_classes, eager.pred_classes)
-        close(eager.pred_boxes.tensor, out.pred_boxes.tensor, f"exported boxes at {h}x{w}", rtol=1e-4)
-        close(eager.scores, out.scores, f"exported scores at {h}x{w}", rtol=1e-4)
-        for field in extra:
-            close(eager.get(field), out.get(field), f"exported {field} at {h}x{w}", rtol=1e-4)
+    assert_export_equals_eager(q, path, sorted(want.get_fields()), extra, rtol=1e-4)
 
 
 def test_quantize_detector_refuses_bad_input():
