@@ -96,7 +96,7 @@ def main(argv=None):
                    help="int8: post-training static quantization, saved as TorchScript (<name>_int8.ts)")
     p.add_argument("--calibration", help="int8: folder of calibration images (default: generated images)")
     p.add_argument("--calibration-images", type=int, default=128, help="int8: number of calibration images")
-    p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | qnnpack (default: fbgemm on x86, "
+    p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | qnnpack (default: x86 on x86, "
                    "qnnpack on ARM)")
     p.add_argument("--keep-float", default="", help="int8: comma-separated submodules left in fp32 "
                    "(e.g. stages.0,classifier)")
@@ -170,6 +170,10 @@ def _export_detector(args):
     if args.format not in ("torchscript", "int8"):
         print(f"error: --format {args.format}: a detector exports as torchscript or int8", file=sys.stderr)
         return 1
+    if not args.calibration:  # checked before the detector is built
+        print("error: --calibration DIR is required with --detector (image files to trace and calibrate on)",
+              file=sys.stderr)
+        return 1
     try:
         cfg, model = load_detector(args.detector, args.weights or "", args.opts)
         stem = os.path.splitext(os.path.basename(args.detector))[0] if args.detector.endswith((".yaml", ".yml")) \
@@ -177,8 +181,6 @@ def _export_detector(args):
         is_dir = os.path.isdir(args.out) or args.out.endswith(os.sep)
         suffix = "_int8" if args.format == "int8" else ""
         path = output_file(args.out, stem + suffix, ".ts", what="detector name") if is_dir else args.out
-        if not args.calibration:
-            raise FBNetZooError("--calibration DIR is required with --detector (image files to trace and calibrate on)")
         images = detector_images(cfg, args.calibration, args.calibration_images, args.seed)
         info = export_detector(cfg, model, path, args.format, images, backend=args.backend)
     except (FBNetZooError, OSError) as e:
