@@ -93,8 +93,9 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str
     input format and pixel range), check the traced outputs against eager on that image
     (DetectionError above ``atol``, relative to the largest value), save to ``path``
     atomically when given. ``freeze``: ``torch.jit.freeze`` the traced module (weights become
-    constants; what int8 graphs need to lose their per-op attribute lookups). The module's ``outputs_schema`` attribute is not kept in the file;
-    ``instances_from_outputs`` rebuilds ``Instances`` from the flat tensors."""
+    constants; what int8 graphs need to lose their per-op attribute lookups). The module's
+    ``outputs_schema`` attribute is not kept in the file; ``instances_from_outputs`` rebuilds
+    ``Instances`` from the flat tensors."""
     model = model.eval()
     adapter = TracingAdapter(model, (image,), _inference)
     with torch.no_grad():

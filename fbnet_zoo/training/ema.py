@@ -20,8 +20,9 @@ class ModelEma:
     is the state of quantization-aware training (the fake-quant scales / zero points and their
     observers' ranges): an average of scales paired with a copied zero point is a quantizer
     no step used, and the averaged model's int8 conversion must use the ranges its fake-quant
-    forward used (the copy's observers are off: evaluating it does not move them). Tensors are paired by state-dict name (a deep-copied FX ``GraphModule``, as
-    ``prepare_qat`` returns, registers its buffers in another order than the original).
+    forward used (the copy's observers are off: evaluating it does not move them). Tensors are
+    paired by state-dict name (a deep-copied FX ``GraphModule``, as ``prepare_qat`` returns,
+    registers its buffers in another order than the original).
     ``module`` is the averaged copy (always in eval mode, no gradients).
     """
 
