@@ -175,10 +175,7 @@ def _ptq_qconfig_mapping(backend: str, reduce_range: Any) -> QConfigMapping:
     mapping = get_default_qconfig_mapping(backend)
     if reduce_range is None:
         return mapping
-    mode = ("activations" if reduce_range else "none") if isinstance(reduce_range, bool) else reduce_range
-    if mode not in REDUCE_RANGE:
-        raise QuantizationError(f"quantize_static: reduce_range: {reduce_range!r} is not None, True, False or one of "
-                                f"{list(REDUCE_RANGE)}")
+    mode = _bit_split(backend, reduce_range, "quantize_static")
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
                                                 reduce_range=mode == "weights")
     return mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=mode == "activations"),
@@ -456,7 +453,18 @@ class Int8StorageFakeQuantize(FakeQuantize):
         return X
 
 
-def qat_qconfig_mapping(backend: str) -> QConfigMapping:
+def _bit_split(backend: str, reduce_range: Any, where: str) -> str:
+    """``reduce_range`` as one of REDUCE_RANGE (None: the backend's default)."""
+    if reduce_range is None:
+        return "activations" if backend in ("fbgemm", "x86") else "none"
+    mode = ("activations" if reduce_range else "none") if isinstance(reduce_range, bool) else reduce_range
+    if mode not in REDUCE_RANGE:
+        raise QuantizationError(f"{where}: reduce_range: {reduce_range!r} is not None, True, False or one of "
+                                f"{list(REDUCE_RANGE)}")
+    return mode
+
+
+def qat_qconfig_mapping(backend: str, reduce_range: Union[None, bool, str] = None) -> QConfigMapping:
     """PyTorch's default QAT qconfig mapping for ``backend`` with fake-quant modules whose
     arithmetic is the converted int8 model's (PyTorch's defaults differ in two ways, each
     enough to make a QAT-trained net's int8 model disagree with it):
@@ -466,20 +474,27 @@ def qat_qconfig_mapping(backend: str) -> QConfigMapping:
       by ``absmax / 128`` where ``calculate_qparams`` (what ``convert_fx`` quantizes the
       weights with) uses ``absmax / 127.5``: every weight rounds differently (~33 dB per layer).
     - activations: ``Int8StorageFakeQuantize`` (the reduce_range clamp, see there).
-    Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree."""
+    Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree.
+    reduce_range: the bit split, as in ``quantize_static``."""
+    mode = _bit_split(backend, reduce_range, "qat_qconfig_mapping")
     mapping = get_default_qat_qconfig_mapping(backend)
     activation = Int8StorageFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                                                   reduce_range=backend in ("fbgemm", "x86"))
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
-                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+                                                   reduce_range=mode == "activations")
+    # 7-bit weights as -63..63 (scale absmax / 63): fake-quant clamps to the observer's range,
+    # which reduce_range would make -64..63 while convert_fx rounds absmax / (absmax / 63.5) to 64
+    qmax = 63 if mode == "weights" else 127
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-qmax - (qmax == 127),
+                                    quant_max=qmax, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     return mapping.set_global(QConfig(activation=activation, weight=weight))
 
 
-def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None,
+                keep_float: Sequence[str] = (), reduce_range: Union[None, bool, str] = None) -> nn.Module:
     """A copy of ``model`` for quantization-aware training: conv-BN(-ReLU) fused into QAT modules
     with fake-quantized weights and activations, in train mode. Train it like any model (any
     optimiser, the project's trainer, with or without EMA), then ``convert_qat`` (the raw model
-    or the trainer's averaged copy): the int8 model computes what the fake-quant model did."""
+    or the trainer's averaged copy): the int8 model computes what the fake-quant model did.
+    keep_float / reduce_range: as in ``quantize_static`` (submodules left fp32; the bit split)."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     drop = [name for name, m in model.named_modules() if isinstance(m, DropPath) and m.p > 0]
@@ -488,11 +503,17 @@ def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Option
                                 "per-sample random mask does not survive FX tracing; build the model with "
                                 "drop_path_rate=0 for QAT")
     backend = _backend(backend)
+    mapping = qat_qconfig_mapping(backend, reduce_range)
+    names = dict(model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"prepare_qat: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
     qat = copy.deepcopy(model).train()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            return prepare_qat_fx(qat, qat_qconfig_mapping(backend), _example(model, example))
+            return prepare_qat_fx(qat, mapping, _example(model, example))
     except Exception as e:
         raise QuantizationError(f"prepare_qat: FX tracing failed: {type(e).__name__}: {e}") from e
 
