@@ -213,11 +213,11 @@ def train_classifier(arch, epochs, res, n_train, seed):
     return model.eval().to(memory_format=torch.contiguous_format)
 
 
-def qat_finetune(model, epochs, res, n_train, seed):
+def qat_finetune(model, epochs, res, n_train, seed, reduce_range=None):
     """QAT of a trained model through the project's trainer (EMA on, BN then ranges frozen for the
     last epoch): (int8 of the trained QAT model, the QAT model in eval mode)."""
     settings, train, val = _embedded(n_train, res, seed)
-    qat = prepare_qat(model, example=train[0][0][None])
+    qat = prepare_qat(model, example=train[0][0][None], reduce_range=reduce_range)
     recipe = QAT_RECIPE.replace(resolution=res)
     with tempfile.TemporaryDirectory(prefix="fbnet_qat_") as d:
         result = train_model(qat, recipe, epochs, train, val, settings, workdir=d, progress=False,
@@ -342,17 +342,17 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
     if latency_size:
         out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
                                  "modes": _variant_latency(model, quantized, latency_size, latency_iters)}
-    if qat_epochs:
+    for name, reduce_range in (("qat", None), ("qat_8bit_activations_7bit_weights", "weights")) if qat_epochs else ():
         t0 = time.perf_counter()
-        q, qat = qat_finetune(model, qat_epochs, res, n_train, seed)
+        q, qat = qat_finetune(model, qat_epochs, res, n_train, seed, reduce_range)
         with torch.no_grad():
             want, got = qat(xv), q(xv)
-        out["qat"] = {"epochs": qat_epochs, "seconds": round(time.perf_counter() - t0, 1),
-                      "int8_top1": round(_top1(q, xv, yv), 4), "qat_top1": round(_top1(qat, xv, yv), 4),
-                      "top1_agreement_with_fp32": round(top1_agreement(model, q, batches(xv, 100))[0], 4),
-                      "top1_agreement_with_qat_model": round(top1_agreement(qat, q, batches(xv, 100))[0], 4),
-                      "logit_sqnr_db_vs_qat_model": round(float(10 * torch.log10(
-                          want.pow(2).sum() / (want - got).pow(2).sum())), 1)}
+        out[name] = {"epochs": qat_epochs, "reduce_range": reduce_range, "seconds": round(time.perf_counter() - t0, 1),
+                     "int8_top1": round(_top1(q, xv, yv), 4), "qat_top1": round(_top1(qat, xv, yv), 4),
+                     "top1_agreement_with_fp32": round(top1_agreement(model, q, batches(xv, 100))[0], 4),
+                     "top1_agreement_with_qat_model": round(top1_agreement(qat, q, batches(xv, 100))[0], 4),
+                     "logit_sqnr_db_vs_qat_model": round(float(10 * torch.log10(
+                         want.pow(2).sum() / (want - got).pow(2).sum())), 1)}
     return out
 
 

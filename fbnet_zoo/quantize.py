@@ -525,9 +525,30 @@ def convert_qat(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
     _backend(backend)
     if not isinstance(model, torch.fx.GraphModule):
         raise QuantizationError(f"convert_qat: expected the model returned by prepare_qat, got {type(model).__name__}")
+    fake_quant = {name: m.weight_fake_quant for name, m in model.named_modules() if hasattr(m, "weight_fake_quant")}
     quantized = convert_fx(copy.deepcopy(model).eval())
+    _clamp_int8_weights(quantized, fake_quant)
     same_pad_depthwise(quantized)
     return quantized
+
+
+def _clamp_int8_weights(quantized: torch.fx.GraphModule, fake_quant: Dict[str, nn.Module]) -> None:
+    """Clamp each int8 conv / linear weight to the integer range its QAT weight fake-quant
+    clamps to. convert_fx quantizes with the frozen scale but clamps only to qint8's -128..127:
+    weights that grew past the frozen range after the observers froze were clamped in training
+    and are not in int8. Only narrower ranges (7-bit weights) need it."""
+    for name, layer in _quantized_linear_layers(quantized):
+        fq = fake_quant.get(name)
+        if fq is None:
+            continue
+        low, high = fq.activation_post_process.quant_min, fq.activation_post_process.quant_max
+        w = layer.weight()
+        ints = w.int_repr()
+        if int(ints.min()) >= low and int(ints.max()) <= high:
+            continue
+        clamped = torch._make_per_channel_quantized_tensor(ints.clamp(low, high), w.q_per_channel_scales(),
+                                                           w.q_per_channel_zero_points(), w.q_per_channel_axis())
+        layer.set_weight_bias(clamped, layer.bias())
 
 
 def freeze_qat_observers(model: nn.Module) -> None:

@@ -128,3 +128,32 @@ def test_sensitivity_quantizes_one_unit_at_a_time_and_ranks_them():
         sensitivity(model, calib, held, units=["stages.9"])
     with pytest.raises(QuantizationError, match="sensitivity: mode"):
         sensitivity(model, calib, held, mode="sometimes")
+
+
+def test_qat_with_7_bit_weights_converts_to_what_it_trained():
+    """Weights that grow past the frozen fake-quant range after the observers froze are clamped
+    in QAT (to -63..63 with 7-bit weights); convert_fx only clamps to qint8's -128..127, so
+    convert_qat clamps them: the int8 model computes what the QAT model did."""
+    from fbnet_zoo.quantize import convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat
+
+    qat = prepare_qat(_model(), example=_images(1, 0), reduce_range="weights")
+    with torch.no_grad():
+        for s in range(3):
+            qat(_images(16, s))
+        freeze_qat_observers(qat)
+        freeze_qat_bn_stats(qat)
+        for m in qat.modules():             # a training step after the freeze: weights outgrow the range
+            if hasattr(m, "weight_fake_quant"):
+                m.weight.mul_(1.3)
+    qat.eval()
+    q = convert_qat(qat)
+    from fbnet_zoo.quantize import _quantized_linear_layers
+
+    ints = [layer.weight().int_repr() for _, layer in _quantized_linear_layers(q)]
+    assert ints and all(int(w.max()) <= 63 and int(w.min()) >= -63 for w in ints)
+    assert any(int(w.abs().max()) == 63 for w in ints)
+    x = _images(64, 70)
+    with torch.no_grad():
+        want, got = qat(x), q(x)
+    sqnr = float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum()))
+    assert sqnr > 25, f"int8 is not what QAT computed (SQNR {sqnr:.1f} dB; ~10 without the clamp)"
