@@ -23,11 +23,19 @@ fp32 on ``--held`` images generated from another seed (disjoint from training an
 fp32 and int8 top-1 accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for the stem conv
 + classifier left in fp32 (``keep_float``) and for 8-bit activations (``reduce_range=False``;
 PyTorch's fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair
-sums). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on: the int8
-model's accuracy and agreement with fp32 and with the QAT model it was converted from.
+sums), then the accuracy options of ``quantize_static``: 8-bit activations with 7-bit weights
+(``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
+and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
+option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
+weights). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
+the default bit split and with 8/7 bits: the int8 model's accuracy and agreement with fp32 and
+with the QAT model it was converted from.
 
     python benchmarks/int8_latency.py --quick        # B, D, G latency + PTQ agreement: < 8 min on an idle core
     nice -n 10 python benchmarks/int8_latency.py     # full: more timing rounds, + QAT
+    python benchmarks/int8_latency.py --agreement-only --out benchmarks/results/int8_agreement.json
+                                                     # only the agreement part (~20 min on a loaded 2-core box)
 
 Writes benchmarks/results/int8_latency.json (``--out``), with the CPU model and the ISA flags
 int8 speed depends on: AVX2 has no 8-bit dot product (fbgemm multiplies u8 x s8 pairs into
@@ -286,7 +294,7 @@ def zoo_variant_latency(arch, iters, seed=0):
 
 
 def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
-                      sensitivity_units=True, keep_top=(2, 4), latency_size=224, latency_iters=15):
+                      sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000):
     t0 = time.perf_counter()
     if load:
         model = build_arch(arch)
@@ -339,6 +347,21 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
             out[name] = {"reduce_range": "weights", "bias_correction": False, "keep_float": keep,
                          **row(q, time.perf_counter() - t1)}
             quantized[name] = q
+    if n_check:  # the same int8 models on more held-out images from a third seed: how stable the 1000-image row is
+        xc, _ = images(n_check, seed + 2000, 32)
+        if res != 32:
+            xc = nn.functional.interpolate(xc, size=(res, res), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            fc = model(xc)
+        check = {}
+        for name, q in quantized.items():
+            with torch.no_grad():
+                g = q(xc)
+            agree = float((g.argmax(1) == fc.argmax(1)).float().mean())
+            check[name] = {"top1_agreement": round(agree, 4),
+                           "binomial_std": round((agree * (1 - agree) / n_check) ** 0.5, 4),
+                           "logit_sqnr_db": round(float(10 * torch.log10(fc.pow(2).sum() / (fc - g).pow(2).sum())), 1)}
+        out["check_held_out"] = {"images": n_check, "seed": seed + 2000, "rows": check}
     if latency_size:
         out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
                                  "modes": _variant_latency(model, quantized, latency_size, latency_iters)}
