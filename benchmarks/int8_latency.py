@@ -400,9 +400,10 @@ def main(argv=None):
     p.add_argument("--save", metavar="PATH", help="save the trained --agreement-arch weights there (for --load)")
     p.add_argument("--agreement-only", action="store_true",
                    help="skip the zoo models' latency rows: only the trained model's agreement part")
-    p.add_argument("--no-sensitivity", action="store_true", help="skip the per-unit sensitivity report")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the per-unit sensitivity report and the top-k fp32 rows (--quick skips them)")
     p.add_argument("--variant-latency-model", default="FBNetV3-B-timm",
-                   help="zoo model on which the agreement part times its PTQ options ('' to skip)")
+                   help="zoo model on which the agreement part times its PTQ options ('' or --quick: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime fp32 / int8 modes")
     p.add_argument("--append", action="store_true", help="keep the rows of other models already in --out")
@@ -425,8 +426,8 @@ def main(argv=None):
     if args.agreement_arch:
         agreement = trained_agreement(args.agreement_arch, args.train_epochs, args.train_res, args.train_images,
                                       args.calib, args.held, args.seed, qat_epochs, args.load, args.save,
-                                      not args.no_sensitivity)
-        if args.variant_latency_model:
+                                      not (args.no_sensitivity or args.quick))
+        if args.variant_latency_model and not args.quick:
             agreement["zoo_latency_of_ptq_options"] = zoo_variant_latency(args.variant_latency_model, iters, args.seed)
         print(json.dumps(agreement, indent=1), flush=True)
     import onnxruntime

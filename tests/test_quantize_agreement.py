@@ -62,22 +62,27 @@ def test_reduce_range_weights_gives_8_bit_activations_that_never_saturate_int16(
 
 
 def _mean_errors(q, float_model, batches):
-    """Per int8 conv / linear: |mean over channels of (int8 accumulator - fp32 output) mean| / RMS."""
+    """Per int8 conv / linear: max over channels of |mean (int8 accumulator - fp32 output)| / RMS."""
     from fbnet_zoo.quantize import _accumulator, _quantized_linear_layers
 
     floats = dict(float_model.named_modules())
+    layers = _quantized_linear_layers(q)
+    seen = {(name, side): [] for name, _ in layers for side in "qf"}
+    hooks = []
+    for name, layer in layers:
+        hooks.append(layer.register_forward_pre_hook(
+            lambda m, a, name=name: seen[name, "q"].append(_accumulator(m, a[0]))))
+        hooks.append(floats[name].register_forward_hook(
+            lambda m, a, o, name=name: seen[name, "f"].append(o.clone())))
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+            float_model(x)
+    for h in hooks:
+        h.remove()
     out = {}
-    for name, layer in _quantized_linear_layers(q):
-        seen = {"q": [], "f": []}
-        hooks = [layer.register_forward_pre_hook(lambda m, a: seen["q"].append(_accumulator(m, a[0]))),
-                 floats[name].register_forward_hook(lambda m, a, o: seen["f"].append(o.clone()))]
-        with torch.no_grad():
-            for x in batches:
-                q(x)
-                float_model(x)
-        for h in hooks:
-            h.remove()
-        qa, fa = torch.cat(seen["q"]), torch.cat(seen["f"])
+    for name, _ in layers:
+        qa, fa = torch.cat(seen[name, "q"]), torch.cat(seen[name, "f"])
         dims = [d for d in range(qa.dim()) if d != 1]
         out[name] = float(((qa - fa).mean(dims).abs() / fa.pow(2).mean(dims).sqrt()).max())
     return out
