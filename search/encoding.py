@@ -35,18 +35,22 @@ class Encoder:
         return self.encode_units(self.space.unit_of(values)[None])[0]
 
     def recipe_columns(self) -> Dict[str, List[Any]]:
-        """The feature columns of the training-recipe dimensions (named ``recipe.*``): one list
-        of one-hot columns per choice dimension, and the numeric columns. Empty for spaces
-        without a recipe (architecture-only, NAS-Bench-201)."""
+        """The feature columns by role: the training-recipe dimensions (named ``recipe.*``), one
+        list of one-hot columns per choice dimension and the numeric columns, and every other
+        (architecture) column. The recipe lists are empty for spaces without a recipe
+        (architecture-only, NAS-Bench-201)."""
         choices: List[List[int]] = []
         numbers: List[int] = []
+        architecture: List[int] = []
         col = 0
         for d in self.space.dims:
-            if d.name.startswith("recipe."):
-                if d.kind == "choice":
-                    choices.append(list(range(col, col + d.width)))
-                else:
-                    numbers.append(col)
+            cols = list(range(col, col + d.width))
+            if not d.name.startswith("recipe."):
+                architecture += cols
+            elif d.kind == "choice":
+                choices.append(cols)
+            else:
+                numbers += cols
             col += d.width
         assert col == self.width, "feature layout and dimensions disagree"
-        return {"choices": choices, "numbers": numbers}
+        return {"choices": choices, "numbers": numbers, "architecture": architecture}

@@ -19,7 +19,7 @@ import functools
 import io
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -99,35 +99,42 @@ class ProxyRidge:
     Why not the MLP there: refitting it on ~20 labels over the whole encoding (a one-hot block
     per searched architecture dimension) fits noise. On the embedded default's labels its 5-fold
     CV Spearman was 0.0-0.4 over 5 seeds while a fixed rule over two recipe features (optimizer,
-    lr) ranked the same candidates at 0.7-0.8 (README, Benchmarks). So this regresses on a few
-    informative inputs: the pretrained proxy head's standardised log FLOPs / log params (what
-    stage 1 learned about the architecture), the recipe's numbers, its choices one-hot, and every
-    recipe choice x recipe number product (e.g. each optimizer's own response to lr). Targets are
-    the labels' ranks (a collapsed training run is an outlier, not a lever); the ridge penalty is
-    the one with the least leave-one-out error, in closed form through the hat matrix.
-    Predictions map back to accuracy units by matching the fitted scores' mean and spread to the labels' (monotone: the
-    ranking is the ridge's). Hand-written because it is a dozen lines of linear algebra on
-    (n <= a few hundred) x (<= a few dozen) matrices.
+    lr) ranked the same candidates at 0.7-0.8 (README, Benchmarks). So this is a ridge
+    regression with two penalties: a first group of a few informative inputs, the pretrained
+    proxy head's standardised log FLOPs / log params (what stage 1 learned about the
+    architecture), the recipe's numbers, its choices one-hot and every recipe choice x recipe
+    number product (e.g. each optimizer's own response to lr); and a second group, the
+    architecture features, so that architecture effects beyond FLOPs / params are learnt when
+    the labels show them (on the synthetic oracle they dominate) and shrunk away when they do
+    not. Targets are the labels' ranks (a collapsed training run is an outlier, not a lever);
+    the two penalties are the most shrunk pair within one standard error of the least
+    leave-one-out error (closed form, through the hat matrix). Predictions map back to accuracy units by matching the fitted scores' mean
+    and spread to the labels' (monotone: the ranking is the ridge's). Hand-written because it
+    is a few lines of linear algebra on (n <= a few hundred) x (<= a few dozen) matrices.
     """
 
     LAMBDAS = tuple(float(v) for v in np.logspace(-2, 3, 26))
+    ARCH_LAMBDAS = LAMBDAS
 
     def __init__(self, columns: Dict[str, List[Any]], state: Optional[Dict[str, Any]] = None) -> None:
         self.columns = columns
         self.state = state
 
     def design(self, proxy: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """(N, 2) standardised proxy outputs + (N, F) features -> (N, D) regression inputs."""
+        """(N, 2) standardised proxy outputs + (N, F) features -> (N, D) regression inputs: the
+        proxies and the recipe terms first, the architecture features last."""
         numbers = features[:, self.columns["numbers"]]
+        blocks = [proxy, numbers]
         onehots = [features[:, group] for group in self.columns["choices"]]
-        if not onehots:
-            return np.concatenate([proxy, numbers], 1).astype(np.float64)
-        oh = np.concatenate(onehots, 1)
-        products = [oh[:, [i]] * numbers for i in range(oh.shape[1])]
-        return np.concatenate([proxy, numbers, oh] + products, 1).astype(np.float64)
+        if onehots:
+            oh = np.concatenate(onehots, 1)
+            blocks += [oh] + [oh[:, [i]] * numbers for i in range(oh.shape[1])]
+        blocks.append(features[:, self.columns.get("architecture", [])])
+        return np.concatenate(blocks, 1).astype(np.float64)
 
-    def fit(self, z: np.ndarray, acc: np.ndarray) -> float:
-        """Fit on inputs ``z`` and labels ``acc``; returns the chosen ridge penalty."""
+    def fit(self, z: np.ndarray, acc: np.ndarray) -> Tuple[float, float]:
+        """Fit on inputs ``z`` (``design``'s) and labels ``acc``; returns the chosen penalties
+        (proxies and recipe, architecture features)."""
         from scipy.stats import rankdata
 
         acc = np.asarray(acc, dtype=np.float64)
@@ -135,24 +142,32 @@ class ProxyRidge:
         mu, sd = z.mean(0), z.std(0)
         sd = np.where(sd < 1e-8, 1.0, sd)  # a constant column centres to zero
         zs = np.concatenate([(z - mu) / sd, np.ones((len(z), 1))], 1)
-        gram, best = zs.T @ zs, None
+        n_arch = len(self.columns.get("architecture", []))
+        is_arch = np.zeros(zs.shape[1], dtype=bool)
+        is_arch[zs.shape[1] - 1 - n_arch:-1] = True
+        gram, fits = zs.T @ zs, []
         for lam in self.LAMBDAS:
-            pen = lam * np.eye(zs.shape[1])
-            pen[-1, -1] = 0.0  # the intercept is not shrunk
-            inv = np.linalg.solve(gram + pen, zs.T)
-            w = inv @ target
-            h = np.einsum("ij,ji->i", zs, inv)
-            loo = float(np.mean(((target - zs @ w) / np.maximum(1.0 - h, 1e-9)) ** 2))
-            if best is None or loo < best[0]:
-                best = (loo, lam, w)
-        _, lam, w = best
+            for lam_arch in (self.ARCH_LAMBDAS if n_arch else (0.0,)):
+                pen = np.diag(np.where(is_arch, lam_arch, lam))
+                pen[-1, -1] = 0.0  # the intercept is not shrunk
+                inv = np.linalg.solve(gram + pen, zs.T)
+                w = inv @ target
+                h = np.einsum("ij,ji->i", zs, inv)
+                sq = ((target - zs @ w) / np.maximum(1.0 - h, 1e-9)) ** 2
+                fits.append((float(sq.mean()), float(sq.std()) / np.sqrt(len(sq)), (lam, lam_arch), w))
+        # the one-standard-error rule: the most shrunk pair whose leave-one-out error is within
+        # one standard error of the least (picking the bare minimum among many pairs on ~20
+        # labels overfits the choice)
+        least = min(fits, key=lambda f: f[0])
+        _, _, penalties, w = max((f for f in fits if f[0] <= least[0] + least[1]),
+                                 key=lambda f: (np.log(f[2][0]) + np.log(max(f[2][1], 1e-12)), f[2]))
         score = zs @ w
         spread = float(score.std())
         scale = float(acc.std()) / spread if spread > 1e-12 else 0.0
         self.state = {"mean": torch.from_numpy(mu), "std": torch.from_numpy(sd), "weights": torch.from_numpy(w),
-                      "penalty": float(lam), "score_mean": float(score.mean()), "acc_mean": float(acc.mean()),
-                      "scale": scale}
-        return float(lam)
+                      "penalty": [float(p) for p in penalties], "score_mean": float(score.mean()),
+                      "acc_mean": float(acc.mean()), "scale": scale}
+        return penalties
 
     def predict(self, z: np.ndarray) -> np.ndarray:
         st = self.state

@@ -80,6 +80,7 @@ def test_recipe_columns_are_the_recipe_dimensions_features(default_space):
     assert [[names[c] for c in g] for g in cols["choices"]] == [["recipe.optimizer=rmsprop", "recipe.optimizer=sgd"]]
     assert [names[c] for c in cols["numbers"]] == ["recipe.lr", "recipe.weight_decay", "recipe.dropout",
                                                    "recipe.mixup"]
+    assert [names[c] for c in cols["architecture"]] == [n for n in names if not n.startswith("recipe.")]
 
 
 def test_proxy_ridge_learns_a_recipe_interaction_from_few_labels(default_space):
