@@ -20,8 +20,10 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detectron2.export import TracingAdapter
+from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
@@ -55,10 +57,28 @@ def _frozen_to_bn(module: nn.Module) -> nn.Module:
     return module
 
 
+def _fold_d2_conv_norms(module: nn.Module) -> int:
+    """Fold the BatchNorm inside every detectron2 ``Conv2d`` (``conv.norm``: the FPN's lateral /
+    output convs with MODEL.FPN.NORM, as the authors' FPN models have) into its weights, in
+    place (eval mode); returns how many."""
+    n = 0
+    for conv in module.modules():
+        if isinstance(conv, D2Conv2d) and isinstance(conv.norm, nn.BatchNorm2d):
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+            plain.weight, plain.bias = conv.weight, conv.bias
+            fused = fuse_conv_bn_eval(plain.eval(), conv.norm.eval())
+            conv.weight, conv.bias = fused.weight, fused.bias
+            conv.norm = None
+            n += 1
+    return n
+
+
 def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, pre_nms_topk: Optional[int] = None,
                     channels_last: bool = False) -> nn.Module:
     """An eval-mode copy of a detectron2 ``GeneralizedRCNN`` for inference: every conv -> BN
-    pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``),
+    pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``;
+    the FPN's normed lateral / output convs too),
     BN-free placeholders removed, the RPN keeping its ``pre_nms_topk`` best anchors per level
     before NMS and ``test_proposals`` boxes after it (the authors test their C4 models with
     1000 / 30: ``AUTHORS_C4_TEST_TOPK``; None keeps the config's), channels_last weights if
@@ -67,6 +87,7 @@ def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, pre_
         raise DetectionError(f"deploy_detector: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     out = _frozen_to_bn(copy.deepcopy(model).eval())
     fold_bn(out, inplace=True)
+    out.folded_bn += _fold_d2_conv_norms(out)
     strip_identities(out)
     rpn = out.proposal_generator
     for option, value, attr in (("test_proposals", test_proposals, "post_nms_topk"),
