@@ -134,13 +134,32 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str
         if a.numel() and a.is_floating_point():
             err = float((a - b).abs().max())
             if err > atol * max(1.0, float(a.abs().max())):
-                raise DetectionError(f"export_torchscript: output {i} differs from eager by {err:.3g} (atol {atol})")
+                raise DetectionError(f"export_torchscript: output {i} differs from eager by {err:.3g} (atol {atol})"
+                                     + _nms_path_hint(model))
     traced.outputs_schema = adapter.outputs_schema  # type: ignore[attr-defined]
     if path is not None:
         with atomic_path(path) as tmp:
             torch.jit.save(traced, tmp)
         logger.info("export_torchscript: wrote %s", path)
     return traced
+
+
+# torchvision's batched_nms runs per-level NMS ("vanilla") in eager mode above this many box
+# coordinates on CPU, and one offset-coordinate NMS when traced: the same boxes survive, but
+# equal scores may come out in another order, and the RPN's post-NMS top-k then keeps other ties.
+_TV_VANILLA_NMS_NUMEL = 4000
+
+
+def _nms_path_hint(model: nn.Module) -> str:
+    rpn = getattr(model, "proposal_generator", None)
+    levels = len(getattr(rpn, "in_features", ()))
+    if levels < 2 or rpn.pre_nms_topk[False] * levels * 4 <= _TV_VANILLA_NMS_NUMEL:
+        return ""
+    most = _TV_VANILLA_NMS_NUMEL // (4 * levels)
+    return (f"; the RPN keeps up to {rpn.pre_nms_topk[False]} boxes on each of its {levels} levels before NMS, "
+            f"where torchvision's batched_nms orders equal scores differently in eager and traced mode (int8 "
+            f"objectness logits tie often): deploy with pre_nms_topk <= {most} "
+            f"(MODEL.RPN.PRE_NMS_TOPK_TEST) for an export equal to eager")
 
 
 def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[int, int],
