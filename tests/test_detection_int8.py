@@ -254,15 +254,17 @@ def test_fpn_float_stages_keep_the_stem_float_and_the_fpn_int8(tmp_path):
         quantize_detector(deployed, [x], float_stages=3)
 
 
-def test_fpn_export_names_the_rpn_nms_path_when_eager_and_traced_may_order_ties_apart():
-    from fbnet_zoo.detection.d2.deploy import _nms_path_hint
+def test_fpn_export_caps_the_rpn_pre_nms_topk_where_eager_and_traced_nms_agree():
+    from fbnet_zoo.detection.d2.deploy import _nms_path_hint, cap_pre_nms_topk_for_export, export_pre_nms_topk
 
     cfg, model = fpn_detector("faster_rcnn_fbnetv3g_fpn.yaml")
-    assert _nms_path_hint(model) == ""  # 200 per level: one NMS path
+    assert export_pre_nms_topk(model) is None and _nms_path_hint(model) == ""  # 200 per level: one NMS path
     model.proposal_generator.pre_nms_topk[False] = 1000
-    assert "pre_nms_topk <= 200" in _nms_path_hint(model)
+    assert export_pre_nms_topk(model) == 200 and "pre_nms_topk <= 200" in _nms_path_hint(model)
+    assert cap_pre_nms_topk_for_export(model).proposal_generator.pre_nms_topk[False] == 200
+    assert model.proposal_generator.pre_nms_topk[True] == cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN  # training untouched
     cfg, c4 = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
-    assert _nms_path_hint(c4) == ""  # one level
+    assert export_pre_nms_topk(c4) is None  # one level: 6000 is fine
 
 
 def test_export_tool_writes_an_int8_fpn_detector(tmp_path, capsys):
@@ -286,13 +288,14 @@ def test_export_tool_writes_an_int8_fpn_detector(tmp_path, capsys):
     images = str(images)
     config = os.path.join(repo, "model_configs", "detection", "faster_rcnn_fbnetv3g_fpn.yaml")
     opts = ["MODEL.FBNET.ARCH", "FBNetV3-A", *[str(v) for v in FPN_FAST], "INPUT.MIN_SIZE_TEST", "160",
-            "INPUT.MAX_SIZE_TEST", "224"]
+            "INPUT.MAX_SIZE_TEST", "224", "MODEL.RPN.PRE_NMS_TOPK_TEST", "1000"]  # the config's: capped
     cfg, model = fpn_detector("faster_rcnn_fbnetv3g_fpn.yaml")
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random")  # randomised: no score ties
     assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--format", "int8",
                       "--calibration", images, "--calibration-images", "2", "--out", str(tmp_path / "out") + os.sep,
                       "--opts", *opts]) == 0
-    assert "int8 parts: backbone, rpn_head, box_head" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "RPN pre-NMS top-k 200, int8 parts: backbone, rpn_head, box_head" in printed
     path = tmp_path / "out" / "faster_rcnn_fbnetv3g_fpn_int8.ts"
     loaded = torch.jit.load(str(path))
     assert any(n.kind() == "quantized::add" for n in loaded.graph.findAllNodes("quantized::add"))  # FPN top-down

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 # POST_NMS_TOPK_TEST 30; "we use smaller numbers" than detectron2's 6000 / 1000).
 AUTHORS_C4_TEST_TOPK = {"pre_nms_topk": 1000, "test_proposals": 30}
 
-__all__ = ["AUTHORS_C4_TEST_TOPK", "deploy_detector", "export_torchscript", "instances_from_outputs"]
+__all__ = ["AUTHORS_C4_TEST_TOPK", "cap_pre_nms_topk_for_export", "deploy_detector", "export_pre_nms_topk",
+           "export_torchscript", "instances_from_outputs"]
 
 
 def _frozen_to_bn(module: nn.Module) -> nn.Module:
@@ -130,7 +131,7 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str
     for i, (a, b) in enumerate(zip(want, got)):
         if a.shape != b.shape:
             raise DetectionError(f"export_torchscript: output {i} has shape {tuple(b.shape)} traced, "
-                                 f"{tuple(a.shape)} eager")
+                                 f"{tuple(a.shape)} eager" + _nms_path_hint(model))
         if a.numel() and a.is_floating_point():
             err = float((a - b).abs().max())
             if err > atol * max(1.0, float(a.abs().max())):
@@ -146,20 +147,45 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str
 
 # torchvision's batched_nms runs per-level NMS ("vanilla") in eager mode above this many box
 # coordinates on CPU, and one offset-coordinate NMS when traced: the same boxes survive, but
-# equal scores may come out in another order, and the RPN's post-NMS top-k then keeps other ties.
+# equal scores may come out in another order, and the RPN's post-NMS top-k then keeps other ties
+# (int8 objectness logits take few distinct values: ties are common).
 _TV_VANILLA_NMS_NUMEL = 4000
 
 
-def _nms_path_hint(model: nn.Module) -> str:
+def export_pre_nms_topk(model: nn.Module) -> Optional[int]:
+    """The largest RPN test pre-NMS top-k (per level) for which ``model``'s RPN NMS takes the
+    same path eager and traced, when its current one is larger (multi-level RPNs, e.g. FPN:
+    200 for 5 levels); None when the current one is fine (every C4 model)."""
     rpn = getattr(model, "proposal_generator", None)
     levels = len(getattr(rpn, "in_features", ()))
-    if levels < 2 or rpn.pre_nms_topk[False] * levels * 4 <= _TV_VANILLA_NMS_NUMEL:
+    most = _TV_VANILLA_NMS_NUMEL // (4 * max(levels, 1))
+    if levels < 2 or rpn.pre_nms_topk[False] <= most:
+        return None
+    return most
+
+
+def cap_pre_nms_topk_for_export(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with its RPN test pre-NMS top-k lowered to ``export_pre_nms_topk``
+    when needed, so that its TorchScript export equals it; logged."""
+    most = export_pre_nms_topk(model)
+    if most is not None:
+        rpn = model.proposal_generator
+        logger.info("RPN test pre-NMS top-k %d -> %d per level for the export: with %d levels above %d boxes "
+                    "torchvision's batched_nms orders equal scores differently in eager and traced mode",
+                    rpn.pre_nms_topk[False], most, len(rpn.in_features), most * len(rpn.in_features))
+        rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: most}
+    return model
+
+
+def _nms_path_hint(model: nn.Module) -> str:
+    most = export_pre_nms_topk(model)
+    if most is None:
         return ""
-    most = _TV_VANILLA_NMS_NUMEL // (4 * levels)
-    return (f"; the RPN keeps up to {rpn.pre_nms_topk[False]} boxes on each of its {levels} levels before NMS, "
-            f"where torchvision's batched_nms orders equal scores differently in eager and traced mode (int8 "
-            f"objectness logits tie often): deploy with pre_nms_topk <= {most} "
-            f"(MODEL.RPN.PRE_NMS_TOPK_TEST) for an export equal to eager")
+    rpn = model.proposal_generator
+    return (f"; the RPN keeps up to {rpn.pre_nms_topk[False]} boxes on each of its {len(rpn.in_features)} levels "
+            f"before NMS, where torchvision's batched_nms orders equal scores differently in eager and traced "
+            f"mode (int8 objectness logits tie often): deploy with pre_nms_topk <= {most} "
+            f"(cap_pre_nms_topk_for_export; MODEL.RPN.PRE_NMS_TOPK_TEST) for an export equal to eager")
 
 
 def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[int, int],
