@@ -56,6 +56,7 @@ from .tabular import SOURCES as TABLE_SOURCES
 
 MODES = ("joint", "recipe_only", "arch_only")
 RANK_METHODS = ("kendall", "spearman")
+REFIT_MODELS = ("mlp", "proxy_ridge")
 CONSTRAINT_KEYS = ("flops", "params")
 SEED_MAX = 2 ** 32 - 1  # numpy's SeedSequence/legacy seeding and Sobol scrambling take 32-bit seeds
 # Sections that only stage 3 and the outputs read: changing them on --resume invalidates no
@@ -164,6 +165,10 @@ class PredictorConfig(_Section):
     refit_batch_size: int = 32
     huber_delta: float = 1.0
     weight_decay: float = 1e-4
+    # "mlp": stage 2 refits the accuracy head of the MLP (the paper's predictor). "proxy_ridge":
+    # a ridge regression on the pretrained proxy head's outputs and the recipe features, for
+    # the few-label regime (search/predictor.py, ProxyRidge).
+    refit_model: str = "mlp"
 
     def __post_init__(self) -> None:
         p = "predictor."
@@ -181,6 +186,10 @@ class PredictorConfig(_Section):
             _positive_number(p + name, getattr(self, name))
         check_number(p + "weight_decay", self.weight_decay, 0.0, lo_open=False, error=SearchConfigError)
         check_number(p + "val_fraction", self.val_fraction, 0.0, 1.0, hi_open=True, error=SearchConfigError)
+        check_choice(p + "refit_model", self.refit_model, REFIT_MODELS, error=SearchConfigError)
+        if self.refit_model == "proxy_ridge" and not self.pretrain:
+            raise SearchConfigError(f"{p}refit_model: 'proxy_ridge' regresses on the pretrained proxy head's "
+                                    "outputs, so it needs predictor.pretrain: true (or refit_model: mlp)")
 
 
 @dataclass(frozen=True)

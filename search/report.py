@@ -77,6 +77,7 @@ def heldout_rank_corr(run, measured: List[Dict[str, Any]], epoch: int, pred_vs_m
         y = np.array([run._target(c, epoch) for c in measured])
         out["cross_validated"] = cross_validated_rank_corr(blob, run.cfg.predictor, x, y, HELDOUT_FOLDS,
                                                            seed=run.seed)
+        out["cross_validated"]["refit_model"] = run.cfg.predictor.refit_model
     return out
 
 
@@ -344,7 +345,8 @@ def _heldout_md(h: Dict[str, Any]) -> List[str]:
         L.append(f"- last round ({lr['n']} candidates of round {lr['round']}, predicted before they trained): "
                  f"{_fmt(lr['spearman'])}")
     if cv:
-        L.append(f"- {cv['folds']}-fold cross-validation of the refit over all {cv['n']} measured candidates "
+        L.append(f"- {cv['folds']}-fold cross-validation of the refit ({cv.get('refit_model', 'mlp')}) over all "
+                 f"{cv['n']} measured candidates "
                  f"(each predicted by a refit that never saw it): {_fmt(cv['spearman'])} "
                  f"(Kendall {_fmt(cv['kendall'])})")
     return L + [""] if len(L) > 2 else []

@@ -294,7 +294,7 @@ class SearchRun:
             return Predictor.from_bytes(blob, self.cfg.predictor)
         t0 = time.perf_counter()
         pcfg = self.cfg.predictor
-        pred = Predictor.from_config(self.encoder.width, pcfg, self.seed)
+        pred = Predictor.from_config(self.encoder.width, pcfg, self.seed, self.encoder.recipe_columns())
         info: Dict[str, Any] = {"pool_size": len(pool), "pool_drawn": pool.drawn, "pretrained": pcfg.pretrain,
                                 "flops_range": [float(pool.flops.min()), float(pool.flops.max())]}
         if pcfg.pretrain:

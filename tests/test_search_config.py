@@ -61,6 +61,8 @@ def test_a_wrong_type_for_any_key_names_its_dotted_path(path):
 @pytest.mark.parametrize("override, match", [
     (["stage2.m=2.0"], r"^stage2.m: 2.0 is not an integer"),
     (["predictor.pretrain=maybe"], r"^predictor.pretrain: 'maybe' is not a boolean"),
+    (["predictor.refit_model=lasso"], r"^predictor.refit_model: 'lasso' is not one of \['mlp', 'proxy_ridge'\]"),
+    (["predictor.pretrain=false"], r"^predictor.refit_model: 'proxy_ridge' regresses on the pretrained proxy head"),
     (["stage2.early_stop.threshold=1.5"], r"^stage2.early_stop.threshold: 1.5 is outside \[-1.0, 1.0\]"),
     (["stage2.local_fraction=1.5"], r"^stage2.local_fraction: 1.5 is outside \[0.0, 1.0\]"),
     (["stage2.local_fraction=half"], r"^stage2.local_fraction: 'half' is not a number"),
