@@ -77,8 +77,9 @@ def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
                     authors_topk: bool = True) -> Dict[str, object]:
     """Deploy ``model`` (BN folded; the authors' RPN test top-k 1000 / 30 for C4 models when
     ``authors_topk``; multi-level RPNs keep at most ``deploy.export_pre_nms_topk`` boxes per
-    level before NMS, 200 for FPN's 5, where eager and traced NMS agree) and write it to ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every
-    FBNet part int8, calibrated on ``calibration``; traced on its first image). Returns what
+    level before NMS, 200 for FPN's 5, where eager and traced NMS agree) and write it to
+    ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every FBNet part int8, calibrated on
+    ``calibration``; traced on its first image). Returns what
     was written (path, format, int8 parts, traced image size, RPN pre-NMS top-k)."""
     if fmt not in ("torchscript", "int8"):
         raise DetectionError(f"format: {fmt!r} is not one of ['torchscript', 'int8'] for a detector")
