@@ -23,11 +23,19 @@ fp32 on ``--held`` images generated from another seed (disjoint from training an
 fp32 and int8 top-1 accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for the stem conv
 + classifier left in fp32 (``keep_float``) and for 8-bit activations (``reduce_range=False``;
 PyTorch's fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair
-sums). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on: the int8
-model's accuracy and agreement with fp32 and with the QAT model it was converted from.
+sums), then the accuracy options of ``quantize_static``: 8-bit activations with 7-bit weights
+(``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
+and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
+option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
+weights). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
+the default bit split and with 8/7 bits: the int8 model's accuracy and agreement with fp32 and
+with the QAT model it was converted from.
 
     python benchmarks/int8_latency.py --quick        # B, D, G latency + PTQ agreement: < 8 min on an idle core
     nice -n 10 python benchmarks/int8_latency.py     # full: more timing rounds, + QAT
+    python benchmarks/int8_latency.py --agreement-only --out benchmarks/results/int8_agreement.json
+                                                     # only the agreement part (~20 min on a loaded 2-core box)
 
 Writes benchmarks/results/int8_latency.json (``--out``), with the CPU model and the ISA flags
 int8 speed depends on: AVX2 has no 8-bit dot product (fbgemm multiplies u8 x s8 pairs into
@@ -52,7 +60,7 @@ from torch import nn
 import fbnet_zoo
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.quantize import (QATSchedule, convert_qat, export_int8_torchscript, prepare_qat, quantize_static,
-                                top1_agreement)
+                                sensitivity, top1_agreement)
 from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, train_model
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
@@ -213,11 +221,11 @@ def train_classifier(arch, epochs, res, n_train, seed):
     return model.eval().to(memory_format=torch.contiguous_format)
 
 
-def qat_finetune(model, epochs, res, n_train, seed):
+def qat_finetune(model, epochs, res, n_train, seed, reduce_range=None):
     """QAT of a trained model through the project's trainer (EMA on, BN then ranges frozen for the
     last epoch): (int8 of the trained QAT model, the QAT model in eval mode)."""
     settings, train, val = _embedded(n_train, res, seed)
-    qat = prepare_qat(model, example=train[0][0][None])
+    qat = prepare_qat(model, example=train[0][0][None], reduce_range=reduce_range)
     recipe = QAT_RECIPE.replace(resolution=res)
     with tempfile.TemporaryDirectory(prefix="fbnet_qat_") as d:
         result = train_model(qat, recipe, epochs, train, val, settings, workdir=d, progress=False,
@@ -234,7 +242,59 @@ def _top1(fn, x, y):
         return float((fn(x).argmax(1) == y).float().mean())
 
 
-def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None):
+# (row name, keep_float, reduce_range, bias_correction); the first three are the rows measured
+# since the benchmark began (keep them comparable)
+PTQ_VARIANTS = (
+    ("ptq_all_int8", (), None, False),
+    ("ptq_stem_classifier_fp32", FIRST_AND_LAST, None, False),
+    ("ptq_all_int8_8bit_activations", (), False, False),
+    ("ptq_all_int8_bias_correction", (), None, True),
+    ("ptq_8bit_activations_7bit_weights", (), "weights", False),
+    ("ptq_8bit_activations_7bit_weights_bias_correction", (), "weights", True),
+)
+
+
+def _variant_latency(fp32, quantized, size, iters, channels_last=False):
+    """Batch-1 median ms at ``size`` px of the fp32 TorchScript deploy model of ``fp32`` and of
+    each int8 variant's frozen TorchScript (also fed channels_last input if asked), timed
+    round-robin, with fp32 / int8 ratios."""
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fns = {"fp32_torchscript": torch.jit.freeze(torch.jit.script(prepare_for_deploy(fp32)).eval())}
+    for name, q in quantized.items():
+        fns[name] = export_int8_torchscript(q, None, example=x)
+        if channels_last:
+            fns[name + "_channels_last"] = _channels_last(fns[name])
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn(x)
+            fn(x)
+    times = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            times[k] += _time(fn, x, 1)
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    return {k: {"median_ms": round(v, 3), "ratio_vs_fp32_torchscript": round(med["fp32_torchscript"] / v, 3)}
+            for k, v in med.items()}
+
+
+def zoo_variant_latency(arch, iters, seed=0):
+    """The speed of the PTQ options on a zoo model (random weights: speed does not depend on
+    them): default bits vs 8-bit activations + 7-bit weights, with and without bias correction
+    (the same kernels; only the quantized values differ), vs its fp32 TorchScript."""
+    torch.manual_seed(seed)
+    model = fbnet_zoo.build_model(arch).eval()
+    size = model.spec.input_size
+    calib = batches(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed)), 4)
+    quantized = {f"int8_{name}": quantize_static(model, calib, reduce_range=rr, bias_correction=bc)
+                 for name, rr, bc in (("default", None, False), ("8bit_activations_7bit_weights", "weights", False),
+                                      ("8bit_activations_7bit_weights_bias_correction", "weights", True))}
+    return {"model": arch, "input_size": size, "iters": iters,
+            "modes": _variant_latency(model, quantized, size, iters, channels_last=True)}
+
+
+def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
+                      sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000):
     t0 = time.perf_counter()
     if load:
         model = build_arch(arch)
@@ -242,6 +302,8 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
         model.eval()
     else:
         model = train_classifier(arch, epochs, res, n_train, seed)
+        if save:
+            torch.save(model.state_dict(), save)
     train_s = time.perf_counter() - t0
     xt, _ = images(n_calib, 0, 32)  # the first training images (the trainer's embedded set: data_seed 0)
     xv, yv = images(n_held, seed + 1000, 32)  # another seed: disjoint from training and calibration
@@ -251,26 +313,69 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
     out = {"arch": arch, "epochs": epochs, "resolution": res, "train_images": n_train,
            "train_seconds": round(train_s, 1), "loaded_weights": bool(load), "calibration_images": n_calib,
            "held_out_images": n_held, "fp32_top1": round(_top1(model, xv, yv), 4)}
-    variants = (("ptq_all_int8", (), None), ("ptq_stem_classifier_fp32", FIRST_AND_LAST, None),
-                ("ptq_all_int8_8bit_activations", (), False))
-    for name, keep, reduce_range in variants:
-        q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range)
-        agree, _ = top1_agreement(model, q, batches(xv, 100))
+    with torch.no_grad():
+        f = model(xv)
+
+    def row(q, seconds):
         with torch.no_grad():
-            f, g = model(xv), q(xv)
-        out[name] = {"top1_agreement": round(agree, 4), "int8_top1": round(_top1(q, xv, yv), 4),
-                     "logit_sqnr_db": round(float(10 * torch.log10(f.pow(2).sum() / (f - g).pow(2).sum())), 1)}
-    if qat_epochs:
+            g = q(xv)
+        return {"top1_agreement": round(float((g.argmax(1) == f.argmax(1)).float().mean()), 4),
+                "int8_top1": round(_top1(q, xv, yv), 4),
+                "logit_sqnr_db": round(float(10 * torch.log10(f.pow(2).sum() / (f - g).pow(2).sum())), 1),
+                "ptq_seconds": round(seconds, 1)}
+
+    quantized = {}
+    for name, keep, reduce_range, bias_correction in PTQ_VARIANTS:
+        t1 = time.perf_counter()
+        q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range,
+                            bias_correction=bias_correction)
+        out[name] = {"reduce_range": reduce_range, "bias_correction": bias_correction, "keep_float": list(keep),
+                     **row(q, time.perf_counter() - t1)}
+        quantized[name] = q
+    if sensitivity_units:
+        # which units hurt: each alone in int8 (the rest fp32), for the default and the 8/7-bit split
+        for label, reduce_range in (("default", None), ("8bit_activations_7bit_weights", "weights")):
+            t1 = time.perf_counter()
+            rows = sensitivity(model, calib, batches(xv, 100), reduce_range=reduce_range)
+            out[f"sensitivity_alone_{label}"] = {"seconds": round(time.perf_counter() - t1, 1), "units": rows}
+        ranked = [r["unit"] for r in out["sensitivity_alone_8bit_activations_7bit_weights"]["units"]]
+        for k in keep_top:  # the k most harmful units left in fp32 (what it buys, what it costs)
+            keep = ranked[:k]
+            t1 = time.perf_counter()
+            q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range="weights")
+            name = f"ptq_8bit_activations_7bit_weights_top{k}_units_fp32"
+            out[name] = {"reduce_range": "weights", "bias_correction": False, "keep_float": keep,
+                         **row(q, time.perf_counter() - t1)}
+            quantized[name] = q
+    if n_check:  # the same int8 models on more held-out images from a third seed: how stable the 1000-image row is
+        xc, _ = images(n_check, seed + 2000, 32)
+        if res != 32:
+            xc = nn.functional.interpolate(xc, size=(res, res), mode="bilinear", align_corners=False)
+        with torch.no_grad():
+            fc = model(xc)
+        check = {}
+        for name, q in quantized.items():
+            with torch.no_grad():
+                g = q(xc)
+            agree = float((g.argmax(1) == fc.argmax(1)).float().mean())
+            check[name] = {"top1_agreement": round(agree, 4),
+                           "binomial_std": round((agree * (1 - agree) / n_check) ** 0.5, 4),
+                           "logit_sqnr_db": round(float(10 * torch.log10(fc.pow(2).sum() / (fc - g).pow(2).sum())), 1)}
+        out["check_held_out"] = {"images": n_check, "seed": seed + 2000, "rows": check}
+    if latency_size:
+        out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
+                                 "modes": _variant_latency(model, quantized, latency_size, latency_iters)}
+    for name, reduce_range in (("qat", None), ("qat_8bit_activations_7bit_weights", "weights")) if qat_epochs else ():
         t0 = time.perf_counter()
-        q, qat = qat_finetune(model, qat_epochs, res, n_train, seed)
+        q, qat = qat_finetune(model, qat_epochs, res, n_train, seed, reduce_range)
         with torch.no_grad():
             want, got = qat(xv), q(xv)
-        out["qat"] = {"epochs": qat_epochs, "seconds": round(time.perf_counter() - t0, 1),
-                      "int8_top1": round(_top1(q, xv, yv), 4), "qat_top1": round(_top1(qat, xv, yv), 4),
-                      "top1_agreement_with_fp32": round(top1_agreement(model, q, batches(xv, 100))[0], 4),
-                      "top1_agreement_with_qat_model": round(top1_agreement(qat, q, batches(xv, 100))[0], 4),
-                      "logit_sqnr_db_vs_qat_model": round(float(10 * torch.log10(
-                          want.pow(2).sum() / (want - got).pow(2).sum())), 1)}
+        out[name] = {"epochs": qat_epochs, "reduce_range": reduce_range, "seconds": round(time.perf_counter() - t0, 1),
+                     "int8_top1": round(_top1(q, xv, yv), 4), "qat_top1": round(_top1(qat, xv, yv), 4),
+                     "top1_agreement_with_fp32": round(top1_agreement(model, q, batches(xv, 100))[0], 4),
+                     "top1_agreement_with_qat_model": round(top1_agreement(qat, q, batches(xv, 100))[0], 4),
+                     "logit_sqnr_db_vs_qat_model": round(float(10 * torch.log10(
+                         want.pow(2).sum() / (want - got).pow(2).sum())), 1)}
     return out
 
 
@@ -292,6 +397,13 @@ def main(argv=None):
     p.add_argument("--held", type=int, default=1000, help="held-out images for the agreement")
     p.add_argument("--load", metavar="PATH", help="trained weights of --agreement-arch (a 10-class state dict) "
                                                   "instead of training")
+    p.add_argument("--save", metavar="PATH", help="save the trained --agreement-arch weights there (for --load)")
+    p.add_argument("--agreement-only", action="store_true",
+                   help="skip the zoo models' latency rows: only the trained model's agreement part")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the per-unit sensitivity report and the top-k fp32 rows (--quick skips them)")
+    p.add_argument("--variant-latency-model", default="FBNetV3-B-timm",
+                   help="zoo model on which the agreement part times its PTQ options ('' or --quick: skip)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime fp32 / int8 modes")
     p.add_argument("--append", action="store_true", help="keep the rows of other models already in --out")
@@ -303,7 +415,7 @@ def main(argv=None):
     t_start = time.perf_counter()
     rows = []
     print(f"{'model':<10} {'size':>4} {'fp32 best':>22} {'ms':>6} {'int8 best':>30} {'ms':>6} {'ratio':>6}")
-    for v in [m for m in args.models.split(",") if m]:
+    for v in [] if args.agreement_only else [m for m in args.models.split(",") if m]:
         r = latency(v, iters, args.threads, args.seed, not args.no_onnxruntime)
         rows.append(r)
         m = r["median_ms"]
@@ -313,7 +425,10 @@ def main(argv=None):
     agreement = None
     if args.agreement_arch:
         agreement = trained_agreement(args.agreement_arch, args.train_epochs, args.train_res, args.train_images,
-                                      args.calib, args.held, args.seed, qat_epochs, args.load)
+                                      args.calib, args.held, args.seed, qat_epochs, args.load, args.save,
+                                      not (args.no_sensitivity or args.quick))
+        if args.variant_latency_model and not args.quick:
+            agreement["zoo_latency_of_ptq_options"] = zoo_variant_latency(args.variant_latency_model, iters, args.seed)
         print(json.dumps(agreement, indent=1), flush=True)
     import onnxruntime
 

@@ -35,8 +35,14 @@ QAT uses ``qat_qconfig_mapping``, not PyTorch's default: with the default fake-q
 the converted int8 model does not compute what the QAT model trained (the fused weight
 fake-quant rounds with another scale than ``convert_fx`` uses, and activations are clamped at
 reduce_range's 127 in QAT but at 255 in int8); after two trainer epochs the int8 logits were
--2 dB SQNR from the QAT model's, now > 15 dB (tests/test_quantize.py). What remains is fbgemm's
-AVX2 kernels saturating int16 pair sums on the few activations above 127.
+-2 dB SQNR from the QAT model's, now > 15 dB (tests/test_quantize.py).
+
+Accuracy (benchmarks/int8_latency.py --agreement-only, a small trained FBNet, AVX2): the error
+is spread over every unit (``sensitivity``: each conv-act / SE / add alone costs 33-41 dB of
+logit SQNR, none dominates) and is mostly activation rounding (weights alone, per-channel
+8-bit: 41 dB). Halving the activation step is what helps: ``reduce_range="weights"`` (8-bit
+activations, 7-bit weights, no int16 saturation on AVX2) takes top-1 agreement with fp32
+from 97.4% to 99.0%; ``correct_bias`` and fp32 units do not move it beyond noise.
 
 Backends pack weights for one kernel library; ``quantize_static`` / ``convert_qat`` set
 ``torch.backends.quantized.engine`` to theirs (process-wide, as PyTorch requires) and leave
@@ -49,23 +55,25 @@ import copy
 import logging
 import platform
 import warnings
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver,
-                                   MovingAveragePerChannelMinMaxObserver, QConfig, QConfigMapping,
-                                   get_default_qat_qconfig_mapping)
+                                   MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver, QConfig,
+                                   QConfigMapping, get_default_qat_qconfig_mapping)
 
 from .blocks import DropPath
 from .deploy import _writing, check_output_path, example_input, prepare_for_deploy
-from .errors import QuantizationError
+from .errors import QuantizationError, check_choice
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BACKENDS", "Int8StorageFakeQuantize", "QATSchedule", "QuantizationError", "SamePaddedQuantizedConv",
-           "convert_qat", "default_backend", "export_int8_torchscript", "freeze_qat_bn_stats", "freeze_qat_observers",
-           "prepare_qat", "qat_qconfig_mapping", "quantize_static", "same_pad_depthwise", "top1_agreement"]
+__all__ = ["BACKENDS", "REDUCE_RANGE", "Int8StorageFakeQuantize", "QATSchedule", "QuantizationError",
+           "SamePaddedQuantizedConv", "convert_qat", "correct_bias", "default_backend", "export_int8_torchscript",
+           "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "qat_qconfig_mapping", "quantize_static",
+           "same_pad_depthwise", "sensitivity", "top1_agreement"]
 
 BACKENDS = ("fbgemm", "x86", "qnnpack")
 
@@ -162,41 +170,110 @@ def same_pad_depthwise(graph: nn.Module) -> int:
     return n
 
 
-def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
-                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
-                    keep_float: Sequence[str] = (), reduce_range: Optional[bool] = None) -> nn.Module:
-    """An int8 copy of ``model`` by post-training static quantization.
+REDUCE_RANGE = ("activations", "weights", "none")
 
-    calibration: batches of images (tensors, or (images, labels) pairs) like the model will
-    see (same preprocessing); activation ranges are observed on them (histogram observers;
-    weights per-channel). max_batches: stop after that many. keep_float: names of submodules
-    (e.g. ``"stages.0.0"``, ``"classifier"``) left in fp32 (quantize / dequantize around them).
-    reduce_range: observe activations into 7 bits (PyTorch's fbgemm / x86 default, None keeps
-    it: AVX2 kernels multiply u8 x s8 pairs into saturating int16) or 8 (False; qnnpack's
-    default). Measured (benchmarks/int8_latency.py): on AVX2 the full range agrees *less* with
-    fp32 (int16 saturation: 96.0% vs 97.4% top-1 agreement), on an AVX-512 VNNI core more
-    (98.1% vs 96.6%). The input ``model`` is not changed. Returns the converted model (eval
-    mode, float in, float out).
-    """
+
+def _ptq_qconfig_mapping(backend: str, reduce_range: Any) -> QConfigMapping:
+    """PyTorch's default PTQ mapping for ``backend`` with the bit split ``reduce_range`` asks for
+    (see ``quantize_static``); fixed-qparams ops (hardsigmoid, ...) keep theirs."""
     from torch.ao.quantization import get_default_qconfig_mapping
+
+    mapping = get_default_qconfig_mapping(backend)
+    if reduce_range is None:
+        return mapping
+    mode = _bit_split(backend, reduce_range, "quantize_static")
+    weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                reduce_range=mode == "weights")
+    return mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=mode == "activations"),
+                                      weight=weight))
+
+
+def _quantized_linear_layers(graph: torch.fx.GraphModule) -> List[Tuple[str, nn.Module]]:
+    """(name, module) of the int8 convs / linears of a converted graph, in execution order."""
+    from torch.ao.nn import quantized as nnq
+    from torch.ao.nn.intrinsic import quantized as nniq
+
+    kinds = (nnq.Conv2d, nnq.Linear, nniq.ConvReLU2d, nniq.LinearReLU)
+    modules = dict(graph.named_modules())
+    return [(n.target, modules[n.target]) for n in graph.graph.nodes
+            if n.op == "call_module" and type(modules[n.target]) in kinds]
+
+
+def _accumulator(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What an int8 conv / linear accumulates (before requantization and any fused ReLU), in
+    float: the dequantized input times the dequantized weight, plus the bias. Exact up to the
+    float sum's rounding: the int32 accumulator is this divided by input scale x weight scale."""
+    w, b = module.weight(), module.bias()
+    x = x.dequantize()
+    if w.dim() == 2:
+        return nn.functional.linear(x, w.dequantize(), b)
+    return nn.functional.conv2d(x, w.dequantize(), b, module.stride, module.padding, module.dilation, module.groups)
+
+
+def correct_bias(quantized: torch.fx.GraphModule, float_model: nn.Module, calibration: Iterable[Any],
+                 max_batches: Optional[int] = None) -> Dict[str, float]:
+    """Empirical bias correction (Nagel et al. 2019, "Data-free quantization", section 4.2), in
+    place: for each int8 conv / linear in execution order, the mean (per output channel, over
+    the calibration images and positions) of its accumulator minus the fp32 model's output of
+    the same layer is subtracted from its bias, so the int8 layer is unbiased *given the
+    already-corrected int8 layers before it*. Rounding weights and clipping activations shift
+    channel means; depthwise convs (9-25 weights per channel) and their followers are hit most.
+
+    float_model: the fp32 model ``quantized`` came from, BN folded as ``quantize_static`` does
+    (``prepare_for_deploy``): its convs / linears carry the same names. Layers left in float
+    (``keep_float``) are skipped. Returns {layer: mean |bias shift| in units of the RMS of the layer's
+    fp32 output}. Costs one pass of the calibration set per layer."""
+    float_modules = dict(float_model.named_modules())
+    data = []
+    for batch in calibration:
+        if max_batches is not None and len(data) >= max_batches:
+            break
+        data.append(_inputs(batch))
+    if not data:
+        raise QuantizationError("correct_bias: the calibration set is empty")
+    shifts = {}
+    for name, layer in _quantized_linear_layers(quantized):
+        if name not in float_modules:
+            raise QuantizationError(f"correct_bias: {name!r} has no layer of that name in the float model")
+        seen: Dict[str, torch.Tensor] = {}
+        hooks = [layer.register_forward_pre_hook(lambda m, args: seen.__setitem__("q", _accumulator(m, args[0]))),
+                 float_modules[name].register_forward_hook(  # a copy: an in-place activation follows
+                     lambda m, args, out: seen.__setitem__("f", out.clone()))]
+        total = sq = torch.zeros(())
+        count = 0
+        try:
+            with torch.inference_mode():
+                for x in data:
+                    quantized(x)
+                    float_model(x)
+                    err, ref = seen["q"] - seen["f"], seen["f"]
+                    dims = [d for d in range(err.dim()) if d != 1]
+                    total = total + err.sum(dims)
+                    sq = sq + ref.pow(2).mean(dims) * (err.numel() // err.shape[1])
+                    count += err.numel() // err.shape[1]
+        finally:
+            for h in hooks:
+                h.remove()
+        mean = total / count
+        bias = layer.bias() if layer.bias() is not None else torch.zeros_like(mean)
+        layer.set_weight_bias(layer.weight(), (bias - mean).float())
+        shifts[name] = float((mean.abs() / (sq / count).sqrt().clamp_min(1e-12)).mean())
+    logger.info("correct_bias: %d int8 layers corrected (largest mean shift %.3g RMS, %s)", len(shifts),
+                max(shifts.values(), default=0.0), max(shifts, key=shifts.get, default="-"))
+    return shifts
+
+
+def _calibrated(float_model: nn.Module, mapping: QConfigMapping, calibration: Iterable[Any],
+                max_batches: Optional[int], example: Tuple[torch.Tensor], keep: Optional[list] = None
+                ) -> Tuple[torch.fx.GraphModule, int]:
+    """(``float_model`` (not changed) prepared with ``mapping``, calibrated and converted, the
+    number of calibration batches); the batches used are appended to ``keep`` if given."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    backend = _backend(backend)
-    float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
-    mapping = get_default_qconfig_mapping(backend)
-    if reduce_range is not None:
-        default = mapping.global_qconfig
-        mapping.set_global(QConfig(activation=HistogramObserver.with_args(reduce_range=reduce_range),
-                                   weight=default.weight))
-    names = dict(float_model.named_modules())
-    for name in keep_float:
-        if name not in names:
-            raise QuantizationError(f"quantize_static: keep_float: {name!r} is not a submodule of the model")
-        mapping.set_module_name(name, None)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            prepared = prepare_fx(float_model, mapping, _example(model, example))
+            prepared = prepare_fx(copy.deepcopy(float_model), mapping, example)
     except Exception as e:  # FX tracing errors come in many types; name the step
         raise QuantizationError(f"quantize_static: FX tracing failed: {type(e).__name__}: {e}") from e
     n = 0
@@ -205,14 +282,159 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
             if max_batches is not None and n >= max_batches:
                 break
             prepared(_inputs(batch))
+            if keep is not None:
+                keep.append(batch)
             n += 1
     if n == 0:
         raise QuantizationError("quantize_static: the calibration set is empty (activation ranges would be unset)")
-    quantized = convert_fx(prepared)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+        return convert_fx(prepared), n
+
+
+def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
+                    max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
+                    keep_float: Sequence[str] = (), reduce_range: Union[None, bool, str] = None,
+                    bias_correction: bool = False) -> nn.Module:
+    """An int8 copy of ``model`` by post-training static quantization.
+
+    calibration: batches of images (tensors, or (images, labels) pairs) like the model will
+    see (same preprocessing); activation ranges are observed on them (histogram observers;
+    weights per-channel). max_batches: stop after that many. keep_float: names of submodules
+    (e.g. ``"stages.0"``, ``"classifier"``) left in fp32 (quantize / dequantize around them).
+
+    reduce_range: which side gives up a bit so that fbgemm's AVX2 kernels, which multiply
+    u8 activations by s8 weights into *saturating* int16 pair sums, never saturate:
+    None keeps the backend's default (fbgemm / x86: ``"activations"``; qnnpack: ``"none"``);
+    ``"activations"`` (or True): 7-bit activations, 8-bit weights (2 * 127 * 128 < 2**15);
+    ``"weights"``: 8-bit activations, 7-bit weights (|w| <= 64: 2 * 255 * 64 = 32640 < 2**15),
+    exact on every x86 CPU (tests/test_quantize_agreement.py checks a conv against the float
+    arithmetic);
+    ``"none"`` (or False): 8 and 8 bits, only exact on VNNI / AMX CPUs (no int16 step).
+    Measured (benchmarks/int8_latency.py, SMALL_FBNET, AVX2, 1000 held-out images):
+    "activations" 97.4% top-1 agreement with fp32, "none" 96.0% (saturation), "weights" 99.0%
+    (98.1% on 5000 other images); the same kernels, so the same speed. bias_correction:
+    ``correct_bias`` on the calibration set after conversion.
+
+    The input ``model`` is not changed. Returns the converted model (eval mode, float in,
+    float out).
+    """
+    backend = _backend(backend)
+    float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
+    mapping = _ptq_qconfig_mapping(backend, reduce_range)
+    names = dict(float_model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"quantize_static: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
+    used: Optional[list] = [] if bias_correction else None
+    quantized, n = _calibrated(float_model, mapping, calibration, max_batches, _example(model, example), used)
+    if bias_correction:
+        correct_bias(quantized, float_model, used)
     same_pad_depthwise(quantized)
     logger.info("quantize_static: %s calibrated on %d batches, converted to int8 (%s)",
                 getattr(getattr(model, "spec", None), "name", type(model).__name__), n, backend)
     return quantized
+
+
+def _op_nodes(float_model: nn.Module, mapping: QConfigMapping, example: Tuple[torch.Tensor]
+              ) -> List[Tuple[str, str, Optional[type]]]:
+    """(unit, module path, module type or None) of each op of ``float_model``'s FX quantization
+    graph: a module call (conv, activation, pool, ...) belongs to the unit of its parent module
+    (``stages.3.0.dw.conv`` -> ``stages.3.0.dw``), a function call (the residual add, the SE
+    multiply) to the module whose forward makes it (``stages.3.0``, ``stages.3.0.se``)."""
+    from torch.ao.quantization.quantize_fx import prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+        prepared = prepare_fx(copy.deepcopy(float_model), mapping, example)
+    scope = prepared.meta["_observed_graph_module_attrs"].node_name_to_scope
+    modules = dict(prepared.named_modules())
+    ops = []
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and node.name in scope:
+            path = node.target
+            ops.append((path.rpartition(".")[0] or path, path, type(modules[path])))
+        elif node.op in ("call_function", "call_method") and node.name in scope:
+            ops.append((scope[node.name][0], scope[node.name][0], None))
+    return ops
+
+
+def _unit_mapping(backend: str, reduce_range: Any, ops: List[Tuple[str, str, Optional[type]]],
+                  quantized_units: Iterable[str]) -> QConfigMapping:
+    """A qconfig mapping that quantizes exactly the ops of ``quantized_units`` (each op named by
+    its module path, so a unit's ops are switched without its sub-units'), each with the qconfig
+    the full mapping gives it (fixed-qparams ops keep theirs)."""
+    base = _ptq_qconfig_mapping(backend, reduce_range)
+    mapping = _ptq_qconfig_mapping(backend, reduce_range)
+    on = set(quantized_units)
+    for unit, path, kind in ops:
+        qconfig = base.object_type_qconfigs.get(kind, base.global_qconfig) if kind else base.global_qconfig
+        mapping.set_module_name(path, qconfig if unit in on else None)
+    return mapping
+
+
+def _sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
+    return float(10 * torch.log10(reference.pow(2).sum() / (reference - test).pow(2).sum().clamp_min(1e-30)))
+
+
+def sensitivity(model: nn.Module, calibration: Iterable[Any], evaluation: Iterable[Any],
+                backend: Optional[str] = None, reduce_range: Union[None, bool, str] = None, mode: str = "alone",
+                units: Optional[Sequence[str]] = None, max_batches: Optional[int] = None,
+                example: Optional[torch.Tensor] = None) -> List[Dict[str, Any]]:
+    """How much each quantization unit of ``model`` costs, measured on the converted int8 model.
+
+    A unit is a module whose *own* ops the quantization graph holds: a conv-BN-act
+    (``stages.3.0.dw``: its conv and activation), a squeeze-excite (pool, two convs, gate,
+    the multiply), a residual block's add (``stages.3.0``), a head's pooling, the classifier.
+    mode ``"alone"``: only that unit in int8, the rest fp32; ``"without"``: everything in
+    int8 except that unit. Each is calibrated as ``quantize_static`` does (same
+    ``reduce_range``) and compared with fp32 on ``evaluation`` (batches like ``calibration``).
+    Returns one dict per unit, most harmful first: ``unit``, ``ops`` (its module types /
+    functions), ``logit_sqnr_db`` and ``top1_agreement`` vs fp32 (for "without" also
+    ``agreement_gain`` / ``sqnr_gain_db`` over all-int8). Costs one calibration per unit.
+    """
+    check_choice("sensitivity: mode", mode, ("alone", "without"), QuantizationError)
+    backend = _backend(backend)
+    float_model = prepare_for_deploy(model)
+    ex = _example(model, example)
+    ops = _op_nodes(float_model, _ptq_qconfig_mapping(backend, reduce_range), ex)
+    all_units = list(dict.fromkeys(u for u, _, _ in ops))
+    if units is None:
+        units = all_units
+    for unit in units:
+        if unit not in all_units:
+            raise QuantizationError(f"sensitivity: units: {unit!r} is not a quantization unit of the model "
+                                    f"(there are {all_units})")
+    data = [_inputs(b) for b in evaluation]
+    calib = list(calibration)
+    if not data:
+        raise QuantizationError("sensitivity: the evaluation set is empty")
+    with torch.inference_mode():
+        ref = torch.cat([float_model(x) for x in data])
+
+    def measure(quantized_units):
+        q, _ = _calibrated(float_model, _unit_mapping(backend, reduce_range, ops, quantized_units), calib,
+                           max_batches, ex)
+        with torch.inference_mode():
+            out = torch.cat([q(x) for x in data])
+        return _sqnr(ref, out), float((out.argmax(1) == ref.argmax(1)).float().mean())
+
+    base = measure(all_units) if mode == "without" else None
+    rows = []
+    for unit in tqdm(units, desc=f"sensitivity ({mode})", leave=False, disable=None):
+        sqnr, agree = measure([unit] if mode == "alone" else [u for u in all_units if u != unit])
+        row = {"unit": unit, "ops": [getattr(k, "__name__", "function") if k else "function"
+                                     for u, _, k in ops if u == unit],
+               "logit_sqnr_db": round(sqnr, 2), "top1_agreement": round(agree, 4)}
+        if base is not None:
+            row["sqnr_gain_db"], row["agreement_gain"] = round(sqnr - base[0], 2), round(agree - base[1], 4)
+        rows.append(row)
+    if mode == "alone":
+        rows.sort(key=lambda r: (r["logit_sqnr_db"], r["top1_agreement"]))
+    else:
+        rows.sort(key=lambda r: (-r["agreement_gain"], -r["sqnr_gain_db"]))
+    return rows
 
 
 class Int8StorageFakeQuantize(FakeQuantize):
@@ -239,7 +461,18 @@ class Int8StorageFakeQuantize(FakeQuantize):
         return X
 
 
-def qat_qconfig_mapping(backend: str) -> QConfigMapping:
+def _bit_split(backend: str, reduce_range: Any, where: str) -> str:
+    """``reduce_range`` as one of REDUCE_RANGE (None: the backend's default)."""
+    if reduce_range is None:
+        return "activations" if backend in ("fbgemm", "x86") else "none"
+    mode = ("activations" if reduce_range else "none") if isinstance(reduce_range, bool) else reduce_range
+    if mode not in REDUCE_RANGE:
+        raise QuantizationError(f"{where}: reduce_range: {reduce_range!r} is not None, True, False or one of "
+                                f"{list(REDUCE_RANGE)}")
+    return mode
+
+
+def qat_qconfig_mapping(backend: str, reduce_range: Union[None, bool, str] = None) -> QConfigMapping:
     """PyTorch's default QAT qconfig mapping for ``backend`` with fake-quant modules whose
     arithmetic is the converted int8 model's (PyTorch's defaults differ in two ways, each
     enough to make a QAT-trained net's int8 model disagree with it):
@@ -249,20 +482,27 @@ def qat_qconfig_mapping(backend: str) -> QConfigMapping:
       by ``absmax / 128`` where ``calculate_qparams`` (what ``convert_fx`` quantizes the
       weights with) uses ``absmax / 127.5``: every weight rounds differently (~33 dB per layer).
     - activations: ``Int8StorageFakeQuantize`` (the reduce_range clamp, see there).
-    Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree."""
+    Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree.
+    reduce_range: the bit split, as in ``quantize_static``."""
+    mode = _bit_split(backend, reduce_range, "qat_qconfig_mapping")
     mapping = get_default_qat_qconfig_mapping(backend)
     activation = Int8StorageFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
-                                                   reduce_range=backend in ("fbgemm", "x86"))
-    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-128, quant_max=127,
-                                    dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+                                                   reduce_range=mode == "activations")
+    # 7-bit weights as -63..63 (scale absmax / 63): fake-quant clamps to the observer's range,
+    # which reduce_range would make -64..63 while convert_fx rounds absmax / (absmax / 63.5) to 64
+    qmax = 63 if mode == "weights" else 127
+    weight = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, quant_min=-qmax - (qmax == 127),
+                                    quant_max=qmax, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
     return mapping.set_global(QConfig(activation=activation, weight=weight))
 
 
-def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None) -> nn.Module:
+def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Optional[torch.Tensor] = None,
+                keep_float: Sequence[str] = (), reduce_range: Union[None, bool, str] = None) -> nn.Module:
     """A copy of ``model`` for quantization-aware training: conv-BN(-ReLU) fused into QAT modules
     with fake-quantized weights and activations, in train mode. Train it like any model (any
     optimiser, the project's trainer, with or without EMA), then ``convert_qat`` (the raw model
-    or the trainer's averaged copy): the int8 model computes what the fake-quant model did."""
+    or the trainer's averaged copy): the int8 model computes what the fake-quant model did.
+    keep_float / reduce_range: as in ``quantize_static`` (submodules left fp32; the bit split)."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     drop = [name for name, m in model.named_modules() if isinstance(m, DropPath) and m.p > 0]
@@ -271,11 +511,17 @@ def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Option
                                 "per-sample random mask does not survive FX tracing; build the model with "
                                 "drop_path_rate=0 for QAT")
     backend = _backend(backend)
+    mapping = qat_qconfig_mapping(backend, reduce_range)
+    names = dict(model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"prepare_qat: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
     qat = copy.deepcopy(model).train()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            return prepare_qat_fx(qat, qat_qconfig_mapping(backend), _example(model, example))
+            return prepare_qat_fx(qat, mapping, _example(model, example))
     except Exception as e:
         raise QuantizationError(f"prepare_qat: FX tracing failed: {type(e).__name__}: {e}") from e
 
@@ -287,9 +533,30 @@ def convert_qat(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
     _backend(backend)
     if not isinstance(model, torch.fx.GraphModule):
         raise QuantizationError(f"convert_qat: expected the model returned by prepare_qat, got {type(model).__name__}")
+    fake_quant = {name: m.weight_fake_quant for name, m in model.named_modules() if hasattr(m, "weight_fake_quant")}
     quantized = convert_fx(copy.deepcopy(model).eval())
+    _clamp_int8_weights(quantized, fake_quant)
     same_pad_depthwise(quantized)
     return quantized
+
+
+def _clamp_int8_weights(quantized: torch.fx.GraphModule, fake_quant: Dict[str, nn.Module]) -> None:
+    """Clamp each int8 conv / linear weight to the integer range its QAT weight fake-quant
+    clamps to. convert_fx quantizes with the frozen scale but clamps only to qint8's -128..127:
+    weights that grew past the frozen range after the observers froze were clamped in training
+    and are not in int8. Only narrower ranges (7-bit weights) need it."""
+    for name, layer in _quantized_linear_layers(quantized):
+        fq = fake_quant.get(name)
+        if fq is None:
+            continue
+        low, high = fq.activation_post_process.quant_min, fq.activation_post_process.quant_max
+        w = layer.weight()
+        ints = w.int_repr()
+        if int(ints.min()) >= low and int(ints.max()) <= high:
+            continue
+        clamped = torch._make_per_channel_quantized_tensor(ints.clamp(low, high), w.q_per_channel_scales(),
+                                                           w.q_per_channel_zero_points(), w.q_per_channel_axis())
+        layer.set_weight_bias(clamped, layer.bias())
 
 
 def freeze_qat_observers(model: nn.Module) -> None:

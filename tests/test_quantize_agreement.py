@@ -1,0 +1,164 @@
+"""PTQ accuracy features of fbnet_zoo.quantize: the saturation-free bit split
+(``reduce_range="weights"``), empirical bias correction and the per-unit sensitivity report.
+Tiny models; the agreement figures on a trained model are benchmarks/int8_latency.py's job
+(``--agreement-only``)."""
+
+import pytest
+import torch
+from torch import nn
+
+from fbnet_zoo.quantize import QuantizationError, correct_bias, quantize_static, sensitivity
+from fbnet_zoo.deploy import prepare_for_deploy
+from test_deploy import _model
+
+
+def _images(n, seed, size=32):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _vnni():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return True  # unknown CPU: do not claim saturation
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def _int8_conv_error(reduce_range):
+    """Max |int8 conv output - the same integer arithmetic done exactly in float| in output
+    steps, for a conv whose weights and inputs sit at the top of their ranges: the case
+    where fbgemm's AVX2 u8 x s8 pair sums overflow int16."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(64, 32, 3, padding=1)).eval()
+    with torch.no_grad():
+        model[0].weight.uniform_(0.5, 1.0)
+        model[0].bias.zero_()
+    x = torch.rand(4, 64, 8, 8, generator=torch.Generator().manual_seed(1)) * 0.2 + 0.8
+    q = quantize_static(model, [x], example=x[:1], reduce_range=reduce_range)
+    conv = q.get_submodule("0")
+    seen = {}
+    conv.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0]))
+    with torch.no_grad():
+        q(x)
+        xq = seen["x"]
+        assert int(xq.int_repr().max()) >= (250 if reduce_range == "weights" else 0)
+        exact = nn.functional.conv2d(xq.dequantize(), conv.weight().dequantize(), conv.bias(), padding=1)
+        got = conv(xq).dequantize()
+    step = conv.scale
+    weights = conv.weight().int_repr()
+    return float((got - exact).abs().max() / step), int(weights.max()), int(weights.min())
+
+
+def test_reduce_range_weights_gives_8_bit_activations_that_never_saturate_int16():
+    err, wmax, wmin = _int8_conv_error("weights")
+    assert -64 <= wmin and wmax <= 64 and wmax >= 60, (wmin, wmax)      # 7-bit weights
+    assert err <= 0.5 + 1e-3, f"int8 conv is {err:.1f} steps from its own integer arithmetic"
+    if not _vnni():                                                   # AVX2: 8 + 8 bits overflow int16 pair sums
+        err8, wmax8, _ = _int8_conv_error("none")
+        assert wmax8 == 127 and err8 > 2, err8
+    with pytest.raises(QuantizationError, match="reduce_range: 'both' is not None, True, False or one of"):
+        quantize_static(_model(), [_images(4, 0)], reduce_range="both")
+
+
+def _mean_errors(q, float_model, batches):
+    """Per int8 conv / linear: max over channels of |mean (int8 accumulator - fp32 output)| / RMS."""
+    from fbnet_zoo.quantize import _accumulator, _quantized_linear_layers
+
+    floats = dict(float_model.named_modules())
+    layers = _quantized_linear_layers(q)
+    seen = {(name, side): [] for name, _ in layers for side in "qf"}
+    hooks = []
+    for name, layer in layers:
+        hooks.append(layer.register_forward_pre_hook(
+            lambda m, a, name=name: seen[name, "q"].append(_accumulator(m, a[0]))))
+        hooks.append(floats[name].register_forward_hook(
+            lambda m, a, o, name=name: seen[name, "f"].append(o.clone())))
+    with torch.no_grad():
+        for x in batches:
+            q(x)
+            float_model(x)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for name, _ in layers:
+        qa, fa = torch.cat(seen[name, "q"]), torch.cat(seen[name, "f"])
+        dims = [d for d in range(qa.dim()) if d != 1]
+        out[name] = float(((qa - fa).mean(dims).abs() / fa.pow(2).mean(dims).sqrt()).max())
+    return out
+
+
+def test_bias_correction_removes_the_mean_error_of_every_int8_layer():
+    model = _model()
+    calib = [_images(16, s) for s in range(3)]
+    plain = quantize_static(model, calib)
+    corrected = quantize_static(model, calib, bias_correction=True)
+    float_model = prepare_for_deploy(model)
+    before, after = _mean_errors(plain, float_model, calib), _mean_errors(corrected, float_model, calib)
+    assert before.keys() == after.keys() and len(before) >= 10
+    # on the calibration images every layer is unbiased once the layers before it are
+    assert max(after.values()) < 1e-4, max(after.items(), key=lambda kv: kv[1])
+    assert max(before.values()) > 100 * max(after.values())
+    held = [_images(32, 50 + s) for s in range(2)]          # and on other images the mean error shrinks
+    assert sum(_mean_errors(corrected, float_model, held).values()) < 0.5 * sum(
+        _mean_errors(plain, float_model, held).values())
+    names = [n for n, _ in plain.named_modules()]
+    assert names == [n for n, _ in corrected.named_modules()]  # only biases moved
+    with pytest.raises(QuantizationError, match="calibration set is empty"):
+        correct_bias(plain, float_model, [])
+
+
+def test_sensitivity_quantizes_one_unit_at_a_time_and_ranks_them():
+    model = _model()
+    calib, held = [_images(16, s) for s in range(2)], [_images(32, 60)]
+    units = ["stages.0.0", "stages.2.1", "stages.2.1.se", "classifier"]
+    rows = sensitivity(model, calib, held, units=units)
+    assert sorted(r["unit"] for r in rows) == sorted(units)
+    assert [r["logit_sqnr_db"] for r in rows] == sorted(r["logit_sqnr_db"] for r in rows)  # most harmful first
+    by = {r["unit"]: r for r in rows}
+    assert by["stages.2.1"]["ops"] == ["function"]                        # the residual add alone
+    assert "Hardsigmoid" in by["stages.2.1.se"]["ops"] and "function" in by["stages.2.1.se"]["ops"]
+    full = quantize_static(model, calib)
+    x = held[0]
+    with torch.no_grad():
+        ref, q = model(x), full(x)
+    full_sqnr = float(10 * torch.log10(ref.pow(2).sum() / (ref - q).pow(2).sum()))
+    # one unit in int8 loses less than all of them, and a lone residual add (requantizing one
+    # sum) less than the stem conv + hardswish on raw images
+    assert all(r["logit_sqnr_db"] > full_sqnr for r in rows), (full_sqnr, rows)
+    assert by["stages.2.1"]["logit_sqnr_db"] > full_sqnr + 6
+    without = sensitivity(model, calib, held, mode="without", units=["classifier"])
+    assert without[0]["unit"] == "classifier" and "agreement_gain" in without[0]
+    with pytest.raises(QuantizationError, match="'stages.9' is not a quantization unit"):
+        sensitivity(model, calib, held, units=["stages.9"])
+    with pytest.raises(QuantizationError, match="sensitivity: mode"):
+        sensitivity(model, calib, held, mode="sometimes")
+
+
+def test_qat_with_7_bit_weights_converts_to_what_it_trained():
+    """Weights that grow past the frozen fake-quant range after the observers froze are clamped
+    in QAT (to -63..63 with 7-bit weights); convert_fx only clamps to qint8's -128..127, so
+    convert_qat clamps them: the int8 model computes what the QAT model did."""
+    from fbnet_zoo.quantize import convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat
+
+    qat = prepare_qat(_model(), example=_images(1, 0), reduce_range="weights")
+    with torch.no_grad():
+        for s in range(3):
+            qat(_images(16, s))
+        freeze_qat_observers(qat)
+        freeze_qat_bn_stats(qat)
+        for m in qat.modules():             # a training step after the freeze: weights outgrow the range
+            if hasattr(m, "weight_fake_quant"):
+                m.weight.mul_(1.3)
+    qat.eval()
+    q = convert_qat(qat)
+    from fbnet_zoo.quantize import _quantized_linear_layers
+
+    ints = [layer.weight().int_repr() for _, layer in _quantized_linear_layers(q)]
+    assert ints and all(int(w.max()) <= 63 and int(w.min()) >= -63 for w in ints)
+    assert any(int(w.abs().max()) == 63 for w in ints)
+    x = _images(64, 70)
+    with torch.no_grad():
+        want, got = qat(x), q(x)
+    sqnr = float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum()))
+    assert sqnr > 25, f"int8 is not what QAT computed (SQNR {sqnr:.1f} dB; ~10 without the clamp)"
