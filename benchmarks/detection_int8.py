@@ -9,13 +9,21 @@
    (fbnet_zoo.detection.d2.quantization.quantize_detector: trunk, RPN head, box head int8)
    with a calibration split of training images, resized as at test time.
 4. fp32 deploy, int8 (eager; its TorchScript export equals it: tests/test_detection_int8.py)
-   and, with --qat-iters, the int8 model after a short QAT fine-tune from the fp32 weights,
-   all evaluated with detectron2's COCOEvaluator on the held-out images and on the training
-   images (where the small fine-tuned model fits better, so int8 - fp32 is measured at a
-   higher AP; the calibration images are among them).
+   and, for each --qat setting, the int8 model after a short QAT fine-tune from the fp32
+   weights (fbnet_zoo.detection.d2.quantization: prepare_detector_qat, detectron2's trainer
+   with the late-QAT hook, convert_detector_qat), all evaluated with detectron2's
+   COCOEvaluator on the held-out images and on the training images (where the small
+   fine-tuned model fits better, so int8 - fp32 is measured at a higher AP; the calibration
+   images are among them). Each QAT row also records the AP of its fake-quant model (what
+   QAT trained; int8 should match it) and of its int8 model converted before any training
+   (the QAT graph's observers run over the calibration images in eval mode: QAT's own PTQ).
 
     nice -n 10 python benchmarks/detection_int8.py            # ~30 min on 2 shared cores
     python benchmarks/detection_int8.py --quick               # a smoke run (AP near 0)
+    # QAT settings compared in one run, from a saved fp32 model (trained and saved if absent),
+    # each with its fp32 control (the same fine-tune without fake-quant)
+    nice -n 10 python benchmarks/detection_int8.py --fp32-weights /tmp/fp32.pth --control \
+        --qat iters=40,lr=0.002 --qat iters=200,lr=0.002,freeze_bn=1,freeze_observer=150
 Writes benchmarks/results/detection_int8.json.
 """
 
@@ -73,10 +81,78 @@ def calibration_images(cfg, dataset: str, n: int) -> List[torch.Tensor]:
     return [mapper(copy.deepcopy(d))["image"].float() for d in DatasetCatalog.get(dataset)[:n]]
 
 
+QAT_KEYS = {"iters": int, "lr": float, "freeze_bn": int, "freeze_observer": int}
+
+
+def qat_setting(text: str) -> Dict[str, Any]:
+    """``iters=40,lr=0.002,freeze_bn=-1,freeze_observer=-1`` -> a dict (missing keys: defaults
+    filled in by main; freeze_*: the iteration after which BN statistics / ranges freeze, -1 never)."""
+    out: Dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key not in QAT_KEYS:
+            raise argparse.ArgumentTypeError(f"--qat {text!r}: {item!r} is not KEY=VALUE with KEY in {list(QAT_KEYS)}")
+        try:
+            out[key] = QAT_KEYS[key](value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--qat {text!r}: {key}={value!r} is not a {QAT_KEYS[key].__name__}")
+    return out
+
+
+class _FrozenStats:
+    """A forward pre-hook that runs a BatchNorm on its running statistics (eval behaviour, no
+    update) while the rest of the model trains; its weight and bias still learn."""
+
+    def __call__(self, module: torch.nn.Module, args) -> None:
+        module.training = False
+
+
+def fp32_control(model: torch.nn.Module, cfg, setting: Dict[str, Any]) -> torch.nn.Module:
+    """The fp32 ``model`` fine-tuned like a QAT ``setting`` (its iterations, lr, and BN statistics
+    frozen from the start when it freezes them), without fake-quant: a copy."""
+    from detectron2.engine import DefaultTrainer
+
+    start = copy.deepcopy(model)
+    if setting["freeze_bn"] >= 0:
+        for m in start.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.register_forward_pre_hook(_FrozenStats())
+
+    class ControlTrainer(DefaultTrainer):
+        @classmethod
+        def build_model(cls, c):
+            return start
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.OUTPUT_DIR = cfg.OUTPUT_DIR + "_fp32_control"
+    trainer = ControlTrainer(cfg)
+    trainer.train()
+    out = trainer.model.eval()
+    for m in out.modules():  # the hooks go: the model is an ordinary fp32 detector again
+        m._forward_pre_hooks.clear()
+    return out
+
+
+def qat_label(s: Dict[str, Any]) -> str:
+    return (f"int8 QAT {s['iters']} it lr {s['lr']:g} freeze_bn {s['freeze_bn']} "
+            f"freeze_observer {s['freeze_observer']}")
+
+
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iters", type=int, default=500, help="fp32 fine-tuning iterations")
-    p.add_argument("--qat-iters", type=int, default=40, help="QAT fine-tuning iterations from fp32 (0: none)")
+    p.add_argument("--qat-iters", type=int, default=40, help="QAT iterations of a --qat setting without iters= "
+                   "(0 and no --qat: no QAT)")
+    p.add_argument("--qat", type=qat_setting, action="append", default=None,
+                   help="a QAT setting iters=N,lr=X,freeze_bn=I,freeze_observer=J (repeatable; default one with "
+                        "--qat-iters, lr/10, nothing frozen)")
+    p.add_argument("--control", action="store_true",
+                   help="for each --qat setting also fine-tune the fp32 model with the same iterations, lr and BN "
+                        "(frozen from the start when freeze_bn >= 0), and evaluate it and its PTQ: what the extra "
+                        "training alone gives")
+    p.add_argument("--fp32-weights", default="", help="load the fine-tuned fp32 model from this file; train and "
+                   "save it there if absent")
     p.add_argument("--train-images", type=int, default=48)
     p.add_argument("--test-images", type=int, default=24)
     p.add_argument("--calibration-images", type=int, default=16)
@@ -89,15 +165,18 @@ def main(argv=None) -> Dict[str, Any]:
     a = p.parse_args(argv)
     if a.quick:
         a.iters, a.qat_iters, a.train_images, a.test_images, a.calibration_images = 20, 5, 8, 8, 4
+    defaults = {"iters": a.qat_iters, "lr": a.lr / 10, "freeze_bn": -1, "freeze_observer": -1}
+    settings = [{**defaults, **s} for s in (a.qat or ([{}] if a.qat_iters > 0 else []))]
     torch.set_num_threads(a.threads)
 
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultTrainer
     from detectron2.utils.logger import setup_logger
 
     from fbnet_zoo.detection import d2
     from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector
     from fbnet_zoo.detection.d2.quantization import (convert_detector_qat, int8_parts, prepare_detector_qat,
-                                                     quantize_detector)
+                                                     qat_schedule_hook, quantize_detector)
     from fbnet_zoo.detection.toy_data import make_toy_coco
     from fbnet_zoo.io_utils import atomic_write_text
 
@@ -112,9 +191,16 @@ def main(argv=None) -> Dict[str, Any]:
     load_before = os.getloadavg()
     t = time.time()
     trainer = DefaultTrainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    train_s = time.time() - t
+    if a.fp32_weights and os.path.exists(a.fp32_weights):
+        DetectionCheckpointer(trainer.model).load(a.fp32_weights)
+        train_s = None  # trained by an earlier run
+    else:
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        train_s = time.time() - t
+        if a.fp32_weights:
+            folder, name = os.path.split(os.path.abspath(a.fp32_weights))
+            DetectionCheckpointer(trainer.model, save_dir=folder).save(os.path.splitext(name)[0])
     model = trainer.model.eval()
 
     deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
@@ -127,26 +213,61 @@ def main(argv=None) -> Dict[str, Any]:
           "int8 PTQ": evaluate(cfg, int8, names["test"], os.path.join(work, "eval_int8"))}
     ap_train = {"fp32 deploy": evaluate(cfg, deployed, names["train"], os.path.join(work, "eval_fp32_train")),
                 "int8 PTQ": evaluate(cfg, int8, names["train"], os.path.join(work, "eval_int8_train"))}
-    qat_s = None
-    if a.qat_iters > 0:
-        qcfg = build_cfg(names["train"], names["test"], os.path.join(work, "qat"), a.qat_iters, a.size, a.batch,
-                         a.lr / 10)
+    qat_rows: Dict[str, Dict[str, Any]] = {}
+    test_topk = AUTHORS_C4_TEST_TOPK
+
+    def deployed_topk(m: torch.nn.Module) -> torch.nn.Module:
+        rpn = m.proposal_generator  # the fp32 / PTQ models' test top-k
+        rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: test_topk["pre_nms_topk"]}
+        rpn.post_nms_topk = {**rpn.post_nms_topk, False: test_topk["test_proposals"]}
+        return m
+
+    for k, setting in enumerate(settings):
+        label = qat_label(setting)
+        qcfg = build_cfg(names["train"], names["test"], os.path.join(work, f"qat{k}"), setting["iters"], a.size,
+                         a.batch, setting["lr"])
+        # QAT's own PTQ: the prepared graph's observers over the calibration images, eval mode, no training
+        untrained = prepare_detector_qat(model, calib[0]).eval()
+        with torch.no_grad():
+            for x in calib:
+                untrained.inference([{"image": x}], do_postprocess=False)
+        row_ap = {"int8 converted before training": evaluate(
+            cfg, deployed_topk(convert_detector_qat(untrained)), names["test"], os.path.join(work, f"eval_q0_{k}"))}
 
         class QATTrainer(DefaultTrainer):
             @classmethod
             def build_model(cls, c):
                 return prepare_detector_qat(model, calib[0])  # from the fine-tuned fp32 weights
 
+            def build_hooks(self):
+                hooks = super().build_hooks()
+                if setting["freeze_bn"] >= 0 or setting["freeze_observer"] >= 0:
+                    hooks.insert(-1, qat_schedule_hook(lambda: self.model, setting["freeze_bn"],
+                                                       setting["freeze_observer"]))
+                return hooks
+
         t = time.time()
         qtrainer = QATTrainer(qcfg)
         qtrainer.train()
         qat_s = time.time() - t
-        qat_int8 = convert_detector_qat(qtrainer.model)
-        for rpn in (qat_int8.proposal_generator,):
-            rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: AUTHORS_C4_TEST_TOPK["pre_nms_topk"]}
-            rpn.post_nms_topk = {**rpn.post_nms_topk, False: AUTHORS_C4_TEST_TOPK["test_proposals"]}
-        ap["int8 QAT"] = evaluate(cfg, qat_int8, names["test"], os.path.join(work, "eval_qat"))
-        ap_train["int8 QAT"] = evaluate(cfg, qat_int8, names["train"], os.path.join(work, "eval_qat_train"))
+        fake = deployed_topk(qtrainer.model).eval()
+        qat_int8 = deployed_topk(convert_detector_qat(fake))
+        row_ap["fake-quant model (what QAT trained)"] = evaluate(cfg, fake, names["test"],
+                                                                 os.path.join(work, f"eval_fq_{k}"))
+        ap[label] = evaluate(cfg, qat_int8, names["test"], os.path.join(work, f"eval_qat{k}"))
+        ap_train[label] = evaluate(cfg, qat_int8, names["train"], os.path.join(work, f"eval_qat_train{k}"))
+        if a.control:
+            control = fp32_control(model, qcfg, setting)
+            control_dep = deploy_detector(control, **AUTHORS_C4_TEST_TOPK)
+            control_int8 = quantize_detector(control_dep, calib)
+            for name, m in ((f"fp32 control of {label[5:]}", control_dep),
+                            (f"int8 PTQ of the fp32 control of {label[5:]}", control_int8)):
+                ap[name] = evaluate(cfg, m, names["test"], os.path.join(work, f"eval_c{k}_{len(ap)}"))
+                ap_train[name] = evaluate(cfg, m, names["train"], os.path.join(work, f"eval_ct{k}_{len(ap)}"))
+        qat_rows[label] = {**setting, "train_seconds": round(qat_s, 1),
+                           "box_ap_held_out_diagnostics": {n: {m: round(float(v), 2) for m, v in r.items()
+                                                               if m in ("AP", "AP50", "AP75")}
+                                                           for n, r in row_ap.items()}}
 
     result = {
         "benchmark": "detection_int8",
@@ -155,9 +276,9 @@ def main(argv=None) -> Dict[str, Any]:
                  "image_size": a.size, "calibration_images": a.calibration_images,
                  "calibration": "the first training images, resized as at test time",
                  "test": "held-out toy images (another seed), the same for every model"},
-        "training": {"fp32_iters": a.iters, "batch": a.batch, "lr": a.lr, "fp32_train_seconds": round(train_s, 1),
-                     "qat_iters": a.qat_iters, "qat_lr": a.lr / 10,
-                     "qat_train_seconds": None if qat_s is None else round(qat_s, 1)},
+        "training": {"fp32_iters": a.iters, "batch": a.batch, "lr": a.lr,
+                     "fp32_train_seconds": None if train_s is None else round(train_s, 1),
+                     "fp32_weights": a.fp32_weights or None, "qat": qat_rows},
         "deploy": {"rpn_test_topk": AUTHORS_C4_TEST_TOPK, "int8_parts": int8_parts(int8),
                    "ptq_seconds": round(ptq_s, 1), "backend": torch.backends.quantized.engine},
         "box_ap_held_out": {k: {m: round(float(v), 2) for m, v in r.items() if m in ("AP", "AP50", "AP75")}

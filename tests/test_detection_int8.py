@@ -6,6 +6,8 @@ quantization makes every FBNet part int8 (trunk, RPN head, RoI box head, mask / 
 head), each part stays close to fp32, and the one-file TorchScript export (post-processing
 included) equals the eager int8 detector at the traced size and at another one."""
 
+import copy
+
 import pytest
 import torch
 
@@ -133,3 +135,181 @@ def test_float_stem_stages_stay_float_and_the_rest_int8(tmp_path):
     export_int8_detector(q, x, str(tmp_path / "mixed.ts"))  # raises when traced != eager
     with pytest.raises(DetectionError, match="float_stages: 9 would leave"):
         quantize_detector(deployed, [x], float_stages=9)
+
+
+# --- FPN detectors -------------------------------------------------------------------------------
+# The shipped FPN configs (model_configs/detection/*_fpn.yaml) with 3 classes, a normed FPN (as the
+# authors' FPN models have: its BN calibrated by `randomise` keeps the random levels finite) and
+# 200 / 50 test proposals (<= 1000 boxes into the RPN's NMS over 5 levels: above that torchvision's
+# batched_nms takes another path in eager mode than traced, and int8 logits' ties come out in
+# another order -- deploy.export_torchscript says so); FBNetV3-A as the trunk keeps them seconds,
+# the shipped FBNetV3-G runs as slow.
+FPN_FAST = ["MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.FPN.NORM", "BN", "MODEL.RPN.PRE_NMS_TOPK_TEST", 200,
+            "MODEL.RPN.POST_NMS_TOPK_TEST", 50, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.01]
+
+
+def fpn_detector(config, arch="FBNetV3-A", *opts):
+    import os
+
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from fbnet_zoo.detection import d2
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = get_cfg()
+    d2.add_fbnet_config(cfg)
+    cfg.merge_from_file(os.path.join(repo, "model_configs", "detection", config))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *FPN_FAST, "MODEL.FBNET.ARCH", arch, *opts])
+    torch.manual_seed(0)
+    model = randomise(build_model(cfg).eval())
+    with torch.no_grad():  # the random levels reach ~1e3: smaller deltas keep the decoded boxes boxes
+        for name, t in model.named_parameters():
+            if "anchor_deltas" in name or "bbox_pred" in name:
+                t.mul_(0.01)
+    return cfg, model
+
+
+def _cos(a, b):
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
+# every box kept (score threshold 0): a random detector's int8 scores may all fall below 0.01
+KEEP_ALL = ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+FPN_CASES = [
+    pytest.param("faster_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-A", KEEP_ALL, ("backbone", "rpn_head", "box_head"), (),
+                 id="faster-A"),
+    pytest.param("mask_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-A", KEEP_ALL, ("backbone", "rpn_head", "box_head",
+                                                                       "mask_head"), ("pred_masks",), id="mask-A"),
+    # the shipped trunk (~40 s). Random FBNetV3-G grows its levels to ~1e4, where the RPN's decoded
+    # boxes mostly degenerate: the export is checked on the traced image only (other sizes give none)
+    pytest.param("faster_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-G", KEEP_ALL, ("backbone", "rpn_head", "box_head"), None,
+                 id="faster-G", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize("config, arch, opts, parts, extra", FPN_CASES)
+def test_fpn_detector_int8_quantizes_the_whole_fpn_and_exports_equal_to_eager(config, arch, opts, parts, extra,
+                                                                              tmp_path):
+    """FPN detectors: the whole FPN backbone (FBNet trunk, lateral / output convs, top-down
+    upsample + add, P6 max pool) is one int8 graph -- one quantize at the image, one dequantize
+    per level --, BN of the normed FPN convs folds, each level stays as close to fp32 as the
+    int8 trunk alone leaves it (the FPN's own int8 arithmetic adds little), and the one-file
+    export equals the eager int8 detector at two sizes."""
+    from fbnet_zoo.detection.d2.quantization import GraphBackbone
+    from fbnet_zoo.quantize import quantize_static
+
+    cfg, model = fpn_detector(config, arch, *opts)
+    deployed = deploy_detector(model)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in deployed.modules())
+    x = image(176, 240, seed=7)
+    # the normed FPN convs' BN folded too: the deployed FPN equals the model's FPN on the same trunk
+    # (the random trunk itself grows float rounding to ~2e-3 relative by res5: compared alone)
+    fpn = copy.deepcopy(model.backbone)
+    fpn.bottom_up = deployed.backbone.bottom_up
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32 = deployed.backbone(t)
+        for k, v in fpn(t).items():
+            assert float((v - f32[k]).abs().max()) <= 1e-4 * max(1.0, float(v.abs().max())), k
+    calib = [image(160, 224, seed=s) for s in range(2)]
+    q = quantize_detector(deployed, calib)
+    assert int8_parts(q) == list(parts)
+    assert isinstance(q.backbone, GraphBackbone) and q.backbone.size_divisibility == deployed.backbone.size_divisibility
+    graph = q.backbone.graph
+    fpn_convs = {n: type(m).__module__ for n, m in graph.named_modules() if n.startswith(("fpn_lateral", "fpn_output"))
+                 and "." not in n}
+    assert len(fpn_convs) == 2 * len(cfg.MODEL.FPN.IN_FEATURES)
+    assert all(mod.startswith("torch.ao.nn.quantized") for mod in fpn_convs.values()), fpn_convs
+    targets = [str(n.target) for n in graph.graph.nodes if n.op in ("call_function", "call_method")]
+    assert targets.count("dequantize") == len(f32) == 5  # p2..p6: one dequantize per level, nothing inside
+    assert sum("quantize_per_tensor" in t for t in targets) == 1
+
+    # measured (random weights and perturbed BN: a hard case; FBNetV3-A): levels 0.50-0.57 cosine,
+    # within 0.013 of the int8 trunk with a float FPN; a wrong FPN scale or level gives ~0
+    trunk_only = copy.deepcopy(deployed)
+    body = deployed.backbone.bottom_up.body
+    seen = [deployed.preprocess_image([{"image": c}]).tensor for c in calib]
+    trunk_only.backbone.bottom_up.body = quantize_static(body, seen, example=seen[0])
+    with torch.no_grad():
+        i8, ref = q.backbone(t), trunk_only.backbone(t)
+        want = q.inference([{"image": x}], do_postprocess=False)[0]
+    for k in f32:
+        assert _cos(f32[k], i8[k]) > 0.4, k
+        assert _cos(f32[k], i8[k]) > _cos(f32[k], ref[k]) - 0.03, k
+    assert len(want) > 0
+
+    path = tmp_path / "fpn_int8.ts"
+    export_int8_detector(q, x, str(path))  # checks the traced file against eager on x
+    if extra is not None:
+        assert_export_equals_eager(q, path, sorted(want.get_fields()), extra, rtol=1e-4)
+
+
+def test_fpn_float_stages_keep_the_stem_float_and_the_fpn_int8(tmp_path):
+    from fbnet_zoo.detection.d2.quantization import MixedTrunk
+
+    cfg, model = fpn_detector("faster_rcnn_fbnetv3g_fpn.yaml")
+    deployed = deploy_detector(model)
+    q = quantize_detector(deployed, [image(160, 224, seed=s) for s in range(2)], float_stages=1)
+    mixed = q.backbone.graph
+    assert isinstance(mixed, MixedTrunk) and len(mixed.float_stages) == 1
+    assert not _quantized_modules(mixed.float_stages)
+    assert _quantized_modules(mixed.tail.get_submodule("fpn_output2"))
+    x = image(176, 240, seed=7)
+    with torch.no_grad():
+        t = deployed.preprocess_image([{"image": x}]).tensor
+        f32, i8 = deployed.backbone(t), q.backbone(t)
+    assert all(_cos(f32[k], i8[k]) > 0.4 for k in f32)
+    export_int8_detector(q, x, str(tmp_path / "mixed_fpn.ts"))  # raises when traced != eager
+    with pytest.raises(DetectionError, match="float_stages: 3 would leave"):
+        quantize_detector(deployed, [x], float_stages=3)
+
+
+def test_fpn_export_caps_the_rpn_pre_nms_topk_where_eager_and_traced_nms_agree():
+    from fbnet_zoo.detection.d2.deploy import _nms_path_hint, cap_pre_nms_topk_for_export, export_pre_nms_topk
+
+    cfg, model = fpn_detector("faster_rcnn_fbnetv3g_fpn.yaml")
+    assert export_pre_nms_topk(model) is None and _nms_path_hint(model) == ""  # 200 per level: one NMS path
+    model.proposal_generator.pre_nms_topk[False] = 1000
+    assert export_pre_nms_topk(model) == 200 and "pre_nms_topk <= 200" in _nms_path_hint(model)
+    assert cap_pre_nms_topk_for_export(model).proposal_generator.pre_nms_topk[False] == 200
+    assert model.proposal_generator.pre_nms_topk[True] == cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN  # training untouched
+    cfg, c4 = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    assert export_pre_nms_topk(c4) is None  # one level: 6000 is fine
+
+
+def test_export_tool_writes_an_int8_fpn_detector(tmp_path, capsys):
+    """tools/export.py --detector on the shipped FPN config: the whole FPN int8 in one file."""
+    import importlib.util
+    import os
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from PIL import Image
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("fbnet_export_tool_fpn", os.path.join(repo, "tools", "export.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    # image files like the ones the random model's BN statistics come from (its proposals stay boxes)
+    images = tmp_path / "images"
+    images.mkdir()
+    for s in range(3):
+        pixels = image(160, 224, seed=s).permute(1, 2, 0).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(images / f"{s}.png")
+    images = str(images)
+    config = os.path.join(repo, "model_configs", "detection", "faster_rcnn_fbnetv3g_fpn.yaml")
+    opts = ["MODEL.FBNET.ARCH", "FBNetV3-A", *[str(v) for v in FPN_FAST], "INPUT.MIN_SIZE_TEST", "160",
+            "INPUT.MAX_SIZE_TEST", "224", "MODEL.RPN.PRE_NMS_TOPK_TEST", "1000"]  # the config's: capped
+    cfg, model = fpn_detector("faster_rcnn_fbnetv3g_fpn.yaml")
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("random")  # randomised: no score ties
+    assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--format", "int8",
+                      "--calibration", images, "--calibration-images", "2", "--out", str(tmp_path / "out") + os.sep,
+                      "--opts", *opts]) == 0
+    printed = capsys.readouterr().out
+    assert "RPN pre-NMS top-k 200, int8 parts: backbone, rpn_head, box_head" in printed
+    path = tmp_path / "out" / "faster_rcnn_fbnetv3g_fpn_int8.ts"
+    loaded = torch.jit.load(str(path))
+    assert any(n.kind() == "quantized::add" for n in loaded.graph.findAllNodes("quantized::add"))  # FPN top-down
+    with torch.no_grad():
+        boxes, classes, scores, size = loaded(image(176, 240, seed=5))
+    assert boxes.shape == (len(classes), 4) and len(scores) == len(classes) > 0

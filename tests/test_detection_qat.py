@@ -25,10 +25,19 @@ def _train_net():
     return mod
 
 
+FPN_CONFIG = os.path.join(REPO, "model_configs", "detection", "faster_rcnn_fbnetv3g_fpn.yaml")
+
+
 @pytest.mark.slow  # ~40 s idle, 80 s on the shared machine: QAT graphs, 3 iterations, two evaluations, export
-def test_train_net_qat_trains_converts_evaluates_and_exports(tmp_path):
+@pytest.mark.parametrize("config, opts", [
+    pytest.param(CONFIG, [], id="C4"),
+    # the shipped FPN config with the small FBNetV3-A trunk and a normed FPN (fused conv-BN in QAT)
+    pytest.param(FPN_CONFIG, ["MODEL.FBNET.ARCH", "FBNetV3-A", "MODEL.FPN.NORM", "BN"], id="FPN")])
+def test_train_net_qat_trains_converts_evaluates_and_exports(config, opts, tmp_path):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
+
+    from fbnet_zoo.detection.d2.quantization import part_slots
 
     train_net = _train_net()
     make_toy_coco(str(tmp_path / "toy"), num_images=4, image_size=(96, 96))
@@ -36,9 +45,9 @@ def test_train_net_qat_trains_converts_evaluates_and_exports(tmp_path):
              "INPUT.MAX_SIZE_TEST", "128", "MODEL.RPN.POST_NMS_TOPK_TEST", "20", "SOLVER.IMS_PER_BATCH", "2",
              "SOLVER.WARMUP_ITERS", "1", "SOLVER.BASE_LR", "0.01", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
     args = train_net.build_parser().parse_args(
-        ["--config-file", CONFIG, "--toy-coco", str(tmp_path / "toy"), "--qat", "OUTPUT_DIR", str(tmp_path / "qat"),
+        ["--config-file", config, "--toy-coco", str(tmp_path / "toy"), "--qat", "OUTPUT_DIR", str(tmp_path / "qat"),
          "SOLVER.MAX_ITER", "3", "QUANTIZATION.QAT.FREEZE_BN_ITER", "2", "QUANTIZATION.QAT.FREEZE_OBSERVER_ITER", "3",
-         "SOLVER.CHECKPOINT_PERIOD", "100000", *small])
+         "SOLVER.CHECKPOINT_PERIOD", "100000", *small, *opts])
     cfg = train_net.setup(args)
     assert cfg.QUANTIZATION.QAT.ENABLED
 
@@ -50,8 +59,10 @@ def test_train_net_qat_trains_converts_evaluates_and_exports(tmp_path):
     prepared = train_net.Trainer.build_model(train_net.setup(args))
     fq = [m for m in prepared.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
     assert len(fq) > 100  # fake-quant on the trunk, RPN head and box head
-    qat_conv = next(m for m in prepared.backbone.body.modules() if type(m).__name__.startswith("ConvBn"))
-    first = next(m for m in float_model.backbone.body.modules() if isinstance(m, torch.nn.Conv2d))
+    trunk = getattr(*part_slots(prepared)["backbone"])  # C4: the trunk; FPN: the whole FPN graph
+    qat_conv = next(m for m in trunk.modules() if type(m).__name__.startswith("ConvBn"))
+    float_trunk = getattr(float_model.backbone, "bottom_up", float_model.backbone).body
+    first = next(m for m in float_trunk.modules() if isinstance(m, torch.nn.Conv2d))
     assert torch.equal(qat_conv.weight, first.weight)  # the float weights are in, before training
 
     res = train_net.main(args)
@@ -113,3 +124,48 @@ def test_the_authors_qat_config_is_theirs_on_our_keys():
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) == (1e-4, 50, 48)
     assert (cfg.MODEL.FBNET.ARCH, cfg.MODEL.FBNET.NORM, cfg.MODEL.FBNET.HEAD_NORM) == ("FBNetV3-A-d2go", "BN", "BN")
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TEST == 30   # the float model's test settings are kept
+
+
+@pytest.mark.slow  # ~50 s on the shared machine (load 4): QAT graphs of a Mask R-CNN FPN, export at three sizes
+def test_prepare_train_step_convert_fpn_detector(tmp_path):
+    """The same on the shipped Mask R-CNN FPN config (FBNetV3-A trunk, normed FPN): the whole
+    FPN backbone is one QAT graph whose lateral / output convs are fused conv-BN modules that
+    train; converted, every part is int8 and the one-file export equals the eager int8 model."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+    from detectron2.utils.events import EventStorage
+    from test_detection_deploy import assert_export_equals_eager, image
+    from test_detection_int8 import fpn_detector
+
+    from fbnet_zoo.detection.d2.quantization import (GraphBackbone, convert_detector_qat, export_int8_detector,
+                                                     freeze_detector_qat, int8_parts, prepare_detector_qat)
+
+    # every box kept: after one step on a random model the scores may all fall below 0.01
+    cfg, model = fpn_detector("mask_rcnn_fbnetv3g_fpn.yaml", "FBNetV3-A", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0)
+    qat = prepare_detector_qat(model, image(160, 224))
+    assert isinstance(qat.backbone, GraphBackbone)
+    graph = qat.backbone.graph
+    fpn_convs = {n.split(".")[0]: m for n, m in graph.named_modules()
+                 if n.startswith(("fpn_lateral", "fpn_output")) and type(m).__name__ == "ConvBn2d"}
+    assert len(fpn_convs) == 8  # res2..res5: a lateral and an output conv each, each fused with its BN
+    before = fpn_convs["fpn_output2"].weight.detach().clone()
+    masks = torch.zeros(1, 160, 224, dtype=torch.bool)
+    masks[0, 30:150, 20:120] = True
+    gt = Instances((160, 224), gt_boxes=Boxes(torch.tensor([[20.0, 30.0, 120.0, 150.0]])),
+                   gt_classes=torch.tensor([1]), gt_masks=BitMasks(masks))
+    opt = torch.optim.SGD([p for p in qat.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    torch.manual_seed(0)  # detectron2 samples anchors and RoIs for the losses: the same ones in any test order
+    with EventStorage(0):
+        losses = qat([{"image": image(160, 224, seed=3), "instances": gt}])
+    assert {"loss_mask", "loss_rpn_cls"} <= set(losses)
+    sum(losses.values()).backward()
+    opt.step()
+    assert not torch.equal(before, fpn_convs["fpn_output2"].weight)
+    freeze_detector_qat(qat, bn=True, observers=True)
+    int8 = convert_detector_qat(qat)
+    assert int8_parts(int8) == ["backbone", "rpn_head", "box_head", "mask_head"]
+    x = image(176, 240, seed=7)
+    with torch.no_grad():
+        out = int8.inference([{"image": x}], do_postprocess=False)[0]
+    assert len(out) > 0
+    export_int8_detector(int8, x, str(tmp_path / "qat_fpn.ts"))
+    assert_export_equals_eager(int8, tmp_path / "qat_fpn.ts", sorted(out.get_fields()), ("pred_masks",), rtol=1e-4)

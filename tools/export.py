@@ -22,6 +22,9 @@ reports the top-1 agreement with fp32 on held-out images of the same kind.
 
 --detector needs detectron2; --calibration is required for it (the export is traced on the
 first image; int8 calibrates on all of them); KEY VALUE config overrides go after --opts.
+FPN detectors export whole (int8: the FBNet trunk and the FPN one int8 graph) with at most 200
+RPN boxes per level before NMS (MODEL.RPN.PRE_NMS_TOPK_TEST capped: above that torchvision's NMS
+orders equal scores differently traced than eager, and the file would not equal the model).
 
 --out is a directory (files named after the arch) or, for a single format, a file name. A
 file name made from the arch name must be one plain name inside --out: an arch named
@@ -187,7 +190,8 @@ def _export_detector(args):
         print(f"error: {e}", file=sys.stderr)
         return 1
     parts = f", int8 parts: {', '.join(info['int8_parts'])}" if "int8_parts" in info else ""
-    print(f"{args.format}: {path} (traced at {info['image_size'][0]}x{info['image_size'][1]}{parts})")
+    print(f"{args.format}: {path} (traced at {info['image_size'][0]}x{info['image_size'][1]}, "
+          f"RPN pre-NMS top-k {info['pre_nms_topk']}{parts})")
     return 0
 
 

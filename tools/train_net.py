@@ -50,6 +50,7 @@ except ImportError:
 
 from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
 from fbnet_zoo.detection.d2 import lazy
+from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export
 from fbnet_zoo.detection.d2.quantization import (add_quantization_config, convert_detector_qat, export_int8_detector,
                                                  int8_parts, prepare_detector_qat, qat_schedule_hook)
 
@@ -162,13 +163,16 @@ def main(args):
 
 def train_qat(cfg, trainer, resume: bool):
     """QAT: the float weights are in already (Trainer.build_model); resume only from a QAT
-    checkpoint of this run. After training: int8 model converted, evaluated, exported."""
+    checkpoint of this run. After training: int8 model converted, evaluated, exported (FPN
+    models with the RPN's test pre-NMS top-k capped, deploy.cap_pre_nms_topk_for_export)."""
     if resume and trainer.checkpointer.has_checkpoint():
         trainer.resume_or_load(resume=True)
     results = {"qat": trainer.train()}
     if not (cfg.QUANTIZATION.QAT.EXPORT and comm.is_main_process()):
         return results
     int8 = convert_detector_qat(trainer.model, backend=cfg.QUANTIZATION.BACKEND or None)
+    # FPN: the RPN's test pre-NMS top-k where the export equals eager; evaluated as exported
+    cap_pre_nms_topk_for_export(int8)
     logger.info("QAT: int8 parts %s", int8_parts(int8))
     if cfg.DATASETS.TEST:
         results["int8"] = Trainer.test(cfg, int8)

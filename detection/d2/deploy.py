@@ -20,8 +20,10 @@ from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from detectron2.export import TracingAdapter
+from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.structures import Boxes, Instances
 
@@ -35,7 +37,8 @@ logger = logging.getLogger(__name__)
 # POST_NMS_TOPK_TEST 30; "we use smaller numbers" than detectron2's 6000 / 1000).
 AUTHORS_C4_TEST_TOPK = {"pre_nms_topk": 1000, "test_proposals": 30}
 
-__all__ = ["AUTHORS_C4_TEST_TOPK", "deploy_detector", "export_torchscript", "instances_from_outputs"]
+__all__ = ["AUTHORS_C4_TEST_TOPK", "cap_pre_nms_topk_for_export", "deploy_detector", "export_pre_nms_topk",
+           "export_torchscript", "instances_from_outputs"]
 
 
 def _frozen_to_bn(module: nn.Module) -> nn.Module:
@@ -55,10 +58,28 @@ def _frozen_to_bn(module: nn.Module) -> nn.Module:
     return module
 
 
+def _fold_d2_conv_norms(module: nn.Module) -> int:
+    """Fold the BatchNorm inside every detectron2 ``Conv2d`` (``conv.norm``: the FPN's lateral /
+    output convs with MODEL.FPN.NORM, as the authors' FPN models have) into its weights, in
+    place (eval mode); returns how many."""
+    n = 0
+    for conv in module.modules():
+        if isinstance(conv, D2Conv2d) and isinstance(conv.norm, nn.BatchNorm2d):
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+            plain.weight, plain.bias = conv.weight, conv.bias
+            fused = fuse_conv_bn_eval(plain.eval(), conv.norm.eval())
+            conv.weight, conv.bias = fused.weight, fused.bias
+            conv.norm = None
+            n += 1
+    return n
+
+
 def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, pre_nms_topk: Optional[int] = None,
                     channels_last: bool = False) -> nn.Module:
     """An eval-mode copy of a detectron2 ``GeneralizedRCNN`` for inference: every conv -> BN
-    pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``),
+    pair of the FBNet backbone and heads folded into the conv (``fbnet_zoo.deploy.fold_bn``;
+    the FPN's normed lateral / output convs too),
     BN-free placeholders removed, the RPN keeping its ``pre_nms_topk`` best anchors per level
     before NMS and ``test_proposals`` boxes after it (the authors test their C4 models with
     1000 / 30: ``AUTHORS_C4_TEST_TOPK``; None keeps the config's), channels_last weights if
@@ -67,6 +88,7 @@ def deploy_detector(model: nn.Module, test_proposals: Optional[int] = None, pre_
         raise DetectionError(f"deploy_detector: expected a detectron2 GeneralizedRCNN, got {type(model).__name__}")
     out = _frozen_to_bn(copy.deepcopy(model).eval())
     fold_bn(out, inplace=True)
+    out.folded_bn += _fold_d2_conv_norms(out)
     strip_identities(out)
     rpn = out.proposal_generator
     for option, value, attr in (("test_proposals", test_proposals, "post_nms_topk"),
@@ -109,17 +131,61 @@ def export_torchscript(model: nn.Module, image: torch.Tensor, path: Optional[str
     for i, (a, b) in enumerate(zip(want, got)):
         if a.shape != b.shape:
             raise DetectionError(f"export_torchscript: output {i} has shape {tuple(b.shape)} traced, "
-                                 f"{tuple(a.shape)} eager")
+                                 f"{tuple(a.shape)} eager" + _nms_path_hint(model))
         if a.numel() and a.is_floating_point():
             err = float((a - b).abs().max())
             if err > atol * max(1.0, float(a.abs().max())):
-                raise DetectionError(f"export_torchscript: output {i} differs from eager by {err:.3g} (atol {atol})")
+                raise DetectionError(f"export_torchscript: output {i} differs from eager by {err:.3g} (atol {atol})"
+                                     + _nms_path_hint(model))
     traced.outputs_schema = adapter.outputs_schema  # type: ignore[attr-defined]
     if path is not None:
         with atomic_path(path) as tmp:
             torch.jit.save(traced, tmp)
         logger.info("export_torchscript: wrote %s", path)
     return traced
+
+
+# torchvision's batched_nms runs per-level NMS ("vanilla") in eager mode above this many box
+# coordinates on CPU, and one offset-coordinate NMS when traced: the same boxes survive, but
+# equal scores may come out in another order, and the RPN's post-NMS top-k then keeps other ties
+# (int8 objectness logits take few distinct values: ties are common).
+_TV_VANILLA_NMS_NUMEL = 4000
+
+
+def export_pre_nms_topk(model: nn.Module) -> Optional[int]:
+    """The largest RPN test pre-NMS top-k (per level) for which ``model``'s RPN NMS takes the
+    same path eager and traced, when its current one is larger (multi-level RPNs, e.g. FPN:
+    200 for 5 levels); None when the current one is fine (every C4 model)."""
+    rpn = getattr(model, "proposal_generator", None)
+    levels = len(getattr(rpn, "in_features", ()))
+    most = _TV_VANILLA_NMS_NUMEL // (4 * max(levels, 1))
+    if levels < 2 or rpn.pre_nms_topk[False] <= most:
+        return None
+    return most
+
+
+def cap_pre_nms_topk_for_export(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with its RPN test pre-NMS top-k lowered to ``export_pre_nms_topk``
+    when needed, so that its TorchScript export equals it; logged."""
+    most = export_pre_nms_topk(model)
+    if most is not None:
+        rpn = model.proposal_generator
+        logger.info("RPN test pre-NMS top-k %d -> %d per level for the export: with %d levels above %d boxes "
+                    "torchvision's batched_nms orders equal scores differently in eager and traced mode",
+                    rpn.pre_nms_topk[False], most, len(rpn.in_features), most * len(rpn.in_features))
+        rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: most}
+    return model
+
+
+def _nms_path_hint(model: nn.Module) -> str:
+    most = export_pre_nms_topk(model)
+    if most is None:
+        return ""
+    rpn = model.proposal_generator
+    return (f"; the RPN keeps up to {rpn.pre_nms_topk[False]} boxes on each of its {len(rpn.in_features)} levels "
+            f"before NMS, where torchvision's batched_nms orders equal scores differently in eager and traced "
+            f"mode (int8 objectness logits tie often): deploy with pre_nms_topk <= {most} "
+            f"(cap_pre_nms_topk_for_export; MODEL.RPN.PRE_NMS_TOPK_TEST) for an export equal to eager")
 
 
 def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[int, int],

@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 
 from ..core import DetectionError
 from .config import add_fbnet_config, d2go_config
-from .deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
+from .deploy import AUTHORS_C4_TEST_TOPK, cap_pre_nms_topk_for_export, deploy_detector, export_torchscript
 from .model import load_configured_weights
 from .quantization import export_int8_detector, int8_parts, quantize_detector
 
@@ -76,9 +76,11 @@ def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
                     calibration: Optional[List[torch.Tensor]] = None, backend: Optional[str] = None,
                     authors_topk: bool = True) -> Dict[str, object]:
     """Deploy ``model`` (BN folded; the authors' RPN test top-k 1000 / 30 for C4 models when
-    ``authors_topk``) and write it to ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every
-    FBNet part int8, calibrated on ``calibration``; traced on its first image). Returns what
-    was written (path, format, int8 parts, traced image size)."""
+    ``authors_topk``; multi-level RPNs keep at most ``deploy.export_pre_nms_topk`` boxes per
+    level before NMS, 200 for FPN's 5, where eager and traced NMS agree) and write it to
+    ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every FBNet part int8, calibrated on
+    ``calibration``; traced on its first image). Returns what
+    was written (path, format, int8 parts, traced image size, RPN pre-NMS top-k)."""
     if fmt not in ("torchscript", "int8"):
         raise DetectionError(f"format: {fmt!r} is not one of ['torchscript', 'int8'] for a detector")
     if not calibration:
@@ -86,7 +88,9 @@ def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
                              "calibrates on all of them): pass --calibration DIR")
     c4 = "FPN" not in cfg.MODEL.BACKBONE.NAME
     deployed = deploy_detector(model, **(AUTHORS_C4_TEST_TOPK if c4 and authors_topk else {}))
-    info: Dict[str, object] = {"path": path, "format": fmt, "image_size": tuple(calibration[0].shape[-2:])}
+    cap_pre_nms_topk_for_export(deployed)  # FPN: <= 200 per level, so that the file equals eager
+    info: Dict[str, object] = {"path": path, "format": fmt, "image_size": tuple(calibration[0].shape[-2:]),
+                               "pre_nms_topk": deployed.proposal_generator.pre_nms_topk[False]}
     if fmt == "int8":
         q = quantize_detector(deployed, calibration, backend=backend)
         export_int8_detector(q, calibration[0], path)

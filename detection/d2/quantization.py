@@ -13,7 +13,10 @@ What runs int8 (``fbnet_zoo.quantize``'s FX graph mode flow, x86 engine on x86 /
 every FBNet part of the detector, each one an FX graph with a quantize stub at its input and
 a dequantize stub at its outputs --
 
-* ``backbone``: the FBNet trunk (C4: stem .. stride-16 stage; FPN: the bottom-up trunk);
+* ``backbone``: C4: the FBNet trunk (stem .. stride-16 stage); FPN: the whole FPN backbone
+  (``GraphBackbone``) -- the bottom-up FBNet trunk, the lateral and output convs, the
+  top-down nearest upsampling and sums, and the top block's max pool (P6), one graph
+  with one int8 output per level;
 * ``rpn_head``: the FBNet RPN blocks and the objectness / anchor-delta convs, one graph run on
   each level;
 * ``box_head``: the RoI box head (C4: the stride-32 stage(s) on every pooled RoI, then average
@@ -22,10 +25,10 @@ a dequantize stub at its outputs --
   (the transposed conv / upsampling included).
 
 What stays float, because PyTorch has no quantized kernel for it or it is bookkeeping: input
-normalisation, anchor generation, box decoding, NMS, RoIAlign, the box predictor (two small
-Linear layers on N x C features), the FPN's lateral / output convs, mask pasting and keypoint
-decoding. Those are exactly the boundaries where the stubs sit, so the graph does one
-quantize per part input and one dequantize per part output.
+normalisation, anchor generation, box decoding, NMS, RoIAlign (the FPN's multi-level pooler
+reads the dequantized levels), the box predictor (two small Linear layers on N x C
+features), mask pasting and keypoint decoding. Those are exactly the boundaries where the
+stubs sit, so the graph does one quantize per part input and one dequantize per part output.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ from torch.ao.quantization import FakeQuantizeBase
 
 from detectron2.config import CfgNode as CN
 from detectron2.engine import hooks
+from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import Backbone
+from detectron2.modeling.backbone.fpn import FPN
 
 from fbnet_zoo.model import forward_to_features
 from fbnet_zoo.quantize import convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat, quantize_static
@@ -57,7 +63,7 @@ PARTS = ("backbone", "rpn_head", "box_head", "mask_head", "keypoint_head")
 _ROI_HEAD_PARTS = (("mask_head", FBNetMaskHead, "mask_feature"),
                    ("keypoint_head", FBNetKeypointHead, "keypoint_feature"))
 
-__all__ = ["PARTS", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "RPNLevel", "TrunkTail",
+__all__ = ["PARTS", "GraphBackbone", "GraphBoxHead", "LevelwiseRPNHead", "MixedTrunk", "RPNLevel", "TrunkTail",
            "add_quantization_config", "convert_detector_qat", "export_int8_detector", "freeze_detector_qat",
            "int8_parts", "part_inputs", "part_slots", "prepare_detector_qat", "qat_schedule_hook",
            "quantize_detector", "wrap_parts"]
@@ -112,6 +118,63 @@ class GraphBoxHead(nn.Module):
         return self._output_shape
 
 
+def _plain_convs(module: nn.Module, replaced: Dict[nn.Module, nn.Module]) -> nn.Module:
+    """Every detectron2 ``Conv2d`` (conv with its norm and activation inside, and an
+    empty-input check that FX cannot trace in train mode) -> ``nn.Conv2d`` followed by its
+    norm and activation in an ``nn.Sequential``, the same weights (shared), in place: the
+    pattern FX fuses (conv-BN(-ReLU)) and quantizes. ``replaced`` gets {old: new}."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, D2Conv2d):
+            conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                             child.dilation, child.groups, child.bias is not None, child.padding_mode)
+            conv.weight = child.weight
+            if child.bias is not None:
+                conv.bias = child.bias
+            layers = [conv] + [m for m in (child.norm, child.activation) if m is not None]
+            if any(not isinstance(m, nn.Module) for m in layers):
+                raise DetectionError(f"{name}: a detectron2 Conv2d with a functional activation "
+                                     f"({child.activation!r}) has no module FX can quantize")
+            new = nn.Sequential(*layers).train(child.training) if len(layers) > 1 else conv
+            setattr(module, name, new)
+            replaced[child] = new
+        else:
+            _plain_convs(child, replaced)
+    return module
+
+
+class GraphBackbone(Backbone):
+    """A detectron2 FPN backbone as one module ``graph`` (the FPN itself, or its QAT / int8
+    FX graph): image tensor in, ``{p2: .., p6: ..}`` out, with the FPN's output shapes,
+    size divisibility and padding constraints (what ``GeneralizedRCNN.preprocess_image``
+    reads). The FPN's detectron2 convs become plain ones first (``_plain_convs``)."""
+
+    def __init__(self, fpn: FPN):
+        super().__init__()
+        shapes = fpn.output_shape()
+        self._out_features = list(fpn._out_features)
+        self._out_feature_channels = {k: v.channels for k, v in shapes.items()}
+        self._out_feature_strides = {k: v.stride for k, v in shapes.items()}
+        self._size_divisibility = fpn.size_divisibility
+        self._padding_constraints = dict(fpn.padding_constraints)
+        replaced: Dict[nn.Module, nn.Module] = {}
+        _plain_convs(fpn, replaced)
+        # FPN.forward walks Python lists of its convs (registered under other names): the new ones
+        fpn.lateral_convs = [replaced.get(m, m) for m in fpn.lateral_convs]
+        fpn.output_convs = [replaced.get(m, m) for m in fpn.output_convs]
+        self.graph = fpn
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.graph(x)
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return self._padding_constraints
+
+
 class MixedTrunk(nn.Module):
     """An FBNet trunk whose first stages run float (``float_stages``, a Sequential) and the
     rest in ``tail`` (an int8 graph of ``TrunkTail``): int8 convolutions with 3-16 input
@@ -145,12 +208,18 @@ class TrunkTail(nn.Module):
         return forward_to_features([getattr(self, f"stage{i}") for i in range(self.num_stages)], x, self.features)
 
 
-def _fbnet_backbone(model: nn.Module) -> Optional[nn.Module]:
-    """The FBNetBackbone holding the trunk: the backbone itself (C4) or an FPN's bottom_up."""
+def _fbnet_bottom_up(fpn: nn.Module) -> bool:
+    return isinstance(fpn, FPN) and isinstance(getattr(fpn.bottom_up, "body", None), nn.Module)
+
+
+def _backbone_slot(model: nn.Module) -> Optional[Tuple[nn.Module, str]]:
+    """Where the backbone part sits: C4 -> the FBNetBackbone's trunk ``body``; FPN (wrapped
+    by ``wrap_parts``) -> the ``GraphBackbone``'s ``graph``."""
     backbone = model.backbone
-    for candidate in (backbone, getattr(backbone, "bottom_up", None)):
-        if candidate is not None and isinstance(getattr(candidate, "body", None), nn.Module):
-            return candidate
+    if isinstance(backbone, GraphBackbone):
+        return backbone, "graph"
+    if isinstance(getattr(backbone, "body", None), nn.Module):
+        return backbone, "body"
     return None
 
 
@@ -158,6 +227,8 @@ def wrap_parts(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
     """Make every FBNet part of ``model`` (in place) a one-tensor-in submodule, and return
     where each sits: ``{part: (parent, attribute)}`` (``part_slots``). Already wrapped parts
     are found again."""
+    if _fbnet_bottom_up(model.backbone):
+        model.backbone = GraphBackbone(model.backbone)
     rpn = getattr(model, "proposal_generator", None)
     if rpn is not None and isinstance(rpn.rpn_head, LightRPNHead):
         rpn.rpn_head = LevelwiseRPNHead(RPNLevel(rpn.rpn_head))
@@ -239,9 +310,9 @@ def int8_parts(model: nn.Module) -> List[str]:
 def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
     """Where the FBNet parts of a wrapped detector (``wrap_parts``) sit (no change to it)."""
     slots = {}
-    trunk = _fbnet_backbone(model)
-    if trunk is not None:
-        slots["backbone"] = (trunk, "body")
+    backbone = _backbone_slot(model)
+    if backbone is not None:
+        slots["backbone"] = backbone
     rpn = getattr(model, "proposal_generator", None)
     if rpn is not None and isinstance(rpn.rpn_head, LevelwiseRPNHead):
         slots["rpn_head"] = (rpn.rpn_head, "level")
@@ -281,9 +352,14 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
     for part in chosen:
         parent, attr = slots[part]
         if part == "backbone" and float_stages:
-            trunk = getattr(parent, attr)
+            module = getattr(parent, attr)
+            fpn = module if isinstance(module, FPN) else None
+            trunk = fpn.bottom_up.body if fpn is not None else module
             tail = TrunkTail(trunk, float_stages)  # checks float_stages first
             head = nn.Sequential(*[getattr(trunk, f"stage{i}") for i in range(float_stages)])
+            if fpn is not None:  # the FPN on the trunk's later stages: one graph
+                fpn.bottom_up.body = tail
+                tail = fpn
             with torch.no_grad():
                 batches = [head(x) for x in seen[part]]
             graph = quantize_static(tail, batches, backend=backend, example=batches[0])
