@@ -59,9 +59,7 @@ def summarise(run_dir: str) -> dict:
     run = SearchRun(None, run_dir, resume=True)
     try:
         rows = run.store.candidates(status="ok")
-        e = run.target_epoch()
-        x = run.encoder.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows]))
-        y = np.array([run._target(r, e) for r in rows])
+        x, y = run.labelled(rows, run.target_epoch())
         other = "mlp" if run.cfg.predictor.refit_model == "proxy_ridge" else "proxy_ridge"
         pcfg = dataclasses.replace(run.cfg.predictor, refit_model=other)
         # the same blob, labels and fold split (seed) as the report's number

@@ -91,6 +91,20 @@ SMALL_FBNET = {"name": "Small-FBNet", "input_size": 32, "stages": [
     [{"type": "ir_pool", "out_channels": 256, "expansion": 6}]]}
 
 
+def round_robin_ms(fns, x, iters):
+    """Median ms per call of each of ``fns`` on ``x``: two warm-up calls each, then ``iters``
+    rounds calling every one in turn (load drifts hit all alike)."""
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn(x)
+            fn(x)
+    times = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            times[k] += _time(fn, x, 1)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def cpu_facts():
     """The CPU's model name and the ISA flags int8 kernels use (Linux /proc/cpuinfo), plus the
     SIMD level PyTorch dispatches to."""
@@ -172,15 +186,7 @@ def latency(variant, iters, threads, seed, with_ort):
         modes[f"int8_{backend}_channels_last"] = _channels_last(int8[backend])
     if with_ort:
         modes["fp32_onnxruntime"], modes["int8_onnxruntime_qdq"] = _onnxruntime(model, size, threads, calib)
-    with torch.inference_mode():
-        for fn in modes.values():
-            fn(x)
-            fn(x)
-    times = {k: [] for k in modes}
-    for _ in range(iters):
-        for k, fn in modes.items():
-            times[k] += _time(fn, x, 1)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med = round_robin_ms(modes, x, iters)
     fp32 = {k: v for k, v in med.items() if k.startswith("fp32")}
     i8 = {k: v for k, v in med.items() if k.startswith("int8")}
     best_fp32, best_int8 = min(fp32, key=fp32.get), min(i8, key=i8.get)
@@ -265,15 +271,7 @@ def _variant_latency(fp32, quantized, size, iters, channels_last=False):
         fns[name] = export_int8_torchscript(q, None, example=x)
         if channels_last:
             fns[name + "_channels_last"] = _channels_last(fns[name])
-    with torch.inference_mode():
-        for fn in fns.values():
-            fn(x)
-            fn(x)
-    times = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            times[k] += _time(fn, x, 1)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    med = round_robin_ms(fns, x, iters)
     return {k: {"median_ms": round(v, 3), "ratio_vs_fp32_torchscript": round(med["fp32_torchscript"] / v, 3)}
             for k, v in med.items()}
 

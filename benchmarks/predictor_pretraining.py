@@ -127,8 +127,7 @@ def main() -> None:
                 print(f"{run_dir}: only {len(rows_ok)} trained candidates; skipped")
                 continue
             run.build_pool()
-            xl = run.encoder.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows_ok]))
-            yl = np.array([run._target(r, e) for r in rows_ok])
+            xl, yl = run.labelled(rows_ok, e)
             sizes = [s for s in (3, 5, 8, 12, 16, 24, 32, 40) if s <= len(rows_ok) - 6]
             rws = sweep(run.pool_features, run.pool.flops, run.pool.params, xl, yl, sizes, 5, run.cfg.predictor,
                         pretrained_blob=run.store.load_checkpoint("stage1"))

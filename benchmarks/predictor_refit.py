@@ -50,8 +50,7 @@ def main() -> None:
         try:
             rows = run.store.candidates(status="ok")
             e = run.target_epoch()
-            x = run.encoder.encode_units(np.stack([run.space.unit_of(r["values"]) for r in rows]))
-            y = np.array([run._target(r, e) for r in rows])
+            x, y = run.labelled(rows, e)
             # runs made before stage 1 stored the recipe's feature columns: give them, so that
             # proxy_ridge sees the recipe there too
             pred = Predictor.from_bytes(run.store.load_checkpoint("stage1"), run.cfg.predictor)

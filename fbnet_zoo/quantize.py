@@ -321,12 +321,7 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
     """
     backend = _backend(backend)
     float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
-    mapping = _ptq_qconfig_mapping(backend, reduce_range)
-    names = dict(float_model.named_modules())
-    for name in keep_float:
-        if name not in names:
-            raise QuantizationError(f"quantize_static: keep_float: {name!r} is not a submodule of the model")
-        mapping.set_module_name(name, None)
+    mapping = _keep_float(_ptq_qconfig_mapping(backend, reduce_range), float_model, keep_float, "quantize_static")
     used: Optional[list] = [] if bias_correction else None
     quantized, n = _calibrated(float_model, mapping, calibration, max_batches, _example(model, example), used)
     if bias_correction:
@@ -461,6 +456,16 @@ class Int8StorageFakeQuantize(FakeQuantize):
         return X
 
 
+def _keep_float(mapping: QConfigMapping, model: nn.Module, keep_float: Sequence[str], where: str) -> QConfigMapping:
+    """``mapping`` with the submodules ``keep_float`` names left in fp32 (each must exist)."""
+    names = dict(model.named_modules())
+    for name in keep_float:
+        if name not in names:
+            raise QuantizationError(f"{where}: keep_float: {name!r} is not a submodule of the model")
+        mapping.set_module_name(name, None)
+    return mapping
+
+
 def _bit_split(backend: str, reduce_range: Any, where: str) -> str:
     """``reduce_range`` as one of REDUCE_RANGE (None: the backend's default)."""
     if reduce_range is None:
@@ -511,12 +516,7 @@ def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Option
                                 "per-sample random mask does not survive FX tracing; build the model with "
                                 "drop_path_rate=0 for QAT")
     backend = _backend(backend)
-    mapping = qat_qconfig_mapping(backend, reduce_range)
-    names = dict(model.named_modules())
-    for name in keep_float:
-        if name not in names:
-            raise QuantizationError(f"prepare_qat: keep_float: {name!r} is not a submodule of the model")
-        mapping.set_module_name(name, None)
+    mapping = _keep_float(qat_qconfig_mapping(backend, reduce_range), model, keep_float, "prepare_qat")
     qat = copy.deepcopy(model).train()
     try:
         with warnings.catch_warnings():

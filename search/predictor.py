@@ -114,7 +114,6 @@ class ProxyRidge:
     """
 
     LAMBDAS = tuple(float(v) for v in np.logspace(-2, 3, 26))
-    ARCH_LAMBDAS = LAMBDAS
 
     def __init__(self, columns: Dict[str, List[Any]], state: Optional[Dict[str, Any]] = None) -> None:
         self.columns = columns
@@ -147,7 +146,7 @@ class ProxyRidge:
         is_arch[zs.shape[1] - 1 - n_arch:-1] = True
         gram, fits = zs.T @ zs, []
         for lam in self.LAMBDAS:
-            for lam_arch in (self.ARCH_LAMBDAS if n_arch else (0.0,)):
+            for lam_arch in (self.LAMBDAS if n_arch else (0.0,)):
                 pen = np.diag(np.where(is_arch, lam_arch, lam))
                 pen[-1, -1] = 0.0  # the intercept is not shrunk
                 inv = np.linalg.solve(gram + pen, zs.T)
@@ -323,13 +322,18 @@ class Predictor:
                 last = total / max(1, len(perm))
         return FitReport(last, epochs=frozen_epochs + full_epochs)
 
-    def _proxy_standardised(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+    def _head(self, features: np.ndarray, head: str, batch: int = 8192) -> List[np.ndarray]:
+        """The net's ``head`` output ("proxy" or "acc") for (N, F) features, in batches."""
         out = []
         with torch.no_grad():
             self.net.eval()
             for i in range(0, len(features), batch):
                 xb = torch.from_numpy(np.ascontiguousarray(features[i:i + batch], dtype=np.float32))
-                out.append(self.net(xb)["proxy"].numpy())
+                out.append(self.net(xb)[head].numpy())
+        return out
+
+    def _proxy_standardised(self, features: np.ndarray, batch: int = 8192) -> np.ndarray:
+        out = self._head(features, "proxy", batch)
         return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 2))
 
     def _refit_ridge(self, features: np.ndarray, acc: np.ndarray) -> FitReport:
@@ -348,12 +352,7 @@ class Predictor:
         if self.ridge is not None:
             z = self.ridge.design(self._proxy_standardised(features, batch), np.asarray(features, dtype=np.float64))
             return self.ridge.predict(z)
-        out = []
-        with torch.no_grad():
-            self.net.eval()
-            for i in range(0, len(features), batch):
-                xb = torch.from_numpy(np.ascontiguousarray(features[i:i + batch], dtype=np.float32))
-                out.append(self.net(xb)["acc"].numpy())
+        out = self._head(features, "acc", batch)
         p = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
         return p.astype(np.float64) * self.acc_stats[1] + self.acc_stats[0]
 

@@ -73,8 +73,7 @@ def heldout_rank_corr(run, measured: List[Dict[str, Any]], epoch: int, pred_vs_m
                              "spearman": rank_corr([p[0] for p in pts], [p[1] for p in pts]) if len(pts) > 2 else None}
     blob = run.store.load_checkpoint("stage1")
     if blob is not None and len(measured) >= 2 * HELDOUT_FOLDS:
-        x = run.encoder.encode_units(np.stack([run.space.unit_of(c["values"]) for c in measured]))
-        y = np.array([run._target(c, epoch) for c in measured])
+        x, y = run.labelled(measured, epoch)
         out["cross_validated"] = cross_validated_rank_corr(blob, run.cfg.predictor, x, y, HELDOUT_FOLDS,
                                                            seed=run.seed)
         out["cross_validated"]["refit_model"] = run.cfg.predictor.refit_model

@@ -23,7 +23,7 @@ import os
 import re
 import sqlite3
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -320,6 +320,12 @@ class SearchRun:
         top1 = row["top1"]
         return float(top1[min(epoch, len(top1)) - 1])
 
+    def labelled(self, rows: Sequence[Mapping[str, Any]], epoch: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Trained candidates ``rows`` as the predictor sees them: (N, F) features and their
+        top-1 at ``epoch``."""
+        x = self.encoder.encode_units(np.stack([self.space.unit_of(r["values"]) for r in rows]))
+        return x, np.array([self._target(r, epoch) for r in rows])
+
     def target_epoch(self) -> int:
         """The epoch whose top-1 the predictor learns: the early-stop epoch once chosen."""
         return self.early_stop_epoch() or self._full_epochs()
@@ -444,8 +450,7 @@ class SearchRun:
         rows = [r for r in self.store.candidates(status="ok") if r["round"] <= rnd]
         info: Dict[str, Any] = {"round": rnd, "samples": len(rows), "epoch": e}
         if len(rows) >= 2:
-            x = self.encoder.encode_units(np.stack([self.space.unit_of(r["values"]) for r in rows]))
-            y = np.array([self._target(r, e) for r in rows])
+            x, y = self.labelled(rows, e)
             rep = base.refit(x, y, seed=self.seed * 1000 + rnd)
             fit = base.predict(x)
             info.update(train_loss=rep.train_loss, train_rank_corr=rank_corr(fit, y, "spearman"))
