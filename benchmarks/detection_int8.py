@@ -44,7 +44,12 @@ ROOT = os.path.dirname(HERE)
 CONFIG = os.path.join(ROOT, "model_configs", "detection", "faster_rcnn_fbnetv3a_C4.yaml")
 
 
-def build_cfg(train: str, test: str, out: str, iters: int, size: int, batch: int, lr: float):
+def is_fpn(cfg) -> bool:
+    return "FPN" in cfg.MODEL.BACKBONE.NAME
+
+
+def build_cfg(train: str, test: str, out: str, iters: int, size: int, batch: int, lr: float,
+              config: str = CONFIG, opts=()):
     from detectron2.config import get_cfg
 
     from fbnet_zoo.detection import d2
@@ -53,15 +58,18 @@ def build_cfg(train: str, test: str, out: str, iters: int, size: int, batch: int
     cfg = get_cfg()
     d2.add_fbnet_config(cfg)
     add_quantization_config(cfg)
-    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_file(config)
+    # anchors for the toy objects (26-58 px at 128): C4 one map, FPN one size per level p2..p6
+    anchors = [[16], [32], [64], [128], [256]] if is_fpn(cfg) else [[16, 32, 64, 128]]
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", (train,), "DATASETS.TEST", (test,), "DATALOADER.NUM_WORKERS", 0,
-        "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ANCHOR_GENERATOR.SIZES", [[16, 32, 64, 128]],
+        "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ANCHOR_GENERATOR.SIZES", anchors,
         "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 32, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 300,
         "INPUT.MIN_SIZE_TRAIN", (size,), "INPUT.MAX_SIZE_TRAIN", size, "INPUT.MIN_SIZE_TEST", size,
         "INPUT.MAX_SIZE_TEST", size, "SOLVER.IMS_PER_BATCH", batch, "SOLVER.BASE_LR", lr,
         "SOLVER.MAX_ITER", iters, "SOLVER.STEPS", (int(iters * 0.8),), "SOLVER.WARMUP_ITERS", min(50, iters // 4),
         "SOLVER.CHECKPOINT_PERIOD", 10 ** 9, "TEST.EVAL_PERIOD", 0, "OUTPUT_DIR", out, "SEED", 0])
+    cfg.merge_from_list(list(opts))
     return cfg
 
 
@@ -81,12 +89,14 @@ def calibration_images(cfg, dataset: str, n: int) -> List[torch.Tensor]:
     return [mapper(copy.deepcopy(d))["image"].float() for d in DatasetCatalog.get(dataset)[:n]]
 
 
-QAT_KEYS = {"iters": int, "lr": float, "freeze_bn": int, "freeze_observer": int}
+QAT_KEYS = {"iters": int, "lr": float, "freeze_bn": int, "freeze_observer": int, "seed": int}
 
 
 def qat_setting(text: str) -> Dict[str, Any]:
-    """``iters=40,lr=0.002,freeze_bn=-1,freeze_observer=-1`` -> a dict (missing keys: defaults
-    filled in by main; freeze_*: the iteration after which BN statistics / ranges freeze, -1 never)."""
+    """``iters=40,lr=0.002,freeze_bn=0,freeze_observer=-1,seed=0`` -> a dict (missing keys: defaults
+    filled in by main; freeze_*: QUANTIZATION.QAT.FREEZE_*_ITER, the iteration from which BN
+    statistics / ranges are frozen, d2go's semantics: 0 from the start, -1 never; seed: the
+    training data order)."""
     out: Dict[str, Any] = {}
     for item in filter(None, text.split(",")):
         key, eq, value = item.partition("=")
@@ -108,24 +118,31 @@ class _FrozenStats:
 
 
 def fp32_control(model: torch.nn.Module, cfg, setting: Dict[str, Any]) -> torch.nn.Module:
-    """The fp32 ``model`` fine-tuned like a QAT ``setting`` (its iterations, lr, and BN statistics
-    frozen from the start when it freezes them), without fake-quant: a copy."""
-    from detectron2.engine import DefaultTrainer
+    """The fp32 ``model`` fine-tuned like a QAT ``setting`` (its iterations, lr, data order, and
+    BN statistics frozen from the same iteration), without fake-quant: a copy."""
+    from detectron2.engine import DefaultTrainer, hooks
+    from detectron2.utils.env import seed_all_rng
 
     start = copy.deepcopy(model)
-    if setting["freeze_bn"] >= 0:
-        for m in start.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.register_forward_pre_hook(_FrozenStats())
+
+    def freeze_bn(trainer):
+        if trainer.iter == max(setting["freeze_bn"], 0) and setting["freeze_bn"] >= 0:
+            for m in start.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.register_forward_pre_hook(_FrozenStats())
 
     class ControlTrainer(DefaultTrainer):
         @classmethod
         def build_model(cls, c):
             return start
 
+        def build_hooks(self):
+            return [hooks.CallbackHook(before_step=freeze_bn)] + super().build_hooks()
+
     cfg = cfg.clone()
     cfg.defrost()
     cfg.OUTPUT_DIR = cfg.OUTPUT_DIR + "_fp32_control"
+    seed_all_rng(setting["seed"])  # the QAT run's data order (detectron2's sampler draws its seed)
     trainer = ControlTrainer(cfg)
     trainer.train()
     out = trainer.model.eval()
@@ -136,23 +153,57 @@ def fp32_control(model: torch.nn.Module, cfg, setting: Dict[str, Any]) -> torch.
 
 def qat_label(s: Dict[str, Any]) -> str:
     return (f"int8 QAT {s['iters']} it lr {s['lr']:g} freeze_bn {s['freeze_bn']} "
-            f"freeze_observer {s['freeze_observer']}")
+            f"freeze_observer {s['freeze_observer']}" + (f" seed {s['seed']}" if s["seed"] else ""))
+
+
+def exported_ap(cfg, model: torch.nn.Module, image: torch.Tensor, int8: bool, path: str, dataset: str,
+                out: str) -> Dict[str, Any]:
+    """``model`` exported to ``path``, the file loaded back and evaluated (deploy.ExportedDetector):
+    the AP of what ships. The export is checked against eager on ``image``; where that check
+    fails (tied scores come out in another order, e.g. a barely trained model) the failure is
+    recorded and the file written without the value check (AP does not depend on the order)."""
+    from fbnet_zoo.detection.d2.deploy import ExportedDetector, export_torchscript
+    from fbnet_zoo.detection.d2.quantization import export_int8_detector
+    from fbnet_zoo.errors import DetectionError
+
+    export = export_int8_detector if int8 else export_torchscript
+    check = "equal to eager on the traced image"
+    try:
+        export(model, image, path)
+    except DetectionError as e:
+        check = f"not equal to eager: {e}"
+        export(model, image, path, atol=float("inf"))
+    return {**evaluate(cfg, ExportedDetector(torch.jit.load(path)), dataset, out), "export_check": check}
+
+
+def with_pre_nms_topk(model: torch.nn.Module, k: int) -> torch.nn.Module:
+    """A shallow copy of ``model`` whose RPN keeps ``k`` boxes per level before NMS at test time
+    (the weights are shared)."""
+    rpn = copy.copy(model.proposal_generator)
+    rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: k}
+    out = copy.copy(model)
+    out._modules = {**model._modules, "proposal_generator": rpn}  # a new dict: the original keeps its RPN
+    return out
 
 
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=CONFIG, help="detectron2 YAML (default: Faster R-CNN FBNetV3-A C4)")
+    p.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE",
+                   help="config overrides after the toy settings, e.g. MODEL.FBNET.ARCH FBNetV3-A")
     p.add_argument("--iters", type=int, default=500, help="fp32 fine-tuning iterations")
     p.add_argument("--qat-iters", type=int, default=40, help="QAT iterations of a --qat setting without iters= "
                    "(0 and no --qat: no QAT)")
     p.add_argument("--qat", type=qat_setting, action="append", default=None,
-                   help="a QAT setting iters=N,lr=X,freeze_bn=I,freeze_observer=J (repeatable; default one with "
-                        "--qat-iters, lr/10, nothing frozen)")
+                   help="a QAT setting iters=N,lr=X,freeze_bn=I,freeze_observer=J,seed=S (repeatable; default one "
+                        "with --qat-iters, lr/10, QUANTIZATION.QAT's default FREEZE_*_ITER, seed 0)")
     p.add_argument("--control", action="store_true",
-                   help="for each --qat setting also fine-tune the fp32 model with the same iterations, lr and BN "
-                        "(frozen from the start when freeze_bn >= 0), and evaluate it and its PTQ: what the extra "
-                        "training alone gives")
+                   help="for each --qat setting also fine-tune the fp32 model with the same iterations, lr, data "
+                        "order and BN freezing, and evaluate it and its PTQ: what the extra training alone gives")
     p.add_argument("--fp32-weights", default="", help="load the fine-tuned fp32 model from this file; train and "
                    "save it there if absent")
+    p.add_argument("--no-export", action="store_true",
+                   help="FPN: skip evaluating the exported TorchScript files (the RPN pre-NMS top-k cap study)")
     p.add_argument("--train-images", type=int, default=48)
     p.add_argument("--test-images", type=int, default=24)
     p.add_argument("--calibration-images", type=int, default=16)
@@ -162,19 +213,20 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke run: 20 iterations, 5 QAT, 8+8 images")
     p.add_argument("--out", default=os.path.join(HERE, "results", "detection_int8.json"))
+    p.add_argument("--section", default="", help="store this run under this key of --out, keeping the file's "
+                   "other keys (e.g. fpn, freeze_bn_study); default: replace the file")
     a = p.parse_args(argv)
     if a.quick:
         a.iters, a.qat_iters, a.train_images, a.test_images, a.calibration_images = 20, 5, 8, 8, 4
-    defaults = {"iters": a.qat_iters, "lr": a.lr / 10, "freeze_bn": -1, "freeze_observer": -1}
-    settings = [{**defaults, **s} for s in (a.qat or ([{}] if a.qat_iters > 0 else []))]
     torch.set_num_threads(a.threads)
 
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultTrainer
+    from detectron2.utils.env import seed_all_rng
     from detectron2.utils.logger import setup_logger
 
     from fbnet_zoo.detection import d2
-    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector
+    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_pre_nms_topk
     from fbnet_zoo.detection.d2.quantization import (convert_detector_qat, int8_parts, prepare_detector_qat,
                                                      qat_schedule_hook, quantize_detector)
     from fbnet_zoo.detection.toy_data import make_toy_coco
@@ -187,9 +239,18 @@ def main(argv=None) -> Dict[str, Any]:
         paths = make_toy_coco(os.path.join(work, split), num_images=n, image_size=(a.size, a.size), seed=seed)
         names[split] = d2.register_coco_dataset(f"fbnet_int8_toy_{split}_{n}_{a.size}", paths["json"],
                                                 paths["images"])["instances"]
-    cfg = build_cfg(names["train"], names["test"], os.path.join(work, "fp32"), a.iters, a.size, a.batch, a.lr)
+    cfg = build_cfg(names["train"], names["test"], os.path.join(work, "fp32"), a.iters, a.size, a.batch, a.lr,
+                    a.config, a.opts)
+    fpn = is_fpn(cfg)
+    q_defaults = cfg.QUANTIZATION.QAT
+    defaults = {"iters": a.qat_iters, "lr": a.lr / 10, "freeze_bn": q_defaults.FREEZE_BN_ITER,
+                "freeze_observer": q_defaults.FREEZE_OBSERVER_ITER, "seed": 0}
+    settings = [{**defaults, **s} for s in (a.qat or ([{}] if a.qat_iters > 0 else []))]
+    # C4: the authors' test top-k 1000 / 30; FPN: the config's (1000 per level / 1000)
+    test_topk = {} if fpn else AUTHORS_C4_TEST_TOPK
     load_before = os.getloadavg()
     t = time.time()
+    seed_all_rng(0)
     trainer = DefaultTrainer(cfg)
     if a.fp32_weights and os.path.exists(a.fp32_weights):
         DetectionCheckpointer(trainer.model).load(a.fp32_weights)
@@ -203,7 +264,7 @@ def main(argv=None) -> Dict[str, Any]:
             DetectionCheckpointer(trainer.model, save_dir=folder).save(os.path.splitext(name)[0])
     model = trainer.model.eval()
 
-    deployed = deploy_detector(model, **AUTHORS_C4_TEST_TOPK)
+    deployed = deploy_detector(model, **test_topk)
     calib = calibration_images(cfg, names["train"], a.calibration_images)
     t = time.time()
     int8 = quantize_detector(deployed, calib)
@@ -213,19 +274,37 @@ def main(argv=None) -> Dict[str, Any]:
           "int8 PTQ": evaluate(cfg, int8, names["test"], os.path.join(work, "eval_int8"))}
     ap_train = {"fp32 deploy": evaluate(cfg, deployed, names["train"], os.path.join(work, "eval_fp32_train")),
                 "int8 PTQ": evaluate(cfg, int8, names["train"], os.path.join(work, "eval_int8_train"))}
+    # FPN exports keep at most `cap` RPN boxes per level before NMS (deploy.cap_pre_nms_topk_for_export):
+    # the eager model at that cap and the exported file itself, against the eager model at the config's
+    cap = export_pre_nms_topk(deployed)
+    export_ap: Dict[str, Dict[str, float]] = {}
+
+    def cap_study(label: str, m: torch.nn.Module, is_int8: bool) -> None:
+        if cap is None or a.no_export:
+            return
+        capped = with_pre_nms_topk(m, cap)
+        k = len(export_ap)
+        export_ap[f"{label}, eager, pre-NMS top-k {cap}/level"] = evaluate(
+            cfg, capped, names["test"], os.path.join(work, f"eval_cap{k}"))
+        export_ap[f"{label}, exported TorchScript file (top-k {cap}/level)"] = exported_ap(
+            cfg, capped, calib[0], is_int8, os.path.join(work, f"export{k}.ts"), names["test"],
+            os.path.join(work, f"eval_ts{k}"))
+
+    cap_study("fp32 deploy", deployed, False)
+    cap_study("int8 PTQ", int8, True)
     qat_rows: Dict[str, Dict[str, Any]] = {}
-    test_topk = AUTHORS_C4_TEST_TOPK
 
     def deployed_topk(m: torch.nn.Module) -> torch.nn.Module:
         rpn = m.proposal_generator  # the fp32 / PTQ models' test top-k
-        rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: test_topk["pre_nms_topk"]}
-        rpn.post_nms_topk = {**rpn.post_nms_topk, False: test_topk["test_proposals"]}
+        if test_topk:
+            rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: test_topk["pre_nms_topk"]}
+            rpn.post_nms_topk = {**rpn.post_nms_topk, False: test_topk["test_proposals"]}
         return m
 
     for k, setting in enumerate(settings):
         label = qat_label(setting)
         qcfg = build_cfg(names["train"], names["test"], os.path.join(work, f"qat{k}"), setting["iters"], a.size,
-                         a.batch, setting["lr"])
+                         a.batch, setting["lr"], a.config, a.opts)
         # QAT's own PTQ: the prepared graph's observers over the calibration images, eval mode, no training
         untrained = prepare_detector_qat(model, calib[0]).eval()
         with torch.no_grad():
@@ -247,6 +326,7 @@ def main(argv=None) -> Dict[str, Any]:
                 return hooks
 
         t = time.time()
+        seed_all_rng(setting["seed"])  # the data order (detectron2's training sampler draws its seed)
         qtrainer = QATTrainer(qcfg)
         qtrainer.train()
         qat_s = time.time() - t
@@ -256,9 +336,10 @@ def main(argv=None) -> Dict[str, Any]:
                                                                  os.path.join(work, f"eval_fq_{k}"))
         ap[label] = evaluate(cfg, qat_int8, names["test"], os.path.join(work, f"eval_qat{k}"))
         ap_train[label] = evaluate(cfg, qat_int8, names["train"], os.path.join(work, f"eval_qat_train{k}"))
+        cap_study(label, qat_int8, True)
         if a.control:
             control = fp32_control(model, qcfg, setting)
-            control_dep = deploy_detector(control, **AUTHORS_C4_TEST_TOPK)
+            control_dep = deploy_detector(control, **test_topk)
             control_int8 = quantize_detector(control_dep, calib)
             for name, m in ((f"fp32 control of {label[5:]}", control_dep),
                             (f"int8 PTQ of the fp32 control of {label[5:]}", control_int8)):
@@ -269,9 +350,15 @@ def main(argv=None) -> Dict[str, Any]:
                                                                if m in ("AP", "AP50", "AP75")}
                                                            for n, r in row_ap.items()}}
 
+    def rounded(r: Dict[str, Any]) -> Dict[str, Any]:
+        out = {m: round(float(v), 2) for m, v in r.items() if m in ("AP", "AP50", "AP75")}
+        return {**out, **({"export_check": r["export_check"]} if "export_check" in r else {})}
+
+    arch = cfg.MODEL.FBNET.ARCH
     result = {
         "benchmark": "detection_int8",
-        "model": "Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml), random init",
+        "model": f"Faster R-CNN {arch} {'FPN' if fpn else 'C4'} ({os.path.relpath(a.config, ROOT)}"
+                 + (f", overrides {' '.join(a.opts)}" if a.opts else "") + "), random init",
         "data": {"toy_coco_train_images": a.train_images, "toy_coco_test_images": a.test_images,
                  "image_size": a.size, "calibration_images": a.calibration_images,
                  "calibration": "the first training images, resized as at test time",
@@ -279,22 +366,32 @@ def main(argv=None) -> Dict[str, Any]:
         "training": {"fp32_iters": a.iters, "batch": a.batch, "lr": a.lr,
                      "fp32_train_seconds": None if train_s is None else round(train_s, 1),
                      "fp32_weights": a.fp32_weights or None, "qat": qat_rows},
-        "deploy": {"rpn_test_topk": AUTHORS_C4_TEST_TOPK, "int8_parts": int8_parts(int8),
+        "deploy": {"rpn_test_topk": {"pre_nms_topk": deployed.proposal_generator.pre_nms_topk[False],
+                                     "test_proposals": deployed.proposal_generator.post_nms_topk[False]},
+                   "export_pre_nms_topk_cap": cap, "int8_parts": int8_parts(int8),
                    "ptq_seconds": round(ptq_s, 1), "backend": torch.backends.quantized.engine},
-        "box_ap_held_out": {k: {m: round(float(v), 2) for m, v in r.items() if m in ("AP", "AP50", "AP75")}
-                            for k, r in ap.items()},
+        "box_ap_held_out": {k: rounded(r) for k, r in ap.items()},
         "box_ap_difference_int8_minus_fp32_held_out": {k: round(float(ap[k]["AP"] - ap["fp32 deploy"]["AP"]), 2)
                                                        for k in ap if k != "fp32 deploy"},
-        "box_ap_train_images": {k: {m: round(float(v), 2) for m, v in r.items() if m in ("AP", "AP50", "AP75")}
-                                for k, r in ap_train.items()},
+        "box_ap_train_images": {k: rounded(r) for k, r in ap_train.items()},
         "box_ap_difference_int8_minus_fp32_train_images": {
             k: round(float(ap_train[k]["AP"] - ap_train["fp32 deploy"]["AP"]), 2) for k in ap_train if k != "fp32 deploy"},
         "threads": a.threads, "torch": torch.__version__, "quick": a.quick,
         "loadavg_1_5_15": {"before": load_before, "after": os.getloadavg()},
     }
+    if export_ap:
+        result["box_ap_held_out_export_cap"] = {k: rounded(r) for k, r in export_ap.items()}
     print(json.dumps({k: v for k, v in result.items() if k.startswith("box_ap")}, indent=1))
-    atomic_write_text(a.out, json.dumps(result, indent=1) + "\n")
-    print(f"wrote {a.out}")
+    if a.section:
+        whole = {}
+        if os.path.exists(a.out):
+            with open(a.out, encoding="utf-8") as f:
+                whole = json.load(f)
+        whole[a.section] = result
+    else:
+        whole = result
+    atomic_write_text(a.out, json.dumps(whole, indent=1) + "\n")
+    print(f"wrote {a.out}" + (f" [{a.section}]" if a.section else ""))
     return result
 
 

@@ -26,8 +26,14 @@ channels_last) and int8 (frozen TorchScript) are also timed alone on the inputs 
 gives them: where int8 gains and loses. The result records the machine (CPU model, AVX2 /
 AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
 
-    nice -n 10 python benchmarks/detection_latency.py --rounds 15 --threads 1
+    python benchmarks/detection_latency.py --rounds 15 --threads 1      # not under nice: timings
     python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours + torchvision, ~3 min idle
+
+Our FBNetV3-G FPN detector (model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml) runs its deploy
+path: BN folded, RPN test top-k as exported (200 per level before NMS, 1000 after), fp32
+TorchScript (+ channels_last) and int8 TorchScript, at its published test size (short side 800:
+800 x 1066) and at 320 x 320. The machine's load average (before, after, and at each size's
+start) and the process's nice value are recorded with the numbers.
 Writes benchmarks/results/detection_latency.json (--quick: detection_latency_quick.json).
 """
 
@@ -50,6 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OURS = os.path.join(ROOT, "model_configs", "detection", "faster_rcnn_fbnetv3a_C4.yaml")
 AUTHORS = os.path.join(ROOT, "model_configs", "detection", "authors", "faster_rcnn_fbnetv3a_C4.yaml")
+FPN = os.path.join(ROOT, "model_configs", "detection", "faster_rcnn_fbnetv3g_fpn.yaml")
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -177,6 +184,30 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     return out
 
 
+def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -> Dict[str, Tuple[Callable, dict]]:
+    """The FPN detector's deploy path: BN folded, the config's RPN test top-k (1000 per level /
+    1000) capped for the export at ``deploy.export_pre_nms_topk`` per level (200 for 5 levels:
+    what ``tools/export.py --detector`` writes), fp32 TorchScript (+ channels_last) and the
+    whole detector int8 -- FPN backbone graph, RPN head, box head -- as one frozen file."""
+    from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export, deploy_detector, export_torchscript
+    from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector
+
+    cfg, model = d2_model(path)
+    calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
+    dep = cap_pre_nms_topk_for_export(deploy_detector(model))
+    cl = cap_pre_nms_topk_for_export(deploy_detector(model, channels_last=True))
+    rpn = dep.proposal_generator
+    info = {"params": n_params(dep), "proposals": rpn.post_nms_topk[False], "pre_nms_topk": rpn.pre_nms_topk[False],
+            "folded_bn": dep.folded_bn, "image": list(image.shape[-2:])}
+    ts = export_torchscript(dep, calib)
+    ts_cl = export_torchscript(cl, calib)
+    q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
+    ts_q = export_int8_detector(q, calib)
+    return {f"{tag} deploy TorchScript": (lambda: ts(image), info),
+            f"{tag} deploy TorchScript channels_last": (lambda: ts_cl(image), info),
+            f"{tag} deploy int8 TorchScript": (lambda: ts_q(image), {**info, "int8_parts": int8_parts(q)})}
+
+
 def tv_variants(image: torch.Tensor, size: int = 0) -> Dict[str, Tuple[Callable, dict]]:
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn, fasterrcnn_mobilenet_v3_large_fpn
 
@@ -214,6 +245,7 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--settings", default="published,320", help="comma-separated: published, 320")
     p.add_argument("--no-d2go", action="store_true", help="leave out the authors' d2go-config variant")
+    p.add_argument("--no-fpn", action="store_true", help="leave out our FBNetV3-G FPN detector")
     p.add_argument("--quick", action="store_true",
                    help="unattended short run: 320 x 320 only, ours + torchvision, 9 rounds (~3 min on an idle CPU)")
     p.add_argument("--out", default=None, help="default: results/detection_latency.json (--quick: _quick.json)")
@@ -232,24 +264,29 @@ def main(argv=None) -> Dict[str, Any]:
     def resized(h, w):
         return torch.nn.functional.interpolate(photo[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
-    settings = {
-        "published": {"ours / d2go": resized(224, 298) * 255, "torchvision": photo},
-        "320": {"ours / d2go": square * 255, "torchvision": square},
+    settings = {  # FPN: its config's test size, short side 800 (long side <= 1333) on the 3:4 image
+        "published": {"ours / d2go": resized(224, 298) * 255, "fpn": resized(800, 1066) * 255, "torchvision": photo},
+        "320": {"ours / d2go": square * 255, "fpn": square * 255, "torchvision": square},
     }
     settings = {k: settings[k] for k in a.settings.split(",")}
     load_before = os.getloadavg()
     result: Dict[str, Any] = {"setup": {
         "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "quick": a.quick, **cpu_facts(), "batch": 1,
         "weights": "random (latency-equivalent; nothing downloaded)", "timing": "interleaved round-robin, median",
-        "sizes": {"published": "ours/d2go 224x298; tv 320_fpn 320x427, tv fpn 800x1066 (480x640 resized inside)",
+        "sizes": {"published": "ours/d2go C4 224x298; ours FPN 800x1066; tv 320_fpn 320x427, tv fpn 800x1066 "
+                               "(480x640 resized inside)",
                   "320": "every model 320x320"}}}
+    result["setup"]["nice"] = os.nice(0)  # a niced run times under other jobs' priority
     for setting, images in settings.items():
+        result["setup"][f"loadavg_at_{setting}_start"] = os.getloadavg()
         models: Dict[str, Tuple[Callable, dict]] = {}
         img, calib = images["ours / d2go"], images["ours / d2go"]
         parts: Dict[str, Any] = {}
         models.update(d2_variants("ours FBNetV3-A C4", OURS, img, calib, parts, a.rounds))
         if not a.no_d2go:
             models.update(d2_variants("d2go FBNetV3-A-d2go C4", AUTHORS, img, calib))
+        if not a.no_fpn:
+            models.update(fpn_variants("ours FBNetV3-G FPN", FPN, images["fpn"], images["fpn"]))
         models.update(tv_variants(images["torchvision"], 320 if setting == "320" else 0))
         times = interleaved(models, a.rounds, a.warmup)
         rows = {}
@@ -260,17 +297,25 @@ def main(argv=None) -> Dict[str, Any]:
         ref = rows["tv mobilenet_v3_large_320_fpn"]["median_ms"]
         for r in rows.values():
             r["speed_vs_tv_320_fpn"] = ref / r["median_ms"]
-        int8 = min(rows[k]["median_ms"] for k in rows if k.startswith("ours") and "int8 TorchScript" in k)
-        fp32 = min(rows[k]["median_ms"] for k in rows if k.startswith("ours") and "TorchScript" in k and "int8" not in k)
+        def int8_vs_fp32(tag: str) -> float:
+            int8 = min(rows[k]["median_ms"] for k in rows if k.startswith(tag) and "int8 TorchScript" in k)
+            fp32 = min(rows[k]["median_ms"] for k in rows if k.startswith(tag) and "TorchScript" in k and "int8" not in k)
+            return fp32 / int8
+
+        fp32_over_int8 = int8_vs_fp32("ours FBNetV3-A C4")
         result[setting] = rows
         result[f"{setting} int8 vs fp32"] = {
             "definition": "best fp32 deploy TorchScript median / best int8 TorchScript median (> 1: int8 faster)",
-            "ratio": fp32 / int8, "per_part_ours": parts["ours FBNetV3-A C4"]}
-        print(f"\n[{setting}]  {'model':<44} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
+            "ratio": fp32_over_int8, "per_part_ours": parts["ours FBNetV3-A C4"]}
+        if not a.no_fpn:
+            result[f"{setting} int8 vs fp32"]["ratio_ours_fpn"] = int8_vs_fp32("ours FBNetV3-G FPN")
+        print(f"\n[{setting}]  {'model':<54} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
         for name, r in rows.items():
-            print(f"{'':<{len(setting) + 4}}{name:<44} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
+            print(f"{'':<{len(setting) + 4}}{name:<54} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
                   f"{r['speed_vs_tv_320_fpn']:8.2f} {r['proposals']:5d} {r['params'] / 1e6:8.2f}")
-        print(f"  int8 vs best fp32 TorchScript: {fp32 / int8:.2f}x;  per part (fp32 ms / int8 ms): " + ", ".join(
+        print(f"  int8 vs best fp32 TorchScript: C4 {fp32_over_int8:.2f}x"
+              + (f", FPN {result[f'{setting} int8 vs fp32']['ratio_ours_fpn']:.2f}x" if not a.no_fpn else "")
+              + ";  C4 per part (fp32 ms / int8 ms): " + ", ".join(
             f"{k} {v['fp32_ms']:.1f}/{v['int8_ms']:.1f}" for k, v in parts["ours FBNetV3-A C4"].items()))
     if "320" in result:
         best = max(result["320"][k]["speed_vs_tv_320_fpn"] for k in result["320"] if k.startswith("ours") and "deploy" in k)

@@ -243,6 +243,16 @@ def test_fpn_detector_int8_quantizes_the_whole_fpn_and_exports_equal_to_eager(co
     export_int8_detector(q, x, str(path))  # checks the traced file against eager on x
     if extra is not None:
         assert_export_equals_eager(q, path, sorted(want.get_fields()), extra, rtol=1e-4)
+    if extra == ():  # Faster R-CNN: the file behind detectron2's model interface, as evaluators call it
+        from fbnet_zoo.detection.d2.deploy import ExportedDetector
+
+        inputs = [{"image": x, "height": 352, "width": 480}]
+        with torch.no_grad():
+            got = ExportedDetector(torch.jit.load(str(path)))(inputs)[0]["instances"]
+            ref = q(inputs)[0]["instances"]  # GeneralizedRCNN: inference + rescale to height x width
+        assert got.image_size == ref.image_size == (352, 480) and len(got) == len(ref) > 0
+        assert torch.allclose(got.pred_boxes.tensor, ref.pred_boxes.tensor, rtol=1e-4, atol=1e-3)
+        assert torch.equal(got.pred_classes, ref.pred_classes)
 
 
 def test_fpn_float_stages_keep_the_stem_float_and_the_fpn_int8(tmp_path):

@@ -113,6 +113,59 @@ def test_prepare_train_step_convert_detector():
         convert_detector_qat(int8)
 
 
+def test_qat_freezes_bn_from_the_default_iteration_on():
+    """QUANTIZATION.QAT.FREEZE_BN_ITER defaults to 0 (README "Freezing BN": short QAT fine-tunes
+    at small batch lose AP to live BN statistics; measured in benchmarks/detection_int8.py's
+    freeze_bn_study), and the late-QAT hook applies it with d2go's semantics: BN frozen before
+    iteration FREEZE_BN_ITER runs, ranges before FREEZE_OBSERVER_ITER, again after a resume."""
+    from types import SimpleNamespace
+
+    from detectron2.config import get_cfg
+    from test_detection_deploy import image, randomised
+    from torch.ao.nn.intrinsic.qat.modules.conv_fused import _ConvBnNd
+
+    from fbnet_zoo.detection.d2.quantization import add_quantization_config, prepare_detector_qat, qat_schedule_hook
+
+    q = add_quantization_config(get_cfg()).QUANTIZATION.QAT
+    assert (q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER) == (0, -1)
+    cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
+    qat = prepare_detector_qat(model, image(160, 224))
+    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
+    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
+    assert len(convbn) > 50 and not any(m.freeze_bn for m in convbn)
+
+    def run(hook, iters):
+        """(BN frozen, observers on) seen by each iteration, as the trainer calls the hook."""
+        trainer = SimpleNamespace(iter=0)
+        hook.trainer = trainer
+        seen = []
+        for it in iters:
+            trainer.iter = it
+            hook.before_step()
+            seen.append((all(m.freeze_bn for m in convbn), all(bool(m.observer_enabled[0]) for m in fake)))
+        return seen
+
+    # the default: BN statistics frozen before the first iteration, ranges never frozen
+    assert run(qat_schedule_hook(lambda: qat, q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER), [0, 1]) == [(True, True)] * 2
+    qat = prepare_detector_qat(model, image(160, 224))
+    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
+    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
+    assert run(qat_schedule_hook(lambda: qat, 2, 3), range(5)) == [
+        (False, True), (False, True), (True, True), (True, False), (True, False)]
+    # resumed past both iterations: the switches (module flags, not in checkpoints) apply at once
+    qat = prepare_detector_qat(model, image(160, 224))
+    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
+    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
+    assert run(qat_schedule_hook(lambda: qat, 2, 3), [10]) == [(True, False)]
+
+
+def test_train_net_qat_uses_the_default_freeze_bn_iter():
+    # tools/train_net.py --qat on our config, and the authors' QAT config, freeze BN from iteration 0
+    train_net = _train_net()
+    cfg = train_net.setup(train_net.build_parser().parse_args(["--config-file", CONFIG, "--qat"]))
+    assert cfg.QUANTIZATION.QAT.ENABLED and cfg.QUANTIZATION.QAT.FREEZE_BN_ITER == 0
+
+
 def test_the_authors_qat_config_is_theirs_on_our_keys():
     # d2go configs/qat_faster_rcnn_fbnetv3a_C4.yaml: 50 iterations at 1e-4, 48 images, qnnpack,
     # observers off at 5, BN frozen at 7, plain BN (fusable), on their float FBNetV3-A C4 model

@@ -12,10 +12,11 @@
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
         --toy-coco /tmp/toy SOLVER.MAX_ITER 20 SOLVER.IMS_PER_BATCH 2 INPUT.MIN_SIZE_TRAIN "(128,)"
     # quantization-aware training from trained fp32 weights, then int8: converted, evaluated,
-    # exported to OUTPUT_DIR/model_int8.ts (one TorchScript file with the post-processing)
+    # exported to OUTPUT_DIR/model_int8.ts (one TorchScript file with the post-processing);
+    # BN statistics frozen from the start (QUANTIZATION.QAT.FREEZE_BN_ITER's default 0), ranges
+    # here from iteration 4000
     python tools/train_net.py --config-file ... --qat MODEL.WEIGHTS output/model_final.pth \
-        SOLVER.BASE_LR 0.001 SOLVER.MAX_ITER 5000 QUANTIZATION.QAT.FREEZE_BN_ITER 3000 \
-        QUANTIZATION.QAT.FREEZE_OBSERVER_ITER 4000
+        SOLVER.BASE_LR 0.001 SOLVER.MAX_ITER 5000 QUANTIZATION.QAT.FREEZE_OBSERVER_ITER 4000
 
 Options: --config-file, --resume, --eval-only, --num-gpus, --num-machines, --machine-rank,
 --dist-url and trailing KEY VALUE overrides, as detectron2's own tools/train_net.py;

@@ -25,6 +25,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from detectron2.export import TracingAdapter
 from detectron2.layers import Conv2d as D2Conv2d
 from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from fbnet_zoo.deploy import fold_bn, strip_identities
@@ -37,8 +38,11 @@ logger = logging.getLogger(__name__)
 # POST_NMS_TOPK_TEST 30; "we use smaller numbers" than detectron2's 6000 / 1000).
 AUTHORS_C4_TEST_TOPK = {"pre_nms_topk": 1000, "test_proposals": 30}
 
-__all__ = ["AUTHORS_C4_TEST_TOPK", "cap_pre_nms_topk_for_export", "deploy_detector", "export_pre_nms_topk",
-           "export_torchscript", "instances_from_outputs"]
+__all__ = ["AUTHORS_C4_TEST_TOPK", "BOX_FIELDS", "ExportedDetector", "cap_pre_nms_topk_for_export", "deploy_detector",
+           "export_pre_nms_topk", "export_torchscript", "instances_from_outputs"]
+
+# the flat outputs of a Faster R-CNN export, in the order detectron2's TracingAdapter flattens them
+BOX_FIELDS = ("pred_boxes", "pred_classes", "scores")
 
 
 def _frozen_to_bn(module: nn.Module) -> nn.Module:
@@ -198,3 +202,28 @@ def instances_from_outputs(outputs: Tuple[torch.Tensor, ...], image_size: Tuple[
     for name, value in zip(fields, outputs):
         inst.set(name, Boxes(value) if name == "pred_boxes" else value)
     return inst
+
+
+class ExportedDetector(nn.Module):
+    """An exported detector (``export_torchscript`` / ``export_int8_detector``, or the file
+    ``torch.jit.load``-ed) behind detectron2's model interface -- a list of ``{"image", "height",
+    "width"}`` in, ``[{"instances": Instances}]`` out, boxes rescaled to height x width as
+    ``GeneralizedRCNN`` does -- so that detectron2's evaluators score the file itself.
+    ``fields``: the export's output fields in order, before its trailing image size
+    (``BOX_FIELDS`` for Faster R-CNN)."""
+
+    def __init__(self, exported: torch.jit.ScriptModule, fields=BOX_FIELDS):
+        super().__init__()
+        self.exported = exported
+        self.fields = list(fields)
+
+    def forward(self, batched_inputs):
+        results = []
+        for x in batched_inputs:
+            image = x["image"].float()
+            size = tuple(image.shape[-2:])
+            # the export returns the fields, then the image size it ran at
+            inst = instances_from_outputs(tuple(self.exported(image))[:len(self.fields)], size, self.fields)
+            results.append({"instances": detector_postprocess(inst, x.get("height", size[0]),
+                                                              x.get("width", size[1]))})
+        return results
