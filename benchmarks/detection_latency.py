@@ -32,8 +32,10 @@ AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
 Our FBNetV3-G FPN detector (model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml) runs its deploy
 path: BN folded, RPN test top-k as exported (200 per level before NMS, 1000 after), fp32
 TorchScript (+ channels_last) and int8 TorchScript, at its published test size (short side 800:
-800 x 1066) and at 320 x 320. The machine's load average (before, after, and at each size's
-start) and the process's nice value are recorded with the numbers.
+800 x 1066) and at 320 x 320. Random weights: the FPN's RPN NMS is off for timing (see
+fpn_variants) so that fp32 and int8 run the box head on the same RoIs; the d2 rows record the
+RoIs they measured. The machine's load average (before, after, and at each size's start) and
+the process's nice value are recorded with the numbers.
 Writes benchmarks/results/detection_latency.json (--quick: detection_latency_quick.json).
 """
 
@@ -148,6 +150,20 @@ def part_times(deployed, quantized, image: torch.Tensor, rounds: int) -> Dict[st
     return out
 
 
+def measured_rois(model: torch.nn.Module, image: torch.Tensor) -> int:
+    """How many RoIs the box head of a detectron2 detector gets on ``image`` (what its time
+    depends on: random weights, and int8 more than fp32, can leave fewer proposals than the
+    RPN's top-k)."""
+    seen = {}
+    hook = model.roi_heads.box_pooler.register_forward_hook(lambda mod, args, out: seen.update(n=out.shape[0]))
+    try:
+        with torch.no_grad():
+            model.inference([{"image": image}], do_postprocess=False)
+    finally:
+        hook.remove()
+    return int(seen.get("n", 0))
+
+
 def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
                 parts: Optional[Dict[str, Any]] = None, part_rounds: int = 0) -> Dict[str, Tuple[Callable, dict]]:
     """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config,
@@ -165,14 +181,15 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     ts = export_torchscript(dep, calib)
     cl = deploy_detector(model, channels_last=True, **AUTHORS_C4_TEST_TOPK)
     ts_cl = export_torchscript(cl, calib)
-    info = {"params": n_params(dep), "proposals": 30, "pre_nms_topk": 1000, "folded_bn": dep.folded_bn}
+    info = {"params": n_params(dep), "proposals": 30, "pre_nms_topk": 1000, "folded_bn": dep.folded_bn,
+            "rois_measured": measured_rois(dep, image)}
     out[f"{tag} deploy"] = (lambda: dep.inference([{"image": image}], do_postprocess=False), info)
     out[f"{tag} deploy TorchScript"] = (lambda: ts(image), info)
     out[f"{tag} deploy TorchScript channels_last"] = (lambda: ts_cl(image), info)
     # the whole detector int8 (every FBNet part), calibrated on shifted copies of the calibration image
     q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
     ts_q = export_int8_detector(q, calib)
-    qinfo = {**info, "int8_parts": int8_parts(q)}
+    qinfo = {**info, "int8_parts": int8_parts(q), "rois_measured": measured_rois(q, image)}
     out[f"{tag} deploy int8"] = (lambda: q.inference([{"image": image}], do_postprocess=False), qinfo)
     out[f"{tag} deploy int8 TorchScript"] = (lambda: ts_q(image), qinfo)
     # the same with the stem and the first (stride-2, 16-channel) stage float
@@ -194,18 +211,25 @@ def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) 
 
     cfg, model = d2_model(path)
     calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
+    # random weights: the int8 RPN's coarse deltas collapse under NMS (FBNetV3-G at 320: 48
+    # proposals int8, 597 fp32), so its box head would run on far fewer RoIs than fp32's. RPN NMS
+    # off (IoU threshold 1: NMS runs, suppresses nothing): both get every pre-NMS box, up to 1000
+    model.proposal_generator.nms_thresh = 1.0
     dep = cap_pre_nms_topk_for_export(deploy_detector(model))
     cl = cap_pre_nms_topk_for_export(deploy_detector(model, channels_last=True))
     rpn = dep.proposal_generator
     info = {"params": n_params(dep), "proposals": rpn.post_nms_topk[False], "pre_nms_topk": rpn.pre_nms_topk[False],
             "folded_bn": dep.folded_bn, "image": list(image.shape[-2:])}
+    info["rpn_nms_thresh"] = 1.0
+    info["rois_measured"] = measured_rois(dep, image)
     ts = export_torchscript(dep, calib)
     ts_cl = export_torchscript(cl, calib)
     q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
     ts_q = export_int8_detector(q, calib)
+    qinfo = {**info, "int8_parts": int8_parts(q), "rois_measured": measured_rois(q, image)}
     return {f"{tag} deploy TorchScript": (lambda: ts(image), info),
             f"{tag} deploy TorchScript channels_last": (lambda: ts_cl(image), info),
-            f"{tag} deploy int8 TorchScript": (lambda: ts_q(image), {**info, "int8_parts": int8_parts(q)})}
+            f"{tag} deploy int8 TorchScript": (lambda: ts_q(image), qinfo)}
 
 
 def tv_variants(image: torch.Tensor, size: int = 0) -> Dict[str, Tuple[Callable, dict]]:
@@ -312,7 +336,7 @@ def main(argv=None) -> Dict[str, Any]:
         print(f"\n[{setting}]  {'model':<54} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
         for name, r in rows.items():
             print(f"{'':<{len(setting) + 4}}{name:<54} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
-                  f"{r['speed_vs_tv_320_fpn']:8.2f} {r['proposals']:5d} {r['params'] / 1e6:8.2f}")
+                  f"{r['speed_vs_tv_320_fpn']:8.2f} {r.get('rois_measured', r['proposals']):5d} {r['params'] / 1e6:8.2f}")
         print(f"  int8 vs best fp32 TorchScript: C4 {fp32_over_int8:.2f}x"
               + (f", FPN {result[f'{setting} int8 vs fp32']['ratio_ours_fpn']:.2f}x" if not a.no_fpn else "")
               + ";  C4 per part (fp32 ms / int8 ms): " + ", ".join(
