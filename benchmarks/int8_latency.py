@@ -7,7 +7,7 @@ round-robin (median), so load drifts hit all modes alike. Modes:
 - fp32: eager; TorchScript (BN folded, scripted, frozen); TorchScript + optimize_for_inference
   (mkldnn); onnxruntime (our ONNX export, BN folded). The fair baseline is the fastest of them.
 - int8 (``fbnet_zoo.quantize.quantize_static``, FX graph mode, traced + frozen TorchScript):
-  the fbgemm and x86 backends, each fed NCHW and channels_last input; onnxruntime's own static
+  the fbgemm, x86 and onednn backends, each fed NCHW and channels_last input; onnxruntime's own static
   int8 (QDQ, per-channel weights) of the same ONNX export.
   Ratios: fp32 median / int8 median (> 1: int8 faster), for the best int8 mode against every
   fp32 mode, and every int8 mode against the best fp32 mode.
@@ -177,7 +177,7 @@ def latency(variant, iters, threads, seed, with_ort):
         modes["fp32_torchscript"] = frozen
         modes["fp32_torchscript_ofi"] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(folded).eval()))
     int8 = {}
-    for backend in ("fbgemm", "x86"):
+    for backend in ("fbgemm", "x86", "onednn"):
         t0 = time.perf_counter()
         q = quantize_static(model, batches(calib, 4), backend=backend)
         ptq_s[backend] = round(time.perf_counter() - t0, 1)
@@ -190,15 +190,16 @@ def latency(variant, iters, threads, seed, with_ort):
     fp32 = {k: v for k, v in med.items() if k.startswith("fp32")}
     i8 = {k: v for k, v in med.items() if k.startswith("int8")}
     best_fp32, best_int8 = min(fp32, key=fp32.get), min(i8, key=i8.get)
-    with torch.no_grad():  # same int8 model, both backends: the packed kernels agree with each other
-        same = float((int8["fbgemm"](calib) - int8["x86"](calib)).abs().max())
+    with torch.no_grad():  # the same int8 model (same bit split) on each engine's kernels
+        ref = int8["fbgemm"](calib)
+        diff = {b: round(float((int8[b](calib) - ref).abs().max()), 5) for b in ("x86", "onednn")}
     return {
         "model": f"fbnetv3_{variant}", "ours_arch": model.spec.name, "input_size": size, "iters": iters,
         "ptq_seconds": ptq_s, "median_ms": {k: round(v, 2) for k, v in med.items()},
         "best_fp32": best_fp32, "best_int8": best_int8,
         "ratio_best_int8_vs": {k: round(v / med[best_int8], 3) for k, v in fp32.items()},
         "ratio_vs_best_fp32": {k: round(med[best_fp32] / v, 3) for k, v in i8.items()},
-        "fbgemm_vs_x86_max_abs_diff": round(same, 5),
+        "fbgemm_vs_x86_max_abs_diff": diff["x86"], "fbgemm_vs_onednn_max_abs_diff": diff["onednn"],
     }
 
 

@@ -75,7 +75,7 @@ __all__ = ["BACKENDS", "REDUCE_RANGE", "Int8StorageFakeQuantize", "QATSchedule",
            "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "qat_qconfig_mapping", "quantize_static",
            "same_pad_depthwise", "sensitivity", "top1_agreement"]
 
-BACKENDS = ("fbgemm", "x86", "qnnpack")
+BACKENDS = ("fbgemm", "x86", "onednn", "qnnpack")
 
 
 def default_backend() -> str:
@@ -173,13 +173,21 @@ def same_pad_depthwise(graph: nn.Module) -> int:
 REDUCE_RANGE = ("activations", "weights", "none")
 
 
+def _pytorch_mapping(default_mapping: Callable[[str], QConfigMapping], backend: str) -> QConfigMapping:
+    """PyTorch's default (PTQ or QAT) mapping of ``backend``, without its warning that onednn's
+    8-bit activations need VNNI: our global qconfig replaces that one (``_bit_split``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Default qconfig of oneDNN", category=UserWarning)
+        return default_mapping(backend)
+
+
 def _ptq_qconfig_mapping(backend: str, reduce_range: Any) -> QConfigMapping:
     """PyTorch's default PTQ mapping for ``backend`` with the bit split ``reduce_range`` asks for
     (see ``quantize_static``); fixed-qparams ops (hardsigmoid, ...) keep theirs."""
     from torch.ao.quantization import get_default_qconfig_mapping
 
-    mapping = get_default_qconfig_mapping(backend)
-    if reduce_range is None:
+    mapping = _pytorch_mapping(get_default_qconfig_mapping, backend)
+    if reduce_range is None and backend != "onednn":  # PyTorch's onednn default assumes VNNI: see _bit_split
         return mapping
     mode = _bit_split(backend, reduce_range, "quantize_static")
     weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
@@ -305,7 +313,8 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
 
     reduce_range: which side gives up a bit so that fbgemm's AVX2 kernels, which multiply
     u8 activations by s8 weights into *saturating* int16 pair sums, never saturate:
-    None keeps the backend's default (fbgemm / x86: ``"activations"``; qnnpack: ``"none"``);
+    None keeps the backend's default (fbgemm / x86: ``"activations"``; qnnpack: ``"none"``; onednn: ``"none"``
+    with VNNI, else ``"activations"``, where PyTorch's own default would saturate);
     ``"activations"`` (or True): 7-bit activations, 8-bit weights (2 * 127 * 128 < 2**15);
     ``"weights"``: 8-bit activations, 7-bit weights (|w| <= 64: 2 * 255 * 64 = 32640 < 2**15),
     exact on every x86 CPU (tests/test_quantize_agreement.py checks a conv against the float
@@ -469,6 +478,10 @@ def _keep_float(mapping: QConfigMapping, model: nn.Module, keep_float: Sequence[
 def _bit_split(backend: str, reduce_range: Any, where: str) -> str:
     """``reduce_range`` as one of REDUCE_RANGE (None: the backend's default)."""
     if reduce_range is None:
+        if backend == "onednn":
+            # PyTorch's onednn default observes 8-bit activations with 8-bit weights, exact only with
+            # VNNI; AVX2 without it sums u8 x s8 pairs in int16 and saturates (PyTorch warns as much)
+            return "none" if torch.cpu._is_vnni_supported() else "activations"
         return "activations" if backend in ("fbgemm", "x86") else "none"
     mode = ("activations" if reduce_range else "none") if isinstance(reduce_range, bool) else reduce_range
     if mode not in REDUCE_RANGE:
@@ -490,7 +503,7 @@ def qat_qconfig_mapping(backend: str, reduce_range: Union[None, bool, str] = Non
     Fixed-qparams ops (hardsigmoid, ...) keep PyTorch's fake-quant: those already agree.
     reduce_range: the bit split, as in ``quantize_static``."""
     mode = _bit_split(backend, reduce_range, "qat_qconfig_mapping")
-    mapping = get_default_qat_qconfig_mapping(backend)
+    mapping = _pytorch_mapping(get_default_qat_qconfig_mapping, backend)
     activation = Int8StorageFakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
                                                    reduce_range=mode == "activations")
     # 7-bit weights as -63..63 (scale absmax / 63): fake-quant clamps to the observer's range,
@@ -521,18 +534,32 @@ def prepare_qat(model: nn.Module, backend: Optional[str] = None, example: Option
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
-            return prepare_qat_fx(qat, mapping, _example(model, example))
+            prepared = prepare_qat_fx(qat, mapping, _example(model, example))
     except Exception as e:
         raise QuantizationError(f"prepare_qat: FX tracing failed: {type(e).__name__}: {e}") from e
+    prepared.meta[_QAT_BACKEND] = backend  # GraphModule.meta survives deepcopy (the trainer's EMA copy)
+    return prepared
+
+
+_QAT_BACKEND = "fbnet_zoo.quantize.backend"
 
 
 def convert_qat(model: nn.Module, backend: Optional[str] = None) -> nn.Module:
-    """The int8 model of a QAT-trained ``prepare_qat`` model (a copy, in eval mode)."""
+    """The int8 model of a QAT-trained ``prepare_qat`` model (a copy, in eval mode).
+    backend: None converts for the backend ``prepare_qat`` used (its fake-quant ranges were
+    chosen for that backend's kernels); another one is refused, except fbgemm <-> x86 (the same
+    kernels and bit split)."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    _backend(backend)
     if not isinstance(model, torch.fx.GraphModule):
         raise QuantizationError(f"convert_qat: expected the model returned by prepare_qat, got {type(model).__name__}")
+    trained_for = model.meta.get(_QAT_BACKEND)
+    if backend is not None and trained_for is not None and backend != trained_for \
+            and {backend, trained_for} != {"fbgemm", "x86"}:
+        raise QuantizationError(f"convert_qat: backend {backend!r} differs from the {trained_for!r} that prepare_qat "
+                                f"trained for (its quantization ranges assume {trained_for!r}'s kernels); pass "
+                                f"backend={trained_for!r} or None")
+    _backend(backend or trained_for)
     fake_quant = {name: m.weight_fake_quant for name, m in model.named_modules() if hasattr(m, "weight_fake_quant")}
     quantized = convert_fx(copy.deepcopy(model).eval())
     _clamp_int8_weights(quantized, fake_quant)
