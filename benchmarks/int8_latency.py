@@ -25,10 +25,12 @@ fp32 and int8 top-1 accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for
 PyTorch's fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair
 sums), then the accuracy options of ``quantize_static``: 8-bit activations with 7-bit weights
 (``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
-and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+least-squared-error ranges (``ranges="mse"``, with both bit splits), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
 per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
 option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
-weights). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
+weights). The rows are checked on ``--check`` more held-out images (a third seed; Wilson 95% intervals),
+and the main rows re-calibrated on ``--calibration-draws`` disjoint slices of the training
+images (the spread a user sees from the calibration set). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
 the default bit split and with 8/7 bits: the int8 model's accuracy and agreement with fp32 and
 with the QAT model it was converted from.
 
