@@ -7,7 +7,7 @@ round-robin (median), so load drifts hit all modes alike. Modes:
 - fp32: eager; TorchScript (BN folded, scripted, frozen); TorchScript + optimize_for_inference
   (mkldnn); onnxruntime (our ONNX export, BN folded). The fair baseline is the fastest of them.
 - int8 (``fbnet_zoo.quantize.quantize_static``, FX graph mode, traced + frozen TorchScript):
-  the fbgemm and x86 backends, each fed NCHW and channels_last input; onnxruntime's own static
+  the fbgemm, x86 and onednn backends, each fed NCHW and channels_last input; onnxruntime's own static
   int8 (QDQ, per-channel weights) of the same ONNX export.
   Ratios: fp32 median / int8 median (> 1: int8 faster), for the best int8 mode against every
   fp32 mode, and every int8 mode against the best fp32 mode.
@@ -25,10 +25,12 @@ fp32 and int8 top-1 accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for
 PyTorch's fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair
 sums), then the accuracy options of ``quantize_static``: 8-bit activations with 7-bit weights
 (``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
-and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+least-squared-error ranges (``ranges="mse"``, with both bit splits), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
 per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
 option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
-weights). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
+weights). The rows are checked on ``--check`` more held-out images (a third seed; Wilson 95% intervals),
+and the main rows re-calibrated on ``--calibration-draws`` disjoint slices of the training
+images (the spread a user sees from the calibration set). Then QAT (``--qat-epochs``) through the trainer from the fp32 weights, EMA on, with
 the default bit split and with 8/7 bits: the int8 model's accuracy and agreement with fp32 and
 with the QAT model it was converted from.
 
@@ -177,7 +179,7 @@ def latency(variant, iters, threads, seed, with_ort):
         modes["fp32_torchscript"] = frozen
         modes["fp32_torchscript_ofi"] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(folded).eval()))
     int8 = {}
-    for backend in ("fbgemm", "x86"):
+    for backend in ("fbgemm", "x86", "onednn"):
         t0 = time.perf_counter()
         q = quantize_static(model, batches(calib, 4), backend=backend)
         ptq_s[backend] = round(time.perf_counter() - t0, 1)
@@ -190,15 +192,16 @@ def latency(variant, iters, threads, seed, with_ort):
     fp32 = {k: v for k, v in med.items() if k.startswith("fp32")}
     i8 = {k: v for k, v in med.items() if k.startswith("int8")}
     best_fp32, best_int8 = min(fp32, key=fp32.get), min(i8, key=i8.get)
-    with torch.no_grad():  # same int8 model, both backends: the packed kernels agree with each other
-        same = float((int8["fbgemm"](calib) - int8["x86"](calib)).abs().max())
+    with torch.no_grad():  # the same int8 model (same bit split) on each engine's kernels
+        ref = int8["fbgemm"](calib)
+        diff = {b: round(float((int8[b](calib) - ref).abs().max()), 5) for b in ("x86", "onednn")}
     return {
         "model": f"fbnetv3_{variant}", "ours_arch": model.spec.name, "input_size": size, "iters": iters,
         "ptq_seconds": ptq_s, "median_ms": {k: round(v, 2) for k, v in med.items()},
         "best_fp32": best_fp32, "best_int8": best_int8,
         "ratio_best_int8_vs": {k: round(v / med[best_int8], 3) for k, v in fp32.items()},
         "ratio_vs_best_fp32": {k: round(med[best_fp32] / v, 3) for k, v in i8.items()},
-        "fbgemm_vs_x86_max_abs_diff": round(same, 5),
+        "fbgemm_vs_x86_max_abs_diff": diff["x86"], "fbgemm_vs_onednn_max_abs_diff": diff["onednn"],
     }
 
 
@@ -248,16 +251,28 @@ def _top1(fn, x, y):
         return float((fn(x).argmax(1) == y).float().mean())
 
 
-# (row name, keep_float, reduce_range, bias_correction); the first three are the rows measured
-# since the benchmark began (keep them comparable)
+# (row name, keep_float, reduce_range, bias_correction, ranges); the first three are the rows
+# measured since the benchmark began (keep them comparable)
 PTQ_VARIANTS = (
-    ("ptq_all_int8", (), None, False),
-    ("ptq_stem_classifier_fp32", FIRST_AND_LAST, None, False),
-    ("ptq_all_int8_8bit_activations", (), False, False),
-    ("ptq_all_int8_bias_correction", (), None, True),
-    ("ptq_8bit_activations_7bit_weights", (), "weights", False),
-    ("ptq_8bit_activations_7bit_weights_bias_correction", (), "weights", True),
+    ("ptq_all_int8", (), None, False, "histogram"),
+    ("ptq_stem_classifier_fp32", FIRST_AND_LAST, None, False, "histogram"),
+    ("ptq_all_int8_8bit_activations", (), False, False, "histogram"),
+    ("ptq_all_int8_bias_correction", (), None, True, "histogram"),
+    ("ptq_8bit_activations_7bit_weights", (), "weights", False, "histogram"),
+    ("ptq_8bit_activations_7bit_weights_bias_correction", (), "weights", True, "histogram"),
+    ("ptq_all_int8_mse_ranges", (), None, False, "mse"),
+    ("ptq_8bit_activations_7bit_weights_mse_ranges", (), "weights", False, "mse"),
 )
+# the rows re-calibrated on several draws of calibration images (the spread a user sees)
+CALIBRATION_DRAW_ROWS = ("ptq_all_int8", "ptq_8bit_activations_7bit_weights", "ptq_all_int8_mse_ranges",
+                         "ptq_8bit_activations_7bit_weights_mse_ranges")
+
+
+def _wilson(agree, n, z=1.96):
+    """The Wilson score interval (95%) of a binomial proportion."""
+    centre = (agree + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (agree * (1 - agree) / n + z * z / (4 * n * n)) ** 0.5
+    return [round(centre - half, 4), round(centre + half, 4)]
 
 
 def _variant_latency(fp32, quantized, size, iters, channels_last=False):
@@ -284,15 +299,47 @@ def zoo_variant_latency(arch, iters, seed=0):
     model = fbnet_zoo.build_model(arch).eval()
     size = model.spec.input_size
     calib = batches(torch.randn(8, 3, size, size, generator=torch.Generator().manual_seed(seed)), 4)
-    quantized = {f"int8_{name}": quantize_static(model, calib, reduce_range=rr, bias_correction=bc)
-                 for name, rr, bc in (("default", None, False), ("8bit_activations_7bit_weights", "weights", False),
-                                      ("8bit_activations_7bit_weights_bias_correction", "weights", True))}
+    quantized = {f"int8_{name}": quantize_static(model, calib, reduce_range=rr, bias_correction=bc, ranges=ranges)
+                 for name, rr, bc, ranges in (
+                     ("default", None, False, "histogram"), ("8bit_activations_7bit_weights", "weights", False, "histogram"),
+                     ("8bit_activations_7bit_weights_bias_correction", "weights", True, "histogram"),
+                     ("8bit_activations_7bit_weights_mse_ranges", "weights", False, "mse"))}
     return {"model": arch, "input_size": size, "iters": iters,
             "modes": _variant_latency(model, quantized, size, iters, channels_last=True)}
 
 
+def _calibration_draws(model, x, f, n_calib, res, draws, example):
+    """CALIBRATION_DRAW_ROWS re-calibrated on ``draws`` disjoint slices of ``n_calib`` training
+    images (the embedded training set itself: 2500 images of data seed 0), each compared with fp32
+    (logits ``f``) on ``x``: per-draw agreement and SQNR, their mean and standard deviation, and
+    the Wilson 95% interval of the mean over ``len(x)`` images."""
+    pool, _ = images(2500, 0, 32)
+    if res != 32:
+        pool = nn.functional.interpolate(pool, size=(res, res), mode="bilinear", align_corners=False)
+    draws = min(draws, len(pool) // n_calib)
+    out = {"draws": draws, "images_per_draw": n_calib, "rows": {}}
+    for name in CALIBRATION_DRAW_ROWS:
+        _, keep, reduce_range, bias_correction, ranges = next(v for v in PTQ_VARIANTS if v[0] == name)
+        agree, sqnr = [], []
+        for k in range(draws):
+            q = quantize_static(model, batches(pool[k * n_calib:(k + 1) * n_calib], 32), example=example,
+                                keep_float=keep, reduce_range=reduce_range, bias_correction=bias_correction,
+                                ranges=ranges)
+            with torch.no_grad():
+                g = q(x)
+            agree.append(float((g.argmax(1) == f.argmax(1)).float().mean()))
+            sqnr.append(float(10 * torch.log10(f.pow(2).sum() / (f - g).pow(2).sum())))
+        mean = statistics.mean(agree)
+        out["rows"][name] = {"top1_agreement": [round(a, 4) for a in agree], "mean": round(mean, 4),
+                             "std": round(statistics.stdev(agree), 4) if draws > 1 else 0.0,
+                             "wilson_95_of_mean": _wilson(mean, len(x)),
+                             "logit_sqnr_db": [round(v, 2) for v in sqnr], "mean_logit_sqnr_db": round(statistics.mean(sqnr), 2)}
+    return out
+
+
 def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
-                      sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000):
+                      sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000,
+                      calibration_draws=4):
     t0 = time.perf_counter()
     if load:
         model = build_arch(arch)
@@ -323,12 +370,12 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
                 "ptq_seconds": round(seconds, 1)}
 
     quantized = {}
-    for name, keep, reduce_range, bias_correction in PTQ_VARIANTS:
+    for name, keep, reduce_range, bias_correction, ranges in PTQ_VARIANTS:
         t1 = time.perf_counter()
         q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range,
-                            bias_correction=bias_correction)
+                            bias_correction=bias_correction, ranges=ranges)
         out[name] = {"reduce_range": reduce_range, "bias_correction": bias_correction, "keep_float": list(keep),
-                     **row(q, time.perf_counter() - t1)}
+                     "ranges": ranges, **row(q, time.perf_counter() - t1)}
         quantized[name] = q
     if sensitivity_units:
         # which units hurt: each alone in int8 (the rest fp32), for the default and the 8/7-bit split
@@ -358,8 +405,12 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
             agree = float((g.argmax(1) == fc.argmax(1)).float().mean())
             check[name] = {"top1_agreement": round(agree, 4),
                            "binomial_std": round((agree * (1 - agree) / n_check) ** 0.5, 4),
+                           "wilson_95": _wilson(agree, n_check),
                            "logit_sqnr_db": round(float(10 * torch.log10(fc.pow(2).sum() / (fc - g).pow(2).sum())), 1)}
         out["check_held_out"] = {"images": n_check, "seed": seed + 2000, "rows": check}
+        if calibration_draws:
+            out["check_held_out"]["calibration_draws"] = _calibration_draws(model, xc, fc, n_calib, res,
+                                                                            calibration_draws, xv[:1])
     if latency_size:
         out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
                                  "modes": _variant_latency(model, quantized, latency_size, latency_iters)}
@@ -393,6 +444,9 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tune epochs (default 3; --quick 0)")
     p.add_argument("--calib", type=int, default=256, help="calibration images (from the training images)")
     p.add_argument("--held", type=int, default=1000, help="held-out images for the agreement")
+    p.add_argument("--check", type=int, default=5000, help="further held-out images (a third seed) for the check rows")
+    p.add_argument("--calibration-draws", type=int, default=4,
+                   help="re-calibrate the main PTQ rows on this many disjoint slices of training images (0: skip)")
     p.add_argument("--load", metavar="PATH", help="trained weights of --agreement-arch (a 10-class state dict) "
                                                   "instead of training")
     p.add_argument("--save", metavar="PATH", help="save the trained --agreement-arch weights there (for --load)")
@@ -424,7 +478,8 @@ def main(argv=None):
     if args.agreement_arch:
         agreement = trained_agreement(args.agreement_arch, args.train_epochs, args.train_res, args.train_images,
                                       args.calib, args.held, args.seed, qat_epochs, args.load, args.save,
-                                      not (args.no_sensitivity or args.quick))
+                                      not (args.no_sensitivity or args.quick), n_check=args.check,
+                                      calibration_draws=0 if args.quick else args.calibration_draws)
         if args.variant_latency_model and not args.quick:
             agreement["zoo_latency_of_ptq_options"] = zoo_variant_latency(args.variant_latency_model, iters, args.seed)
         print(json.dumps(agreement, indent=1), flush=True)

@@ -115,6 +115,45 @@ def test_quantization_aware_training_steps_then_converts_to_int8():
         convert_qat(model)
 
 
+@pytest.fixture
+def engine_restored():
+    """The quantized engine is process-wide: put it back for the tests that follow."""
+    engine = torch.backends.quantized.engine
+    yield
+    torch.backends.quantized.engine = engine
+
+
+def test_onednn_backend_runs_int8_kernels_without_saturating_and_exports(engine_restored):
+    """PyTorch's onednn default (8-bit activations and weights) saturates int16 pair sums on
+    CPUs without VNNI; ours is exact wherever it runs: the int8 model stays as close to fp32
+    as fbgemm's, and its TorchScript export computes the same."""
+    model = _model()
+    calib = [_images(8, s) for s in range(2)]
+    x = _images(32, 11)
+    with torch.no_grad():
+        ref = model(x)
+        got = {b: quantize_static(model, calib, backend=b) for b in ("fbgemm", "onednn")}
+        assert torch.backends.quantized.engine == "onednn"
+        outs = {b: q(x) for b, q in got.items()}
+        ts = export_int8_torchscript(got["onednn"], None, example=x[:1])
+        assert torch.allclose(ts(x), outs["onednn"], rtol=0, atol=1e-5)
+    sqnr = {b: float(10 * torch.log10(ref.pow(2).sum() / (ref - o).pow(2).sum())) for b, o in outs.items()}
+    assert sqnr["onednn"] > 15 and sqnr["onednn"] > sqnr["fbgemm"] - 3, sqnr
+    assert "quantized::conv2d" in str(ts.inlined_graph)
+
+
+def test_convert_qat_converts_for_the_backend_prepare_qat_trained_for(engine_restored):
+    model = _model()
+    qat = prepare_qat(model, backend="qnnpack")       # 8-bit activations and weights: qnnpack's split
+    qat(_images(8, 0))
+    torch.backends.quantized.engine = "x86"
+    q = convert_qat(copy.deepcopy(qat))                # a copy (as the trainer's EMA is) keeps the backend
+    assert torch.backends.quantized.engine == "qnnpack" and _int8_modules(q)
+    with pytest.raises(QuantizationError, match="backend 'x86' differs from the 'qnnpack' that prepare_qat"):
+        convert_qat(qat, backend="x86")
+    convert_qat(prepare_qat(model, backend="x86"), backend="fbgemm")   # the same kernels: allowed
+
+
 def test_qat_with_stochastic_depth_names_the_fix():
     model = fbnet_zoo.build_model(TINY, num_classes=10, drop_path_rate=0.2)
     with pytest.raises(QuantizationError, match="drop_path_rate=0"):

@@ -162,3 +162,79 @@ def test_qat_with_7_bit_weights_converts_to_what_it_trained():
         want, got = qat(x), q(x)
     sqnr = float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum()))
     assert sqnr > 25, f"int8 is not what QAT computed (SQNR {sqnr:.1f} dB; ~10 without the clamp)"
+
+
+def _affine_error(x, scale, zero_point, qmin=0, qmax=255):
+    """Mean squared error of quantizing ``x`` with (scale, zero_point), PyTorch's arithmetic."""
+    q = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
+    return float((q - x).pow(2).mean())
+
+
+def test_mse_activation_ranges_are_the_least_squared_error_ranges():
+    from torch.ao.quantization import HistogramObserver, MinMaxObserver
+    from fbnet_zoo.quantize import MSEHistogramObserver
+
+    g = torch.Generator().manual_seed(0)
+    # hardswish-like activations: a heavy positive tail, a bounded negative side, a few outliers
+    u = torch.rand(20000, generator=g) - 0.5
+    body = 0.3 - 0.4 * u.sign() * torch.log1p(-2 * u.abs())            # Laplace(0.3, 0.4)
+    x = torch.cat([body.clamp_min(-0.375), torch.tensor([6.0, 9.0, 12.0])])
+    errors = {}
+    for name, cls in (("mse", MSEHistogramObserver), ("histogram", HistogramObserver), ("minmax", MinMaxObserver)):
+        obs = cls(reduce_range=False)
+        for chunk in x.split(4096):
+            obs(chunk)
+        errors[name] = _affine_error(x, *obs.calculate_qparams())
+    # brute force on the raw values (not the histogram): the best of a fine grid of ranges
+    best = min(_affine_error(x, (hi + 0.375) / 255, round(0.375 / ((hi + 0.375) / 255)))
+               for hi in torch.linspace(0.5, 12.0, 400).tolist())
+    assert errors["mse"] <= 1.02 * best, (errors, best)
+    # PyTorch's greedy search stops early here (~10% more error), min / max keeps the outliers
+    assert errors["mse"] < 0.95 * errors["histogram"] and errors["mse"] < 0.95 * errors["minmax"], errors
+
+
+def test_mse_weight_ranges_clip_per_channel_within_7_bits():
+    from torch.ao.quantization import PerChannelMinMaxObserver
+    from fbnet_zoo.quantize import MSEPerChannelWeightObserver
+
+    w = torch.randn(16, 16, 3, 3, generator=torch.Generator().manual_seed(0))
+    w[::2, 0, 0, 0] = 8.0                                   # one far outlier in every other channel
+    kw = dict(dtype=torch.qint8, qscheme=torch.per_channel_symmetric, reduce_range=True)
+    per_channel = {}
+    for name, cls in (("mse", MSEPerChannelWeightObserver), ("minmax", PerChannelMinMaxObserver)):
+        obs = cls(**kw)
+        obs(w)
+        obs(w)                                              # observing again does not shrink further
+        scale, zero_point = obs.calculate_qparams()
+        assert (obs.quant_min, obs.quant_max) == (-64, 63)                      # 7 bits
+        q = torch.fake_quantize_per_channel_affine(w, scale, zero_point.int(), 0, -64, 63)
+        per_channel[name] = (q - w).pow(2).flatten(1).mean(1)
+    assert bool((per_channel["mse"] <= per_channel["minmax"] * (1 + 1e-6)).all())
+    ratio = per_channel["mse"] / per_channel["minmax"]
+    assert bool((ratio[::2] > 1 - 1e-6).all())              # clipping a far outlier to 7 bits costs more: kept
+    assert int((ratio[1::2] < 0.97).sum()) >= 4, ratio      # Gaussian channels: clipped, less error
+
+
+def test_quantize_static_mse_ranges_option():
+    from fbnet_zoo.quantize import _quantized_linear_layers
+
+    model = _model()
+    calib, held = [_images(16, s) for s in range(2)], _images(64, 80)
+    plain = quantize_static(model, calib, reduce_range="weights")
+    mse = quantize_static(model, calib, reduce_range="weights", ranges="mse")
+    scales = {n: layer.weight().q_per_channel_scales() for n, layer in _quantized_linear_layers(plain)}
+    clipped = 0
+    for name, layer in _quantized_linear_layers(mse):
+        w = layer.weight()
+        # clipped weights clamp to 7 bits (convert_fx alone would store them up to 127: saturation)
+        assert int(w.int_repr().min()) >= -64 and int(w.int_repr().max()) <= 63, name
+        assert bool((w.q_per_channel_scales() <= scales[name] * (1 + 1e-6)).all()), name
+        clipped += int((w.q_per_channel_scales() < scales[name] * 0.999).sum())
+    assert clipped > 0
+    with torch.no_grad():
+        ref, out = model(held), mse(held)
+    # a working int8 model (per-tensor least error is no promise of a better output: on this
+    # random tiny model the histogram ranges give more logit SQNR, on the trained one less)
+    assert float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())) > 20
+    with pytest.raises(QuantizationError, match=r"quantize_static: ranges: 'minmax' is not one of \['histogram', 'mse'\]"):
+        quantize_static(model, calib, ranges="minmax")
