@@ -2,8 +2,8 @@
 """Box AP of the int8 detector vs fp32 on the toy COCO set, evaluated on the same images.
 
 1. Toy COCO (fbnet_zoo.detection.toy_data): a training set and a held-out test set (another seed).
-2. Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml, random
-   init: nothing is downloaded) fine-tuned in fp32 on the training set with detectron2's
+2. Faster R-CNN FBNetV3-A C4 (model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml, or --config
+   / --opts, e.g. the FPN config; random init: nothing is downloaded) fine-tuned in fp32 on the training set with detectron2's
    trainer until its box AP is clearly above zero.
 3. Deployed (BN folded, the authors' RPN test top-k 1000 / 30), then post-training quantized
    (fbnet_zoo.detection.d2.quantization.quantize_detector: trunk, RPN head, box head int8)
@@ -24,7 +24,15 @@
     # each with its fp32 control (the same fine-tune without fake-quant)
     nice -n 10 python benchmarks/detection_int8.py --fp32-weights /tmp/fp32.pth --control \
         --qat iters=40,lr=0.002 --qat iters=200,lr=0.002,freeze_bn=1,freeze_observer=150
-Writes benchmarks/results/detection_int8.json.
+    # FREEZE_BN_ITER compared (stored under "freeze_bn_study", the file's other keys kept)
+    nice -n 10 python benchmarks/detection_int8.py --fp32-weights /tmp/fp32.pth --section freeze_bn_study \
+        --qat iters=100,lr=0.002,freeze_bn=-1,freeze_observer=75 --qat iters=100,lr=0.002,freeze_bn=0,freeze_observer=75
+    # the FPN detector (FBNetV3-A trunk): fp32 vs PTQ / QAT int8, and the exported files with the
+    # export's RPN pre-NMS cap (deploy.cap_pre_nms_topk_for_export) evaluated against eager
+    nice -n 10 python benchmarks/detection_int8.py --config model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml \
+        --opts MODEL.FBNET.ARCH FBNetV3-A --fp32-weights /tmp/fpn.pth --control --section fpn \
+        --qat iters=100,lr=0.002,freeze_observer=75
+Writes benchmarks/results/detection_int8.json (--section NAME: under that key).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ prepared for QAT (fake-quant, conv-BN fused), a few training iterations that cha
 weights, then the int8 detector converted, evaluated with COCOEvaluator and exported to one
 TorchScript file that runs and equals it."""
 
+import copy
 import importlib.util
 import os
 
@@ -129,15 +130,16 @@ def test_qat_freezes_bn_from_the_default_iteration_on():
     q = add_quantization_config(get_cfg()).QUANTIZATION.QAT
     assert (q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER) == (0, -1)
     cfg, model = randomised("FBNetV3-A-d2go:faster_rcnn_c4")
-    qat = prepare_detector_qat(model, image(160, 224))
-    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
-    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
-    assert len(convbn) > 50 and not any(m.freeze_bn for m in convbn)
+    prepared = prepare_detector_qat(model, image(160, 224))
 
-    def run(hook, iters):
-        """(BN frozen, observers on) seen by each iteration, as the trainer calls the hook."""
-        trainer = SimpleNamespace(iter=0)
-        hook.trainer = trainer
+    def run(freeze_bn_iter, freeze_observer_iter, iters):
+        """(BN frozen, observers on) seen by each iteration, as the trainer calls the hook (a fresh QAT copy)."""
+        qat = copy.deepcopy(prepared)
+        convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
+        fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
+        assert len(convbn) > 50 and fake and not any(m.freeze_bn for m in convbn)
+        hook = qat_schedule_hook(lambda: qat, freeze_bn_iter, freeze_observer_iter)
+        hook.trainer = trainer = SimpleNamespace(iter=0)
         seen = []
         for it in iters:
             trainer.iter = it
@@ -146,17 +148,10 @@ def test_qat_freezes_bn_from_the_default_iteration_on():
         return seen
 
     # the default: BN statistics frozen before the first iteration, ranges never frozen
-    assert run(qat_schedule_hook(lambda: qat, q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER), [0, 1]) == [(True, True)] * 2
-    qat = prepare_detector_qat(model, image(160, 224))
-    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
-    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
-    assert run(qat_schedule_hook(lambda: qat, 2, 3), range(5)) == [
-        (False, True), (False, True), (True, True), (True, False), (True, False)]
+    assert run(q.FREEZE_BN_ITER, q.FREEZE_OBSERVER_ITER, [0, 1]) == [(True, True)] * 2
+    assert run(2, 3, range(5)) == [(False, True), (False, True), (True, True), (True, False), (True, False)]
     # resumed past both iterations: the switches (module flags, not in checkpoints) apply at once
-    qat = prepare_detector_qat(model, image(160, 224))
-    convbn = [m for m in qat.modules() if isinstance(m, _ConvBnNd)]
-    fake = [m for m in qat.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)]
-    assert run(qat_schedule_hook(lambda: qat, 2, 3), [10]) == [(True, False)]
+    assert run(2, 3, [10]) == [(True, False)]
 
 
 def test_train_net_qat_uses_the_default_freeze_bn_iter():
