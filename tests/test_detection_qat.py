@@ -163,13 +163,12 @@ def test_train_net_qat_uses_the_default_freeze_bn_iter():
 
 def test_the_authors_qat_config_is_theirs_on_our_keys():
     # d2go configs/qat_faster_rcnn_fbnetv3a_C4.yaml: 50 iterations at 1e-4, 48 images, qnnpack,
-    # observers off at 5, plain BN (fusable), on their float FBNetV3-A C4 model; BN frozen from the
-    # start (our default; d2go: at 7)
+    # observers off at 5, BN frozen at 7, plain BN (fusable), on their float FBNetV3-A C4 model
     train_net = _train_net()
     path = os.path.join(REPO, "model_configs", "detection", "authors", "qat_faster_rcnn_fbnetv3a_C4.yaml")
     cfg = train_net.setup(train_net.build_parser().parse_args(["--config-file", path]))
     q = cfg.QUANTIZATION
-    assert (q.BACKEND, q.QAT.ENABLED, q.QAT.FREEZE_OBSERVER_ITER, q.QAT.FREEZE_BN_ITER) == ("qnnpack", True, 5, 0)
+    assert (q.BACKEND, q.QAT.ENABLED, q.QAT.FREEZE_OBSERVER_ITER, q.QAT.FREEZE_BN_ITER) == ("qnnpack", True, 5, 7)
     assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH) == (1e-4, 50, 48)
     assert (cfg.MODEL.FBNET.ARCH, cfg.MODEL.FBNET.NORM, cfg.MODEL.FBNET.HEAD_NORM) == ("FBNetV3-A-d2go", "BN", "BN")
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TEST == 30   # the float model's test settings are kept
