@@ -99,7 +99,7 @@ def main(argv=None):
                    help="int8: post-training static quantization, saved as TorchScript (<name>_int8.ts)")
     p.add_argument("--calibration", help="int8: folder of calibration images (default: generated images)")
     p.add_argument("--calibration-images", type=int, default=128, help="int8: number of calibration images")
-    p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | qnnpack (default: x86 on x86, "
+    p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | onednn | qnnpack (default: x86 on x86, "
                    "qnnpack on ARM)")
     p.add_argument("--keep-float", default="", help="int8: comma-separated submodules left in fp32 "
                    "(e.g. stages.0,classifier)")

@@ -440,7 +440,7 @@ def export_int8_detector(model: nn.Module, image: torch.Tensor, path: Optional[s
 def add_quantization_config(cfg: CN) -> CN:
     """Add the QUANTIZATION options (idempotent; d2go's names). Returns ``cfg``.
 
-    BACKEND: "" (x86 on x86 CPUs, qnnpack on ARM: fbnet_zoo.quantize.default_backend) | fbgemm | x86 | qnnpack.
+    BACKEND: "" (x86 on x86 CPUs, qnnpack on ARM: fbnet_zoo.quantize.default_backend) | fbgemm | x86 | onednn | qnnpack.
     QAT.ENABLED: train the detector quantization-aware (tools/train_net.py --qat sets it).
     QAT.FREEZE_BN_ITER / QAT.FREEZE_OBSERVER_ITER: the iteration from which the fused BN
     statistics / the quantization ranges stop updating, d2go's semantics (frozen before that
