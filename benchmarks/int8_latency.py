@@ -61,8 +61,8 @@ from torch import nn
 
 import fbnet_zoo
 from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
-from fbnet_zoo.quantize import (QATSchedule, convert_qat, export_int8_torchscript, prepare_qat, quantize_static,
-                                sensitivity, top1_agreement)
+from fbnet_zoo.quantize import (QATSchedule, _sqnr, convert_qat, export_int8_torchscript, prepare_qat,
+                                quantize_static, sensitivity, top1_agreement)
 from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, train_model
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
@@ -130,6 +130,14 @@ def images(n, seed, size):
     """n embedded-set images at ``size`` px, normalised as the training pipeline does, and labels."""
     x, y = make_embedded_arrays(n, seed=seed, size=size)
     return (torch.from_numpy(x).float() / 255.0 - MEAN) / STD, torch.from_numpy(y)
+
+
+def images_at(n, seed, res):
+    """``images`` generated at the embedded set's 32 px and resized to ``res`` as the trainer does."""
+    x, y = images(n, seed, 32)
+    if res != 32:
+        x = nn.functional.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+    return x, y
 
 
 def batches(x, bs=16):
@@ -308,14 +316,12 @@ def zoo_variant_latency(arch, iters, seed=0):
             "modes": _variant_latency(model, quantized, size, iters, channels_last=True)}
 
 
-def _calibration_draws(model, x, f, n_calib, res, draws, example):
+def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
     """CALIBRATION_DRAW_ROWS re-calibrated on ``draws`` disjoint slices of ``n_calib`` training
-    images (the embedded training set itself: 2500 images of data seed 0), each compared with fp32
-    (logits ``f``) on ``x``: per-draw agreement and SQNR, their mean and standard deviation, and
-    the Wilson 95% interval of the mean over ``len(x)`` images."""
-    pool, _ = images(2500, 0, 32)
-    if res != 32:
-        pool = nn.functional.interpolate(pool, size=(res, res), mode="bilinear", align_corners=False)
+    images (the embedded training set itself: ``n_train`` images of data seed 0), each compared
+    with fp32 (logits ``f``) on ``x``: per-draw agreement and SQNR, their mean and standard
+    deviation, and the Wilson 95% interval of the mean over ``len(x)`` images."""
+    pool, _ = images_at(n_train, 0, res)
     draws = min(draws, len(pool) // n_calib)
     out = {"draws": draws, "images_per_draw": n_calib, "rows": {}}
     for name in CALIBRATION_DRAW_ROWS:
@@ -328,7 +334,7 @@ def _calibration_draws(model, x, f, n_calib, res, draws, example):
             with torch.no_grad():
                 g = q(x)
             agree.append(float((g.argmax(1) == f.argmax(1)).float().mean()))
-            sqnr.append(float(10 * torch.log10(f.pow(2).sum() / (f - g).pow(2).sum())))
+            sqnr.append(_sqnr(f, g))
         mean = statistics.mean(agree)
         out["rows"][name] = {"top1_agreement": [round(a, 4) for a in agree], "mean": round(mean, 4),
                              "std": round(statistics.stdev(agree), 4) if draws > 1 else 0.0,
@@ -350,10 +356,8 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
         if save:
             torch.save(model.state_dict(), save)
     train_s = time.perf_counter() - t0
-    xt, _ = images(n_calib, 0, 32)  # the first training images (the trainer's embedded set: data_seed 0)
-    xv, yv = images(n_held, seed + 1000, 32)  # another seed: disjoint from training and calibration
-    if res != 32:  # the embedded set is generated at 32 px; the trainer resizes it the same way
-        xt, xv = (nn.functional.interpolate(t, size=(res, res), mode="bilinear", align_corners=False) for t in (xt, xv))
+    xt, _ = images_at(n_calib, 0, res)  # the first training images (the trainer's embedded set: data_seed 0)
+    xv, yv = images_at(n_held, seed + 1000, res)  # another seed: disjoint from training and calibration
     calib = batches(xt, 32)
     out = {"arch": arch, "epochs": epochs, "resolution": res, "train_images": n_train,
            "train_seconds": round(train_s, 1), "loaded_weights": bool(load), "calibration_images": n_calib,
@@ -366,7 +370,7 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
             g = q(xv)
         return {"top1_agreement": round(float((g.argmax(1) == f.argmax(1)).float().mean()), 4),
                 "int8_top1": round(_top1(q, xv, yv), 4),
-                "logit_sqnr_db": round(float(10 * torch.log10(f.pow(2).sum() / (f - g).pow(2).sum())), 1),
+                "logit_sqnr_db": round(_sqnr(f, g), 1),
                 "ptq_seconds": round(seconds, 1)}
 
     quantized = {}
@@ -393,9 +397,7 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
                          **row(q, time.perf_counter() - t1)}
             quantized[name] = q
     if n_check:  # the same int8 models on more held-out images from a third seed: how stable the 1000-image row is
-        xc, _ = images(n_check, seed + 2000, 32)
-        if res != 32:
-            xc = nn.functional.interpolate(xc, size=(res, res), mode="bilinear", align_corners=False)
+        xc, _ = images_at(n_check, seed + 2000, res)
         with torch.no_grad():
             fc = model(xc)
         check = {}
@@ -406,10 +408,10 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
             check[name] = {"top1_agreement": round(agree, 4),
                            "binomial_std": round((agree * (1 - agree) / n_check) ** 0.5, 4),
                            "wilson_95": _wilson(agree, n_check),
-                           "logit_sqnr_db": round(float(10 * torch.log10(fc.pow(2).sum() / (fc - g).pow(2).sum())), 1)}
+                           "logit_sqnr_db": round(_sqnr(fc, g), 1)}
         out["check_held_out"] = {"images": n_check, "seed": seed + 2000, "rows": check}
         if calibration_draws:
-            out["check_held_out"]["calibration_draws"] = _calibration_draws(model, xc, fc, n_calib, res,
+            out["check_held_out"]["calibration_draws"] = _calibration_draws(model, xc, fc, n_calib, n_train, res,
                                                                             calibration_draws, xv[:1])
     if latency_size:
         out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
@@ -423,8 +425,7 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
                      "int8_top1": round(_top1(q, xv, yv), 4), "qat_top1": round(_top1(qat, xv, yv), 4),
                      "top1_agreement_with_fp32": round(top1_agreement(model, q, batches(xv, 100))[0], 4),
                      "top1_agreement_with_qat_model": round(top1_agreement(qat, q, batches(xv, 100))[0], 4),
-                     "logit_sqnr_db_vs_qat_model": round(float(10 * torch.log10(
-                         want.pow(2).sum() / (want - got).pow(2).sum())), 1)}
+                     "logit_sqnr_db_vs_qat_model": round(_sqnr(want, got), 1)}
     return out
 
 
