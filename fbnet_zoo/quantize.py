@@ -268,7 +268,6 @@ def _ptq_qconfig_mapping(backend: str, reduce_range: Any, ranges: str = "histogr
     (hardsigmoid, ...) keep theirs."""
     from torch.ao.quantization import get_default_qconfig_mapping
 
-    check_choice("quantize_static: ranges", ranges, RANGES, QuantizationError)
     mapping = _pytorch_mapping(get_default_qconfig_mapping, backend)
     if reduce_range is None and backend != "onednn" and ranges == "histogram":
         return mapping  # PyTorch's onednn default assumes VNNI: see _bit_split
