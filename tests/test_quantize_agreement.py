@@ -61,6 +61,24 @@ def test_reduce_range_weights_gives_8_bit_activations_that_never_saturate_int16(
         quantize_static(_model(), [_images(4, 0)], reduce_range="both")
 
 
+def test_the_default_bit_split_on_x86_is_8_bit_activations_with_7_bit_weights():
+    """fbgemm / x86 (and onednn without VNNI) default to reduce_range="weights", PTQ and QAT alike
+    (PyTorch's default, 7-bit activations, agrees less with fp32); qnnpack keeps 8 + 8 bits."""
+    from fbnet_zoo.quantize import _bit_split, _quantized_linear_layers, prepare_qat
+
+    model, calib, x = _model(), [_images(16, s) for s in range(2)], _images(8, 9)
+    default = quantize_static(model, calib, backend="x86")
+    weights = quantize_static(model, calib, backend="x86", reduce_range="weights")
+    with torch.no_grad():
+        assert torch.equal(default(x), weights(x))
+    assert max(int(layer.weight().int_repr().abs().max()) for _, layer in _quantized_linear_layers(default)) <= 64
+    fake = [m.weight_fake_quant for m in prepare_qat(model, backend="x86", example=x[:1]).modules()
+            if hasattr(m, "weight_fake_quant")]
+    assert fake and all(f.quant_max == 63 for f in fake)
+    assert _bit_split("fbgemm", None, "t") == "weights" and _bit_split("qnnpack", None, "t") == "none"
+    assert _bit_split("onednn", None, "t") == ("none" if torch.cpu._is_vnni_supported() else "weights")
+
+
 def _mean_errors(q, float_model, batches):
     """Per int8 conv / linear: max over channels of |mean (int8 accumulator - fp32 output)| / RMS."""
     from fbnet_zoo.quantize import _accumulator, _quantized_linear_layers
