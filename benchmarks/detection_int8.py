@@ -32,7 +32,9 @@
     nice -n 10 python benchmarks/detection_int8.py --config model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml \
         --opts MODEL.FBNET.ARCH FBNetV3-A --fp32-weights /tmp/fpn.pth --control --section fpn \
         --qat iters=100,lr=0.002,freeze_observer=75
-Writes benchmarks/results/detection_int8.json (--section NAME: under that key).
+Writes benchmarks/results/detection_int8.json: a plain run replaces its own keys and keeps the
+sections earlier --section runs wrote; --section NAME stores the run under that key, keeping
+the rest. Each run records its backend and bit split (which side gives up a bit on fbgemm / x86).
 """
 
 from __future__ import annotations
@@ -222,7 +224,8 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--quick", action="store_true", help="smoke run: 20 iterations, 5 QAT, 8+8 images")
     p.add_argument("--out", default=os.path.join(HERE, "results", "detection_int8.json"))
     p.add_argument("--section", default="", help="store this run under this key of --out, keeping the file's "
-                   "other keys (e.g. fpn, freeze_bn_study); default: replace the file")
+                   "other keys (e.g. fpn, freeze_bn_study); default: the run's keys at the top level, replacing "
+                   "an earlier plain run's and keeping the --section runs'")
     a = p.parse_args(argv)
     if a.quick:
         a.iters, a.qat_iters, a.train_images, a.test_images, a.calibration_images = 20, 5, 8, 8, 4
@@ -239,6 +242,7 @@ def main(argv=None) -> Dict[str, Any]:
                                                      qat_schedule_hook, quantize_detector)
     from fbnet_zoo.detection.toy_data import make_toy_coco
     from fbnet_zoo.io_utils import atomic_write_text
+    from fbnet_zoo.quantize import _bit_split, default_backend
 
     setup_logger(name="detectron2")  # the trainer's progress (every 20 iterations) and the COCO tables
     work = tempfile.mkdtemp(prefix="fbnet_det_int8_")
@@ -363,6 +367,8 @@ def main(argv=None) -> Dict[str, Any]:
         return {**out, **({"export_check": r["export_check"]} if "export_check" in r else {})}
 
     arch = cfg.MODEL.FBNET.ARCH
+    backend = default_backend()  # what quantize_detector / prepare_detector_qat use without a backend
+    reduced = _bit_split(backend, None, "detection_int8")
     result = {
         "benchmark": "detection_int8",
         "model": f"Faster R-CNN {arch} {'FPN' if fpn else 'C4'} ({os.path.relpath(a.config, ROOT)}"
@@ -378,6 +384,9 @@ def main(argv=None) -> Dict[str, Any]:
                                      "test_proposals": deployed.proposal_generator.post_nms_topk[False]},
                    "export_pre_nms_topk_cap": cap, "int8_parts": int8_parts(int8),
                    "ptq_seconds": round(ptq_s, 1), "backend": torch.backends.quantized.engine},
+        "bit_split": {"backend": backend, "reduce_range": reduced,
+                      "activation_bits": 7 if reduced == "activations" else 8,
+                      "weight_bits": 7 if reduced == "weights" else 8},
         "box_ap_held_out": {k: rounded(r) for k, r in ap.items()},
         "box_ap_difference_int8_minus_fp32_held_out": {k: round(float(ap[k]["AP"] - ap["fp32 deploy"]["AP"]), 2)
                                                        for k in ap if k != "fp32 deploy"},
@@ -390,14 +399,16 @@ def main(argv=None) -> Dict[str, Any]:
     if export_ap:
         result["box_ap_held_out_export_cap"] = {k: rounded(r) for k, r in export_ap.items()}
     print(json.dumps({k: v for k, v in result.items() if k.startswith("box_ap")}, indent=1))
+    whole: Dict[str, Any] = {}
+    if os.path.exists(a.out):
+        with open(a.out, encoding="utf-8") as f:
+            whole = json.load(f)
     if a.section:
-        whole = {}
-        if os.path.exists(a.out):
-            with open(a.out, encoding="utf-8") as f:
-                whole = json.load(f)
         whole[a.section] = result
-    else:
-        whole = result
+    else:  # a section is a whole run's dict; everything else was an earlier plain run's
+        sections = {k: v for k, v in whole.items()
+                    if isinstance(v, dict) and v.get("benchmark") == "detection_int8" and k not in result}
+        whole = {**result, **sections}
     atomic_write_text(a.out, json.dumps(whole, indent=1) + "\n")
     print(f"wrote {a.out}" + (f" [{a.section}]" if a.section else ""))
     return result
