@@ -63,14 +63,21 @@ def build_cfg(train: str, test: str, out: str, iters: int, size: int, batch: int
     from detectron2.config import get_cfg
 
     from fbnet_zoo.detection import d2
+    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK
     from fbnet_zoo.detection.d2.quantization import add_quantization_config
 
     cfg = get_cfg()
     d2.add_fbnet_config(cfg)
     add_quantization_config(cfg)
     cfg.merge_from_file(config)
-    # anchors for the toy objects (26-58 px at 128): C4 one map, FPN one size per level p2..p6
-    anchors = [[16], [32], [64], [128], [256]] if is_fpn(cfg) else [[16, 32, 64, 128]]
+    # anchors for the toy objects (26-58 px at 128): C4 one map, FPN one size per level p2..p6;
+    # RPN test top-k: C4 the authors' 1000 / 30, FPN the config's (1000 per level / 1000). In the
+    # config, every model of the run (fp32, deployed, QAT, int8, control) has it from the start
+    fpn = is_fpn(cfg)
+    anchors = [[16], [32], [64], [128], [256]] if fpn else [[16, 32, 64, 128]]
+    if not fpn:
+        cfg.merge_from_list(["MODEL.RPN.PRE_NMS_TOPK_TEST", AUTHORS_C4_TEST_TOPK["pre_nms_topk"],
+                             "MODEL.RPN.POST_NMS_TOPK_TEST", AUTHORS_C4_TEST_TOPK["test_proposals"]])
     cfg.merge_from_list([
         "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", (train,), "DATASETS.TEST", (test,), "DATALOADER.NUM_WORKERS", 0,
         "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.ANCHOR_GENERATOR.SIZES", anchors,
@@ -121,7 +128,9 @@ def qat_setting(text: str) -> Dict[str, Any]:
 
 class _FrozenStats:
     """A forward pre-hook that runs a BatchNorm on its running statistics (eval behaviour, no
-    update) while the rest of the model trains; its weight and bias still learn."""
+    update) while the rest of the model trains; its weight and bias still learn. The float
+    control's counterpart of freeze_detector_qat(bn=True), which acts on QAT graphs only
+    (FrozenBatchNorm would also freeze the weight and bias)."""
 
     def __call__(self, module: torch.nn.Module, args) -> None:
         module.training = False
@@ -186,16 +195,6 @@ def exported_ap(cfg, model: torch.nn.Module, image: torch.Tensor, int8: bool, pa
     return {**evaluate(cfg, ExportedDetector(torch.jit.load(path)), dataset, out), "export_check": check}
 
 
-def with_pre_nms_topk(model: torch.nn.Module, k: int) -> torch.nn.Module:
-    """A shallow copy of ``model`` whose RPN keeps ``k`` boxes per level before NMS at test time
-    (the weights are shared)."""
-    rpn = copy.copy(model.proposal_generator)
-    rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: k}
-    out = copy.copy(model)
-    out._modules = {**model._modules, "proposal_generator": rpn}  # a new dict: the original keeps its RPN
-    return out
-
-
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=CONFIG, help="detectron2 YAML (default: Faster R-CNN FBNetV3-A C4)")
@@ -237,7 +236,7 @@ def main(argv=None) -> Dict[str, Any]:
     from detectron2.utils.logger import setup_logger
 
     from fbnet_zoo.detection import d2
-    from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_pre_nms_topk
+    from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export, deploy_detector, export_pre_nms_topk
     from fbnet_zoo.detection.d2.quantization import (convert_detector_qat, int8_parts, prepare_detector_qat,
                                                      qat_schedule_hook, quantize_detector)
     from fbnet_zoo.detection.toy_data import make_toy_coco
@@ -258,8 +257,6 @@ def main(argv=None) -> Dict[str, Any]:
     defaults = {"iters": a.qat_iters, "lr": a.lr / 10, "freeze_bn": q_defaults.FREEZE_BN_ITER,
                 "freeze_observer": q_defaults.FREEZE_OBSERVER_ITER, "seed": 0}
     settings = [{**defaults, **s} for s in (a.qat or ([{}] if a.qat_iters > 0 else []))]
-    # C4: the authors' test top-k 1000 / 30; FPN: the config's (1000 per level / 1000)
-    test_topk = {} if fpn else AUTHORS_C4_TEST_TOPK
     load_before = os.getloadavg()
     t = time.time()
     seed_all_rng(0)
@@ -276,7 +273,7 @@ def main(argv=None) -> Dict[str, Any]:
             DetectionCheckpointer(trainer.model, save_dir=folder).save(os.path.splitext(name)[0])
     model = trainer.model.eval()
 
-    deployed = deploy_detector(model, **test_topk)
+    deployed = deploy_detector(model)  # the config's RPN test top-k (build_cfg)
     calib = calibration_images(cfg, names["train"], a.calibration_images)
     t = time.time()
     int8 = quantize_detector(deployed, calib)
@@ -294,7 +291,7 @@ def main(argv=None) -> Dict[str, Any]:
     def cap_study(label: str, m: torch.nn.Module, is_int8: bool) -> None:
         if cap is None or a.no_export:
             return
-        capped = with_pre_nms_topk(m, cap)
+        capped = cap_pre_nms_topk_for_export(copy.deepcopy(m))  # every model of the run has the same RPN
         k = len(export_ap)
         export_ap[f"{label}, eager, pre-NMS top-k {cap}/level"] = evaluate(
             cfg, capped, names["test"], os.path.join(work, f"eval_cap{k}"))
@@ -306,13 +303,6 @@ def main(argv=None) -> Dict[str, Any]:
     cap_study("int8 PTQ", int8, True)
     qat_rows: Dict[str, Dict[str, Any]] = {}
 
-    def deployed_topk(m: torch.nn.Module) -> torch.nn.Module:
-        rpn = m.proposal_generator  # the fp32 / PTQ models' test top-k
-        if test_topk:
-            rpn.pre_nms_topk = {**rpn.pre_nms_topk, False: test_topk["pre_nms_topk"]}
-            rpn.post_nms_topk = {**rpn.post_nms_topk, False: test_topk["test_proposals"]}
-        return m
-
     for k, setting in enumerate(settings):
         label = qat_label(setting)
         qcfg = build_cfg(names["train"], names["test"], os.path.join(work, f"qat{k}"), setting["iters"], a.size,
@@ -323,7 +313,7 @@ def main(argv=None) -> Dict[str, Any]:
             for x in calib:
                 untrained.inference([{"image": x}], do_postprocess=False)
         row_ap = {"int8 converted before training": evaluate(
-            cfg, deployed_topk(convert_detector_qat(untrained)), names["test"], os.path.join(work, f"eval_q0_{k}"))}
+            cfg, convert_detector_qat(untrained), names["test"], os.path.join(work, f"eval_q0_{k}"))}
 
         class QATTrainer(DefaultTrainer):
             @classmethod
@@ -342,8 +332,8 @@ def main(argv=None) -> Dict[str, Any]:
         qtrainer = QATTrainer(qcfg)
         qtrainer.train()
         qat_s = time.time() - t
-        fake = deployed_topk(qtrainer.model).eval()
-        qat_int8 = deployed_topk(convert_detector_qat(fake))
+        fake = qtrainer.model.eval()
+        qat_int8 = convert_detector_qat(fake)
         row_ap["fake-quant model (what QAT trained)"] = evaluate(cfg, fake, names["test"],
                                                                  os.path.join(work, f"eval_fq_{k}"))
         ap[label] = evaluate(cfg, qat_int8, names["test"], os.path.join(work, f"eval_qat{k}"))
@@ -351,7 +341,7 @@ def main(argv=None) -> Dict[str, Any]:
         cap_study(label, qat_int8, True)
         if a.control:
             control = fp32_control(model, qcfg, setting)
-            control_dep = deploy_detector(control, **test_topk)
+            control_dep = deploy_detector(control)
             control_int8 = quantize_detector(control_dep, calib)
             for name, m in ((f"fp32 control of {label[5:]}", control_dep),
                             (f"int8 PTQ of the fp32 control of {label[5:]}", control_int8)):
