@@ -21,9 +21,10 @@ torchvision's 320 model at 320 x 427 and the other at 800 x 1066 (their transfor
 predictor resizes outside the model). Timing is interleaved: every round times each model
 once, in turn, so machine load falls on all models alike; medians over rounds.
 
-Per part (trunk, RPN head, box head on the 30 RoIs), fp32 (frozen TorchScript,
-channels_last) and int8 (frozen TorchScript) are also timed alone on the inputs the detector
-gives them: where int8 gains and loses. The result records the machine (CPU model, AVX2 /
+Per part (trunk, RPN head, box head on the 30 RoIs; for the FPN: the FPN backbone, the RPN head
+on every level, the box head on every RoI), fp32 (frozen TorchScript, channels_last) and int8
+(frozen TorchScript) are also timed alone on the inputs the float detector gives them: where
+int8 gains and loses, and for the FPN the like-for-like int8 ratio (same inputs and RoIs). The result records the machine (CPU model, AVX2 /
 AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
 
     python benchmarks/detection_latency.py --rounds 15 --threads 1      # not under nice: timings
@@ -131,7 +132,9 @@ def median_ms(fn: Callable, x, rounds: int) -> float:
 
 def part_times(deployed, quantized, image: torch.Tensor, rounds: int) -> Dict[str, Dict[str, float]]:
     """Each int8 part alone vs its fp32 part (frozen TorchScript both; fp32 channels_last), on
-    the inputs the float detector gives it for ``image`` (round-robin per part)."""
+    the inputs the *float* detector gives it for ``image`` -- every call: an FPN's RPN head runs
+    once per level -- so fp32 and int8 get the same inputs, the same RoIs included (where the
+    whole int8 detector with random weights may keep fewer; see fpn_variants)."""
     from fbnet_zoo.detection.d2.quantization import part_inputs, part_slots, wrap_parts
 
     fp32 = copy.deepcopy(deployed)
@@ -139,14 +142,17 @@ def part_times(deployed, quantized, image: torch.Tensor, rounds: int) -> Dict[st
     inputs = part_inputs(fp32, slots, [image])
     out = {}
     for part, (parent, attr) in part_slots(quantized).items():
-        x = inputs[part][0]
+        xs = inputs[part]
+        xs_cl = [x.contiguous(memory_format=torch.channels_last) for x in xs]
         cl = copy.deepcopy(getattr(*slots[part])).to(memory_format=torch.channels_last)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            f = torch.jit.freeze(torch.jit.trace(cl, x_cl, strict=False).eval())
-            q = torch.jit.freeze(torch.jit.trace(getattr(parent, attr), x, strict=False).eval())
-        f_ms, q_ms = median_ms(f, x_cl, rounds), median_ms(q, x, rounds)
-        out[part] = {"input": list(x.shape), "fp32_ms": f_ms, "int8_ms": q_ms, "int8_speedup": f_ms / q_ms}
+        with torch.no_grad():  # traced on the first input; the graphs take any size
+            f = torch.jit.freeze(torch.jit.trace(cl, xs_cl[0], strict=False).eval())
+            q = torch.jit.freeze(torch.jit.trace(getattr(parent, attr), xs[0], strict=False).eval())
+        f_ms = median_ms(lambda batch: [f(x) for x in batch], xs_cl, rounds)
+        q_ms = median_ms(lambda batch: [q(x) for x in batch], xs, rounds)
+        shapes = [list(x.shape) for x in xs]
+        out[part] = {"input": shapes[0] if len(shapes) == 1 else shapes, "fp32_ms": f_ms, "int8_ms": q_ms,
+                     "int8_speedup": f_ms / q_ms}
     return out
 
 
@@ -201,11 +207,13 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     return out
 
 
-def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) -> Dict[str, Tuple[Callable, dict]]:
+def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
+                 parts: Optional[Dict[str, Any]] = None, part_rounds: int = 0) -> Dict[str, Tuple[Callable, dict]]:
     """The FPN detector's deploy path: BN folded, the config's RPN test top-k (1000 per level /
     1000) capped for the export at ``deploy.export_pre_nms_topk`` per level (200 for 5 levels:
     what ``tools/export.py --detector`` writes), fp32 TorchScript (+ channels_last) and the
-    whole detector int8 -- FPN backbone graph, RPN head, box head -- as one frozen file."""
+    whole detector int8 -- FPN backbone graph, RPN head, box head -- as one frozen file; per-part
+    times into ``parts`` (the like-for-like int8 ratio: the same RoIs for both)."""
     from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export, deploy_detector, export_torchscript
     from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector
 
@@ -227,6 +235,8 @@ def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor) 
     q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
     ts_q = export_int8_detector(q, calib)
     qinfo = {**info, "int8_parts": int8_parts(q), "rois_measured": measured_rois(q, image)}
+    if parts is not None:
+        parts[tag] = part_times(dep, q, image, part_rounds)
     return {f"{tag} deploy TorchScript": (lambda: ts(image), info),
             f"{tag} deploy TorchScript channels_last": (lambda: ts_cl(image), info),
             f"{tag} deploy int8 TorchScript": (lambda: ts_q(image), qinfo)}
@@ -310,7 +320,7 @@ def main(argv=None) -> Dict[str, Any]:
         if not a.no_d2go:
             models.update(d2_variants("d2go FBNetV3-A-d2go C4", AUTHORS, img, calib))
         if not a.no_fpn:
-            models.update(fpn_variants("ours FBNetV3-G FPN", FPN, images["fpn"], images["fpn"]))
+            models.update(fpn_variants("ours FBNetV3-G FPN", FPN, images["fpn"], images["fpn"], parts, a.rounds))
         models.update(tv_variants(images["torchvision"], 320 if setting == "320" else 0))
         times = interleaved(models, a.rounds, a.warmup)
         rows = {}
@@ -332,13 +342,23 @@ def main(argv=None) -> Dict[str, Any]:
             "definition": "best fp32 deploy TorchScript median / best int8 TorchScript median (> 1: int8 faster)",
             "ratio": fp32_over_int8, "per_part_ours": parts["ours FBNetV3-A C4"]}
         if not a.no_fpn:
-            result[f"{setting} int8 vs fp32"]["ratio_ours_fpn"] = int8_vs_fp32("ours FBNetV3-G FPN")
+            fpn_parts = parts["ours FBNetV3-G FPN"]
+            result[f"{setting} int8 vs fp32"].update({
+                "ratio_ours_fpn": int8_vs_fp32("ours FBNetV3-G FPN"),
+                "ratio_ours_fpn_note": "whole files; not like-for-like with random weights: the int8 RPN keeps "
+                                       "fewer RoIs (rois_measured)",
+                "per_part_ours_fpn": fpn_parts,
+                # the int8-able parts on the float detector's inputs: the like-for-like FPN ratio
+                "ratio_ours_fpn_parts_same_inputs": sum(v["fp32_ms"] for v in fpn_parts.values())
+                / sum(v["int8_ms"] for v in fpn_parts.values())})
         print(f"\n[{setting}]  {'model':<54} {'median ms':>9} {'min ms':>8} {'x tv320':>8} {'RoIs':>5} {'params M':>8}")
         for name, r in rows.items():
             print(f"{'':<{len(setting) + 4}}{name:<54} {r['median_ms']:9.1f} {r['min_ms']:8.1f} "
                   f"{r['speed_vs_tv_320_fpn']:8.2f} {r.get('rois_measured', r['proposals']):5d} {r['params'] / 1e6:8.2f}")
         print(f"  int8 vs best fp32 TorchScript: C4 {fp32_over_int8:.2f}x"
-              + (f", FPN {result[f'{setting} int8 vs fp32']['ratio_ours_fpn']:.2f}x" if not a.no_fpn else "")
+              + (f", FPN {result[f'{setting} int8 vs fp32']['ratio_ours_fpn']:.2f}x (its parts on the same "
+                 f"inputs: {result[f'{setting} int8 vs fp32']['ratio_ours_fpn_parts_same_inputs']:.2f}x)"
+                 if not a.no_fpn else "")
               + ";  C4 per part (fp32 ms / int8 ms): " + ", ".join(
             f"{k} {v['fp32_ms']:.1f}/{v['int8_ms']:.1f}" for k, v in parts["ours FBNetV3-A C4"].items()))
     if "320" in result:

@@ -174,6 +174,30 @@ def test_export_cli_int8(tmp_path, capsys):
         assert (loaded(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.75
 
 
+def test_export_cli_int8_bit_split_is_quantize_statics_reduce_range(tmp_path, capsys):
+    """--bit-split reaches quantize_static: the file computes what quantize_static with that
+    reduce_range gives on the same calibration images (and differs from the default split)."""
+    from fbnet_zoo.quantize import quantize_static
+
+    export = _tool("export")
+    model, ckpt, arch, out = _saved_tiny(tmp_path)
+    files = {}
+    for split in ("activations", None):
+        path = out / f"{split}.ts"
+        rc = export.main(["--arch", str(arch), "--weights", str(ckpt), "--num-classes", "10", "--format", "int8",
+                          "--calibration-images", "16", "--out", str(path)] + (["--bit-split", split] if split else []))
+        assert rc == 0, capsys.readouterr().err
+        files[split] = torch.jit.load(str(path))
+    calib, _ = export.calibration_images(None, 16, model.spec.input_size, 0)
+    want = quantize_static(model, [calib[i:i + 8] for i in range(0, len(calib), 8)], reduce_range="activations")
+    x = _images(4, 9)
+    with torch.no_grad():
+        assert torch.allclose(files["activations"](x), want(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(files[None](x), want(x), rtol=0, atol=1e-5)
+    with pytest.raises(SystemExit):
+        export.main(["--arch", str(arch), "--format", "int8", "--bit-split", "both", "--out", str(out)])
+
+
 def _sqnr(want, got):
     return float(10 * torch.log10(want.pow(2).sum() / (want - got).pow(2).sum()))
 

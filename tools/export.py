@@ -101,6 +101,10 @@ def main(argv=None):
     p.add_argument("--calibration-images", type=int, default=128, help="int8: number of calibration images")
     p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | onednn | qnnpack (default: x86 on x86, "
                    "qnnpack on ARM)")
+    p.add_argument("--bit-split", choices=["activations", "weights", "none"], default=None,
+                   help="int8: which side gives up a bit against AVX2's int16 pair sums (quantize_static's "
+                        "reduce_range; default: weights on x86 -- 8-bit activations, 7-bit weights --, none on "
+                        "qnnpack; none is exact only on VNNI / AMX CPUs)")
     p.add_argument("--keep-float", default="", help="int8: comma-separated submodules left in fp32 "
                    "(e.g. stages.0,classifier)")
     p.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample")
@@ -152,7 +156,7 @@ def _export_int8(model, name, args):
         return 1
     batches = [calib[i:i + 8] for i in range(0, len(calib), 8)]
     try:
-        q = quantize_static(model, batches, backend=args.backend,
+        q = quantize_static(model, batches, backend=args.backend, reduce_range=args.bit_split,
                             keep_float=[n for n in args.keep_float.split(",") if n])
         ts = export_int8_torchscript(q, path, example=held[:1])
     except (DeployError, UnsafeNameError) as e:
@@ -185,7 +189,8 @@ def _export_detector(args):
         suffix = "_int8" if args.format == "int8" else ""
         path = output_file(args.out, stem + suffix, ".ts", what="detector name") if is_dir else args.out
         images = detector_images(cfg, args.calibration, args.calibration_images, args.seed)
-        info = export_detector(cfg, model, path, args.format, images, backend=args.backend)
+        info = export_detector(cfg, model, path, args.format, images, backend=args.backend,
+                               reduce_range=args.bit_split)
     except (FBNetZooError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -74,12 +74,13 @@ def detector_images(cfg, folder: str, n: int, seed: int = 0) -> List[torch.Tenso
 
 def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
                     calibration: Optional[List[torch.Tensor]] = None, backend: Optional[str] = None,
-                    authors_topk: bool = True) -> Dict[str, object]:
+                    authors_topk: bool = True, reduce_range: Optional[str] = None) -> Dict[str, object]:
     """Deploy ``model`` (BN folded; the authors' RPN test top-k 1000 / 30 for C4 models when
     ``authors_topk``; multi-level RPNs keep at most ``deploy.export_pre_nms_topk`` boxes per
     level before NMS, 200 for FPN's 5, where eager and traced NMS agree) and write it to
     ``path``: ``fmt`` "torchscript" (fp32) or "int8" (every FBNet part int8, calibrated on
-    ``calibration``; traced on its first image). Returns what
+    ``calibration``; traced on its first image; ``backend`` / ``reduce_range`` as in
+    ``fbnet_zoo.quantize.quantize_static``). Returns what
     was written (path, format, int8 parts, traced image size, RPN pre-NMS top-k)."""
     if fmt not in ("torchscript", "int8"):
         raise DetectionError(f"format: {fmt!r} is not one of ['torchscript', 'int8'] for a detector")
@@ -92,7 +93,7 @@ def export_detector(cfg, model: nn.Module, path: str, fmt: str = "torchscript",
     info: Dict[str, object] = {"path": path, "format": fmt, "image_size": tuple(calibration[0].shape[-2:]),
                                "pre_nms_topk": deployed.proposal_generator.pre_nms_topk[False]}
     if fmt == "int8":
-        q = quantize_detector(deployed, calibration, backend=backend)
+        q = quantize_detector(deployed, calibration, backend=backend, reduce_range=reduce_range)
         export_int8_detector(q, calibration[0], path)
         info["int8_parts"] = int8_parts(q)
         info["calibration_images"] = len(calibration)

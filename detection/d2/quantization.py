@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -326,7 +326,8 @@ def part_slots(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
 
 
 def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend: Optional[str] = None,
-                      parts: Optional[Sequence[str]] = None, float_stages: int = 0) -> nn.Module:
+                      parts: Optional[Sequence[str]] = None, float_stages: int = 0,
+                      reduce_range: Union[None, bool, str] = None) -> nn.Module:
     """An int8 copy of a detectron2 detector built with our FBNet adapters, by post-training
     static quantization (``fbnet_zoo.quantize.quantize_static`` on each part).
 
@@ -335,7 +336,8 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
     gets while the float model runs on them. parts: which of PARTS to quantize (default:
     every FBNet part the detector has). float_stages: keep the trunk's first stages float
     (``MixedTrunk``; e.g. 2 = the stem and the stride-2 stage, where int8 kernels on 3-16
-    channels lose to fp32). Deploy the model first (``deploy_detector``: BN
+    channels lose to fp32). reduce_range: the bit split, as in ``quantize_static`` (None: its
+    default; x86: 8-bit activations, 7-bit weights). Deploy the model first (``deploy_detector``: BN
     folded, test top-k); ``model`` is not changed."""
     if not images:
         raise DetectionError("quantize_detector: images is empty; calibration needs images like the test images")
@@ -362,7 +364,7 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
                 tail = fpn
             with torch.no_grad():
                 batches = [head(x) for x in seen[part]]
-            graph = quantize_static(tail, batches, backend=backend, example=batches[0])
+            graph = quantize_static(tail, batches, backend=backend, example=batches[0], reduce_range=reduce_range)
             setattr(parent, attr, MixedTrunk(head, graph))
             continue
         batches = [x for x in seen[part] if x.numel()]
@@ -370,7 +372,8 @@ def quantize_detector(model: nn.Module, images: Sequence[torch.Tensor], backend:
             raise DetectionError(f"quantize_detector: {part} got no input on the {len(images)} calibration images "
                                  "(no detections reach it); use more / more typical images or lower "
                                  "MODEL.ROI_HEADS.SCORE_THRESH_TEST while calibrating")
-        graph = quantize_static(getattr(parent, attr), batches, backend=backend, example=batches[0])
+        graph = quantize_static(getattr(parent, attr), batches, backend=backend, example=batches[0],
+                                reduce_range=reduce_range)
         setattr(parent, attr, graph)
     logger.info("quantize_detector: %s int8, calibrated on %d images", ", ".join(chosen), len(images))
     return model
