@@ -32,6 +32,9 @@
     nice -n 10 python benchmarks/detection_int8.py --config model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml \
         --opts MODEL.FBNET.ARCH FBNetV3-A --fp32-weights /tmp/fpn.pth --control --section fpn \
         --qat iters=100,lr=0.002,freeze_observer=75
+    # PTQ with another bit split (reduce_range) than the backend's default, e.g. PyTorch's
+    nice -n 10 python benchmarks/detection_int8.py --fp32-weights /tmp/fp32.pth --qat-iters 0 \
+        --bit-split activations --section ptq_bit_split_activations
 Writes benchmarks/results/detection_int8.json: a plain run replaces its own keys and keeps the
 sections earlier --section runs wrote; --section NAME stores the run under that key, keeping
 the rest. Each run records its backend and bit split (which side gives up a bit on fbgemm / x86).
@@ -220,12 +223,18 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bit-split", choices=("activations", "weights", "none"), default=None,
+                   help="PTQ's reduce_range (quantize_detector; default: the backend's, e.g. x86: 'weights', 8-bit "
+                        "activations with 7-bit weights); PTQ-only runs (--qat-iters 0), e.g. to compare splits")
     p.add_argument("--quick", action="store_true", help="smoke run: 20 iterations, 5 QAT, 8+8 images")
     p.add_argument("--out", default=os.path.join(HERE, "results", "detection_int8.json"))
     p.add_argument("--section", default="", help="store this run under this key of --out, keeping the file's "
                    "other keys (e.g. fpn, freeze_bn_study); default: the run's keys at the top level, replacing "
                    "an earlier plain run's and keeping the --section runs'")
     a = p.parse_args(argv)
+    if a.bit_split and (a.qat or a.qat_iters > 0):
+        p.error("--bit-split sets PTQ's bit split only (prepare_detector_qat takes the default): use it with "
+                "--qat-iters 0 and no --qat")
     if a.quick:
         a.iters, a.qat_iters, a.train_images, a.test_images, a.calibration_images = 20, 5, 8, 8, 4
     torch.set_num_threads(a.threads)
@@ -276,7 +285,7 @@ def main(argv=None) -> Dict[str, Any]:
     deployed = deploy_detector(model)  # the config's RPN test top-k (build_cfg)
     calib = calibration_images(cfg, names["train"], a.calibration_images)
     t = time.time()
-    int8 = quantize_detector(deployed, calib)
+    int8 = quantize_detector(deployed, calib, reduce_range=a.bit_split)
     ptq_s = time.time() - t
     # held-out images, and the training images (a better-fit model: int8 vs fp32 where fp32 AP is high)
     ap = {"fp32 deploy": evaluate(cfg, deployed, names["test"], os.path.join(work, "eval_fp32")),
@@ -358,7 +367,7 @@ def main(argv=None) -> Dict[str, Any]:
 
     arch = cfg.MODEL.FBNET.ARCH
     backend = default_backend()  # what quantize_detector / prepare_detector_qat use without a backend
-    reduced = _bit_split(backend, None, "detection_int8")
+    reduced = _bit_split(backend, a.bit_split, "detection_int8")
     result = {
         "benchmark": "detection_int8",
         "model": f"Faster R-CNN {arch} {'FPN' if fpn else 'C4'} ({os.path.relpath(a.config, ROOT)}"
