@@ -37,7 +37,9 @@
         --bit-split activations --section ptq_bit_split_activations
 Writes benchmarks/results/detection_int8.json: a plain run replaces its own keys and keeps the
 sections earlier --section runs wrote; --section NAME stores the run under that key, keeping
-the rest. Each run records its backend and bit split (which side gives up a bit on fbgemm / x86).
+the rest. Each run records its backend and bit split (which side gives up a bit on fbgemm / x86)
+and the SQNR of its PTQ detector's backbone features and RPN head outputs against fp32 on the
+held-out images (``output_sqnr``: finer than box AP on 24 toy images).
 """
 
 from __future__ import annotations
@@ -99,6 +101,25 @@ def evaluate(cfg, model: torch.nn.Module, dataset: str, out: str) -> Dict[str, f
 
     evaluator = COCOEvaluator(dataset, tasks=("bbox",), output_dir=out)
     return dict(inference_on_dataset(model.eval(), build_detection_test_loader(cfg, dataset), evaluator)["bbox"])
+
+
+def output_sqnr(fp32: torch.nn.Module, int8: torch.nn.Module, images: List[torch.Tensor]) -> Dict[str, float]:
+    """SQNR (dB) of the int8 detector's backbone features (every level) and RPN head outputs
+    (objectness logits, anchor deltas) against the fp32 detector's on ``images``: a finer
+    measure of the quantization error than box AP on a few toy images, and independent of
+    which RoIs each model keeps."""
+    from fbnet_zoo.quantize import _sqnr
+
+    outs: Dict[str, List[List[torch.Tensor]]] = {}
+    with torch.no_grad():
+        for x in images:
+            for i, m in enumerate((fp32, int8)):
+                feats = m.backbone(m.preprocess_image([{"image": x}]).tensor)
+                rpn = m.proposal_generator
+                objectness, deltas = rpn.rpn_head([feats[f] for f in rpn.in_features])
+                for key, ts in (("backbone", feats.values()), ("rpn_objectness", objectness), ("rpn_deltas", deltas)):
+                    outs.setdefault(key, [[], []])[i].extend(t.flatten() for t in ts)
+    return {k: round(_sqnr(torch.cat(f), torch.cat(q)), 2) for k, (f, q) in outs.items()}
 
 
 def calibration_images(cfg, dataset: str, n: int) -> List[torch.Tensor]:
@@ -292,6 +313,7 @@ def main(argv=None) -> Dict[str, Any]:
           "int8 PTQ": evaluate(cfg, int8, names["test"], os.path.join(work, "eval_int8"))}
     ap_train = {"fp32 deploy": evaluate(cfg, deployed, names["train"], os.path.join(work, "eval_fp32_train")),
                 "int8 PTQ": evaluate(cfg, int8, names["train"], os.path.join(work, "eval_int8_train"))}
+    sqnr = output_sqnr(deployed, int8, calibration_images(cfg, names["test"], a.test_images))
     # FPN exports keep at most `cap` RPN boxes per level before NMS (deploy.cap_pre_nms_topk_for_export):
     # the eager model at that cap and the exported file itself, against the eager model at the config's
     cap = export_pre_nms_topk(deployed)
@@ -390,6 +412,7 @@ def main(argv=None) -> Dict[str, Any]:
         "box_ap_difference_int8_minus_fp32_held_out": {k: round(float(ap[k]["AP"] - ap["fp32 deploy"]["AP"]), 2)
                                                        for k in ap if k != "fp32 deploy"},
         "box_ap_train_images": {k: rounded(r) for k, r in ap_train.items()},
+        "output_sqnr_db_int8_ptq_vs_fp32_held_out": sqnr,
         "box_ap_difference_int8_minus_fp32_train_images": {
             k: round(float(ap_train[k]["AP"] - ap_train["fp32 deploy"]["AP"]), 2) for k in ap_train if k != "fp32 deploy"},
         "threads": a.threads, "torch": torch.__version__, "quick": a.quick,
