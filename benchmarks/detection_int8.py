@@ -169,7 +169,7 @@ def fp32_control(model: torch.nn.Module, cfg, setting: Dict[str, Any]) -> torch.
     start = copy.deepcopy(model)
 
     def freeze_bn(trainer):
-        if trainer.iter == max(setting["freeze_bn"], 0) and setting["freeze_bn"] >= 0:
+        if setting["freeze_bn"] >= 0 and trainer.iter == setting["freeze_bn"]:
             for m in start.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.register_forward_pre_hook(_FrozenStats())

@@ -170,12 +170,21 @@ def measured_rois(model: torch.nn.Module, image: torch.Tensor) -> int:
     return int(seen.get("n", 0))
 
 
+def int8_file(dep, calib: torch.Tensor, **kwargs):
+    """The whole detector int8 (every FBNet part; ``kwargs`` to quantize_detector), calibrated on
+    shifted copies of the calibration image, and its frozen TorchScript file (traced on it)."""
+    from fbnet_zoo.detection.d2.quantization import export_int8_detector, quantize_detector
+
+    q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)], **kwargs)
+    return q, export_int8_detector(q, calib)
+
+
 def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
                 parts: Optional[Dict[str, Any]] = None, part_rounds: int = 0) -> Dict[str, Tuple[Callable, dict]]:
     """eager, deployed (eager Python) and deployed TorchScript (+ channels_last) of one config,
     and the whole int8 detector (eager and frozen TorchScript); per-part times into ``parts``."""
     from fbnet_zoo.detection.d2.deploy import AUTHORS_C4_TEST_TOPK, deploy_detector, export_torchscript
-    from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector
+    from fbnet_zoo.detection.d2.quantization import int8_parts
 
     cfg, model = d2_model(path)
     calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
@@ -192,15 +201,12 @@ def d2_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     out[f"{tag} deploy"] = (lambda: dep.inference([{"image": image}], do_postprocess=False), info)
     out[f"{tag} deploy TorchScript"] = (lambda: ts(image), info)
     out[f"{tag} deploy TorchScript channels_last"] = (lambda: ts_cl(image), info)
-    # the whole detector int8 (every FBNet part), calibrated on shifted copies of the calibration image
-    q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
-    ts_q = export_int8_detector(q, calib)
+    q, ts_q = int8_file(dep, calib)
     qinfo = {**info, "int8_parts": int8_parts(q), "rois_measured": measured_rois(q, image)}
     out[f"{tag} deploy int8"] = (lambda: q.inference([{"image": image}], do_postprocess=False), qinfo)
     out[f"{tag} deploy int8 TorchScript"] = (lambda: ts_q(image), qinfo)
     # the same with the stem and the first (stride-2, 16-channel) stage float
-    q2 = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)], float_stages=2)
-    ts_q2 = export_int8_detector(q2, calib)
+    _, ts_q2 = int8_file(dep, calib, float_stages=2)
     out[f"{tag} deploy int8 TorchScript (stages 0-1 fp32)"] = (lambda: ts_q2(image), {**qinfo, "float_stages": 2})
     if parts is not None:
         parts[tag] = part_times(dep, q, image, part_rounds)
@@ -215,7 +221,7 @@ def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     whole detector int8 -- FPN backbone graph, RPN head, box head -- as one frozen file; per-part
     times into ``parts`` (the like-for-like int8 ratio: the same RoIs for both)."""
     from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export, deploy_detector, export_torchscript
-    from fbnet_zoo.detection.d2.quantization import export_int8_detector, int8_parts, quantize_detector
+    from fbnet_zoo.detection.d2.quantization import int8_parts
 
     cfg, model = d2_model(path)
     calibrate_bn(model, lambda: model.inference([{"image": calib}], do_postprocess=False))
@@ -232,8 +238,7 @@ def fpn_variants(tag: str, path: str, image: torch.Tensor, calib: torch.Tensor,
     info["rois_measured"] = measured_rois(dep, image)
     ts = export_torchscript(dep, calib)
     ts_cl = export_torchscript(cl, calib)
-    q = quantize_detector(dep, [calib.roll(k * 16, dims=2) for k in range(4)])
-    ts_q = export_int8_detector(q, calib)
+    q, ts_q = int8_file(dep, calib)
     qinfo = {**info, "int8_parts": int8_parts(q), "rois_measured": measured_rois(q, image)}
     if parts is not None:
         parts[tag] = part_times(dep, q, image, part_rounds)

@@ -103,8 +103,9 @@ def main(argv=None):
                    "qnnpack on ARM)")
     p.add_argument("--bit-split", choices=["activations", "weights", "none"], default=None,
                    help="int8: which side gives up a bit against AVX2's int16 pair sums (quantize_static's "
-                        "reduce_range; default: weights on x86 -- 8-bit activations, 7-bit weights --, none on "
-                        "qnnpack; none is exact only on VNNI / AMX CPUs)")
+                        "reduce_range; default: weights -- 8-bit activations, 7-bit weights -- on fbgemm / x86 and "
+                        "on onednn without VNNI, none on qnnpack and on onednn with VNNI; none is exact only on "
+                        "VNNI / AMX CPUs)")
     p.add_argument("--keep-float", default="", help="int8: comma-separated submodules left in fp32 "
                    "(e.g. stages.0,classifier)")
     p.add_argument("--seed", type=int, default=0, help="int8: seed of the calibration sample")
