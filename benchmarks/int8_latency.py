@@ -259,23 +259,26 @@ def _top1(fn, x, y):
         return float((fn(x).argmax(1) == y).float().mean())
 
 
-# (row name, keep_float, reduce_range, bias_correction, ranges); the first three are the rows
-# measured since the benchmark began (keep them comparable). "ptq_all_int8" / "default" rows are
-# PyTorch's x86 default bit split, 7-bit activations ("activations"), named before our default
-# became "weights" (8-bit activations, 7-bit weights)
+# (row name, keep_float, reduce_range, bias_correction, ranges, reconstruct steps per block); the
+# first three are the rows measured since the benchmark began (keep them comparable).
+# "ptq_all_int8" / "default" rows are PyTorch's x86 default bit split, 7-bit activations
+# ("activations"), named before our default became "weights" (8-bit activations, 7-bit weights)
+RECONSTRUCT_STEPS = 200
 PTQ_VARIANTS = (
-    ("ptq_all_int8", (), "activations", False, "histogram"),
-    ("ptq_stem_classifier_fp32", FIRST_AND_LAST, "activations", False, "histogram"),
-    ("ptq_all_int8_8bit_activations", (), False, False, "histogram"),
-    ("ptq_all_int8_bias_correction", (), "activations", True, "histogram"),
-    ("ptq_8bit_activations_7bit_weights", (), "weights", False, "histogram"),
-    ("ptq_8bit_activations_7bit_weights_bias_correction", (), "weights", True, "histogram"),
-    ("ptq_all_int8_mse_ranges", (), "activations", False, "mse"),
-    ("ptq_8bit_activations_7bit_weights_mse_ranges", (), "weights", False, "mse"),
+    ("ptq_all_int8", (), "activations", False, "histogram", 0),
+    ("ptq_stem_classifier_fp32", FIRST_AND_LAST, "activations", False, "histogram", 0),
+    ("ptq_all_int8_8bit_activations", (), False, False, "histogram", 0),
+    ("ptq_all_int8_bias_correction", (), "activations", True, "histogram", 0),
+    ("ptq_8bit_activations_7bit_weights", (), "weights", False, "histogram", 0),
+    ("ptq_8bit_activations_7bit_weights_bias_correction", (), "weights", True, "histogram", 0),
+    ("ptq_all_int8_mse_ranges", (), "activations", False, "mse", 0),
+    ("ptq_8bit_activations_7bit_weights_mse_ranges", (), "weights", False, "mse", 0),
+    ("ptq_8bit_activations_7bit_weights_reconstructed", (), "weights", False, "histogram", RECONSTRUCT_STEPS),
 )
 # the rows re-calibrated on several draws of calibration images (the spread a user sees)
 CALIBRATION_DRAW_ROWS = ("ptq_all_int8", "ptq_8bit_activations_7bit_weights", "ptq_all_int8_mse_ranges",
-                         "ptq_8bit_activations_7bit_weights_mse_ranges")
+                         "ptq_8bit_activations_7bit_weights_mse_ranges",
+                         "ptq_8bit_activations_7bit_weights_reconstructed")
 
 
 def _wilson(agree, n, z=1.96):
@@ -327,12 +330,12 @@ def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
     draws = min(draws, len(pool) // n_calib)
     out = {"draws": draws, "images_per_draw": n_calib, "rows": {}}
     for name in CALIBRATION_DRAW_ROWS:
-        _, keep, reduce_range, bias_correction, ranges = next(v for v in PTQ_VARIANTS if v[0] == name)
+        _, keep, reduce_range, bias_correction, ranges, reconstruct = next(v for v in PTQ_VARIANTS if v[0] == name)
         agree, sqnr = [], []
         for k in range(draws):
             q = quantize_static(model, batches(pool[k * n_calib:(k + 1) * n_calib], 32), example=example,
                                 keep_float=keep, reduce_range=reduce_range, bias_correction=bias_correction,
-                                ranges=ranges)
+                                ranges=ranges, reconstruct=reconstruct)
             with torch.no_grad():
                 g = q(x)
             agree.append(float((g.argmax(1) == f.argmax(1)).float().mean()))
@@ -376,12 +379,12 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
                 "ptq_seconds": round(seconds, 1)}
 
     quantized = {}
-    for name, keep, reduce_range, bias_correction, ranges in PTQ_VARIANTS:
+    for name, keep, reduce_range, bias_correction, ranges, reconstruct in PTQ_VARIANTS:
         t1 = time.perf_counter()
         q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range,
-                            bias_correction=bias_correction, ranges=ranges)
+                            bias_correction=bias_correction, ranges=ranges, reconstruct=reconstruct)
         out[name] = {"reduce_range": reduce_range, "bias_correction": bias_correction, "keep_float": list(keep),
-                     "ranges": ranges, **row(q, time.perf_counter() - t1)}
+                     "ranges": ranges, "reconstruct": reconstruct, **row(q, time.perf_counter() - t1)}
         quantized[name] = q
     if sensitivity_units:
         # which units hurt: each alone in int8 (the rest fp32), for the default and the 8/7-bit split

@@ -77,13 +77,13 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from torch.ao.quantization import (FakeQuantize, HistogramObserver, MovingAverageMinMaxObserver,
-                                   MovingAveragePerChannelMinMaxObserver, PerChannelMinMaxObserver, QConfig,
-                                   QConfigMapping, get_default_qat_qconfig_mapping)
+from torch.ao.quantization import (FakeQuantize, FixedQParamsObserver, HistogramObserver,
+                                   MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver, ObserverBase,
+                                   PerChannelMinMaxObserver, QConfig, QConfigMapping, get_default_qat_qconfig_mapping)
 
 from .blocks import DropPath
 from .deploy import _writing, check_output_path, example_input, prepare_for_deploy
-from .errors import QuantizationError, check_choice
+from .errors import QuantizationError, check_bool, check_choice, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ __all__ = ["BACKENDS", "MSEHistogramObserver", "MSEPerChannelWeightObserver", "R
            "Int8StorageFakeQuantize", "QATSchedule", "QuantizationError",
            "SamePaddedQuantizedConv", "convert_qat", "correct_bias", "default_backend", "export_int8_torchscript",
            "freeze_qat_bn_stats", "freeze_qat_observers", "prepare_qat", "qat_qconfig_mapping", "quantize_static",
-           "same_pad_depthwise", "sensitivity", "top1_agreement"]
+           "reconstruct_blockwise", "same_pad_depthwise", "sensitivity", "top1_agreement"]
 
 BACKENDS = ("fbgemm", "x86", "onednn", "qnnpack")
 
@@ -356,11 +356,320 @@ def correct_bias(quantized: torch.fx.GraphModule, float_model: nn.Module, calibr
     return shifts
 
 
+# Block-wise reconstruction of the weight rounding (``quantize_static(reconstruct=...)``): the
+# ideas of AdaRound (Nagel et al. 2020: learn, per weight, whether to round up or down, with a
+# rectified-sigmoid soft rounding pushed to 0 / 1 by an annealed regulariser), BRECQ (Li et al.
+# 2021: reconstruct one residual block at a time, the quantized block fed the quantized model's
+# own input, the fp32 block's output as target) and QDrop (Wei et al. 2022: during
+# reconstruction each activation keeps its quantization error with probability 1/2, else passes
+# fp32), on the calibration images only. Written for this module's FX graphs: the simulation is
+# the prepared graph with each observer turned into a fake-quant of the qparams ``convert_fx``
+# gave, each int8 conv / linear into a conv with the converted model's per-channel scales, and
+# each global average pool into int8's rounding; so the learned integers are what the int8
+# kernels multiply.
+
+_RECON_ZETA, _RECON_GAMMA = 1.1, -0.1        # AdaRound's rectified-sigmoid stretch
+_RECON_BATCH, _RECON_DROP, _RECON_REG = 32, 0.5, 0.01
+_RECON_LR_ROUNDING, _RECON_LR_BIAS, _RECON_LR_SCALE, _RECON_REG_WARMUP = 1e-2, 1e-4, 1e-4, 0.2
+
+
+class _ReconState:
+    """Switches shared by one simulation's modules: ``quantize`` (False: the fp32 model, exactly)
+    and ``drop`` (QDrop's probability of passing an activation unquantized; 0 when evaluating)."""
+
+    def __init__(self, generator: torch.Generator):
+        self.quantize, self.drop, self.generator = True, 0.0, generator
+
+
+class _ReconFakeQuant(nn.Module):
+    """An observer's int8 quantization (its ``calculate_qparams``, clamped to its quant range), in
+    float, with the scale learnable (LSQ: Esser et al. 2020, gradient scaled by
+    1 / sqrt(values per image x quant_max)) unless the op fixes it (hardsigmoid's 1/256)."""
+
+    def __init__(self, observer: nn.Module, state: _ReconState):
+        super().__init__()
+        scale, zero_point = observer.calculate_qparams()
+        fixed = isinstance(observer, FixedQParamsObserver)
+        self.scale = nn.Parameter(torch.tensor([float(scale)]), requires_grad=not fixed)
+        self.register_buffer("zero_point", torch.tensor([float(zero_point)]))
+        self.quant_min, self.quant_max, self.state = observer.quant_min, observer.quant_max, state
+        self.observers: List[str] = []  # the prepared graph's names of this observer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state.quantize:
+            return x
+        if self.scale.requires_grad and torch.is_grad_enabled():
+            grad_scale = 1.0 / (x[0].numel() * self.quant_max) ** 0.5
+            y = torch._fake_quantize_learnable_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min,
+                                                                 self.quant_max, grad_scale)
+        else:
+            y = torch.fake_quantize_per_tensor_affine(x, float(self.scale), int(self.zero_point), self.quant_min,
+                                                      self.quant_max)
+        if self.state.drop > 0:
+            keep_float = torch.rand(x.shape, generator=self.state.generator) < self.state.drop
+            y = torch.where(keep_float, x, y)
+        return y
+
+
+class _LearnedQParams(ObserverBase):
+    """Stands in for a calibrated observer at ``convert_fx``: the reconstructed scale, the observer's
+    zero point, dtype and range."""
+
+    def __init__(self, observer: nn.Module, scale: float, zero_point: int):
+        super().__init__(dtype=observer.dtype, is_dynamic=False)
+        self.qscheme, self.quant_min, self.quant_max = observer.qscheme, observer.quant_min, observer.quant_max
+        self.register_buffer("scale", torch.tensor([scale], dtype=torch.float32))
+        self.register_buffer("zero_point", torch.tensor([zero_point], dtype=torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def calculate_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.scale, self.zero_point
+
+
+class _ReconGlobalPool(nn.Module):
+    """Global average pooling as the int8 kernel for channels_last input (what int8 convs
+    output) computes it: the mean of the centred codes (code - zero point), rounded half to
+    even; straight-through gradient. The float mean, quantized, differs at exact halves (1-2%
+    of the pooled values): enough to cost the simulation 10 dB of agreement with int8."""
+
+    def __init__(self, fake_quant: _ReconFakeQuant):
+        super().__init__()
+        self.fake_quant = [fake_quant]  # the input's quantizer (a pool keeps its qparams), not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.adaptive_avg_pool2d(x, 1)
+        fake_quant = self.fake_quant[0]
+        if not fake_quant.state.quantize:
+            return y
+        scale = fake_quant.scale.detach()
+        codes = torch.round(x.detach() / scale)
+        exact = torch.round(codes.mean((2, 3), keepdim=True)) * scale
+        return y + (exact - y).detach()
+
+
+class _ReconLayer(nn.Module):
+    """A conv / linear whose weight is ``scale * clamp(floor(w / scale) + h, low, high)`` with the
+    converted model's per-channel scales: ``h`` the soft rounding (AdaRound's rectified sigmoid of
+    a learned ``v``, started at the fractional part) while learning, ``v >= 0`` once hard; the
+    bias (float in int8 too) is learned with it. Unquantized it is the fp32 layer."""
+
+    def __init__(self, layer: nn.Module, quantized: nn.Module, low: int, high: int, state: _ReconState):
+        super().__init__()
+        w = quantized.weight()
+        if w.qscheme() not in (torch.per_channel_affine, torch.per_channel_symmetric) \
+                or bool(w.q_per_channel_zero_points().any()):
+            raise QuantizationError(f"quantize_static: reconstruct needs symmetric per-channel int8 weights, "
+                                    f"got {w.qscheme()}")
+        is_conv = isinstance(layer, nn.Conv2d)
+        self.conv = (layer.stride, layer.padding, layer.dilation, layer.groups) if is_conv else None
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+        weight = layer.weight.detach()
+        self.register_buffer("scale", w.q_per_channel_scales().to(weight.dtype).view(shape))
+        self.register_buffer("float_weight", weight.clone())
+        self.register_buffer("float_bias", layer.bias.detach().clone() if layer.bias is not None
+                             else torch.zeros(weight.shape[0]))
+        self.register_buffer("floor", torch.floor(weight / self.scale))
+        frac = (weight / self.scale - self.floor).clamp(0.01, 0.99)
+        self.v = nn.Parameter(-torch.log((_RECON_ZETA - _RECON_GAMMA) / (frac - _RECON_GAMMA) - 1))
+        bias = quantized.bias()
+        self.bias = nn.Parameter(bias.detach().clone().float() if bias is not None else torch.zeros(weight.shape[0]))
+        self.low, self.high, self.hard, self.state = low, high, False, state
+
+    def rounding(self) -> torch.Tensor:
+        if self.hard:
+            return (self.v >= 0).to(self.v.dtype)
+        return (torch.sigmoid(self.v) * (_RECON_ZETA - _RECON_GAMMA) + _RECON_GAMMA).clamp(0, 1)
+
+    def integers(self) -> torch.Tensor:
+        return (self.floor + self.rounding()).clamp(self.low, self.high)
+
+    def regularizer(self, beta: float) -> torch.Tensor:
+        """AdaRound's push of every soft rounding to 0 or 1 (sharper as beta falls)."""
+        return (1 - (2 * self.rounding() - 1).abs().pow(beta)).sum()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.state.quantize:
+            weight, bias = self.integers() * self.scale, self.bias
+        else:
+            weight, bias = self.float_weight, self.float_bias
+        if self.conv is None:
+            return nn.functional.linear(x, weight, bias)
+        return nn.functional.conv2d(x, weight, bias, *self.conv)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphModule, low: int, high: int,
+                      state: _ReconState) -> Tuple[torch.fx.GraphModule, Dict[str, _ReconLayer]]:
+    """The float simulation of ``converted`` built from the calibrated ``prepared`` graph (see above)."""
+    sim = copy.deepcopy(prepared)
+    everything = list(sim.named_modules(remove_duplicate=False))  # a pool's output shares its input's observer
+    fake_quants: Dict[int, _ReconFakeQuant] = {}
+    for name, module in everything:
+        if isinstance(module, ObserverBase):
+            fake_quant = fake_quants.setdefault(id(module), _ReconFakeQuant(module, state))
+            fake_quant.observers.append(name)
+            _set_submodule(sim, name, fake_quant)
+    modules = dict(sim.named_modules(remove_duplicate=False))
+    for node in sim.graph.nodes:
+        if node.op == "call_module" and type(modules[node.target]) is nn.AdaptiveAvgPool2d \
+                and modules[node.target].output_size in (1, (1, 1)):
+            source = node.args[0]
+            if isinstance(source, torch.fx.Node) and source.op == "call_module" \
+                    and isinstance(modules.get(source.target), _ReconFakeQuant):
+                _set_submodule(sim, node.target, _ReconGlobalPool(modules[source.target]))
+    layers = {}
+    for name, quantized in _quantized_linear_layers(converted):
+        path, module = name, sim.get_submodule(name)
+        if isinstance(module, nn.Sequential):  # a fused conv-ReLU / linear-ReLU: the conv / linear is its first
+            path, module = f"{name}.0", module[0]
+        if type(module) not in (nn.Conv2d, nn.Linear):
+            raise QuantizationError(f"quantize_static: reconstruct: {name} is a {type(module).__name__}, not a conv "
+                                    "or linear")
+        layers[name] = _ReconLayer(module, quantized, low, high, state)
+        _set_submodule(sim, path, layers[name])
+    return sim, layers
+
+
+def _recon_blocks(sim: torch.fx.GraphModule, float_model: nn.Module) -> Tuple[List[str], List[nn.Module]]:
+    """``sim`` split (``torch.fx`` split_module) into its chain of blocks: a block is the outermost
+    module of an op's scope (in ``float_model``, which ``sim`` was traced from: a GraphModule
+    keeps no container types) that is not a container (``stages.3.0``, ``classifier``);
+    observers go with the op they observe. Refused unless each block takes the previous one's
+    output."""
+    from torch.fx.passes.split_module import split_module
+
+    scope = sim.meta["_observed_graph_module_attrs"].node_name_to_scope
+    modules = dict(float_model.named_modules())
+
+    def block_of(path: str) -> str:
+        parts = path.split(".")
+        for k in range(1, len(parts) + 1):
+            if not isinstance(modules.get(".".join(parts[:k])), (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                return ".".join(parts[:k])
+        return path
+
+    key: Dict[torch.fx.Node, str] = {}
+    order: List[str] = []
+    current, pending = None, []
+    for node in sim.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        path = (scope.get(node.name) or ("",))[0]
+        if path:
+            current = block_of(path)
+        if current is None:  # the input's observer: with the first block
+            pending.append(node)
+            continue
+        for n in pending + [node]:
+            key[n] = current
+        pending = []
+        if current not in order:
+            order.append(current)
+    index = {name: i for i, name in enumerate(order)}
+    split = split_module(sim, sim, lambda n: index[key[n]], keep_original_order=True)
+    calls = [n for n in split.graph.nodes if n.op == "call_module"]
+    previous = next(n for n in split.graph.nodes if n.op == "placeholder")
+    for name, call in zip(order, calls):
+        if len(call.args) != 1 or call.args[0] is not previous or call.kwargs:
+            raise QuantizationError(f"quantize_static: reconstruct: block {name!r} does not take just the previous "
+                                    "block's output (the model is not a chain of blocks)")
+        previous = call
+    if len(calls) != len(order):
+        raise QuantizationError("quantize_static: reconstruct: the model does not split into a chain of blocks")
+    return order, [split.get_submodule(c.target) for c in calls]
+
+
+def reconstruct_blockwise(prepared: torch.fx.GraphModule, converted: torch.fx.GraphModule, float_model: nn.Module,
+                          calibration: Iterable[Any], steps: int, seed: int = 0,
+                          weight_range: Tuple[int, int] = (-64, 64)) -> Tuple[torch.fx.GraphModule, Dict[str, float]]:
+    """The int8 model of ``prepared`` (the calibrated FX graph of ``float_model``, not changed;
+    ``converted`` its int8 model) with its weight rounding, biases and activation scales learned block by block (see
+    above): for each block in order, ``steps`` Adam steps on mini-batches of 32 calibration
+    images; loss: the squared error of the block's fake-quantized output against the fp32 block's
+    output, plus AdaRound's rounding regulariser (after 20% of the steps; beta 20 -> 2). Each
+    weight ends rounded down or up from its float value on ``converted``'s per-channel grid (the
+    same scales), within ``weight_range``; each activation keeps its zero point and range.
+    Returns (the int8 model: ``converted``'s graph and kernels, converted again with the learned
+    scales, the learned integers and biases written in; {block: SQNR (dB) of its simulated int8
+    output vs fp32 on the calibration images})."""
+    from torch.ao.quantization.quantize_fx import convert_fx
+
+    images = torch.cat([_inputs(b) for b in calibration]) if calibration else torch.zeros(0)
+    if images.shape[0] == 0:
+        raise QuantizationError("quantize_static: reconstruct: the calibration set is empty")
+    generator = torch.Generator().manual_seed(seed)
+    state = _ReconState(generator)
+    sim, layers = _recon_simulation(prepared, converted, *weight_range, state)
+    names, blocks = _recon_blocks(sim, float_model)
+    quantized_in = float_in = images
+    result = {}
+    for name, block in tqdm(list(zip(names, blocks)), desc="reconstruct", leave=False, disable=None):
+        own = [m for m in block.modules() if isinstance(m, _ReconLayer)]
+        scales = list({id(m): m.scale for m in block.modules()
+                       if isinstance(m, _ReconFakeQuant) and m.scale.requires_grad}.values())
+        with torch.no_grad():
+            state.quantize = False
+            target = block(float_in)
+            state.quantize = True
+        if own and steps:
+            optimizer = torch.optim.Adam([{"params": [m.v for m in own], "lr": _RECON_LR_ROUNDING},
+                                          {"params": [m.bias for m in own], "lr": _RECON_LR_BIAS},
+                                          {"params": scales, "lr": _RECON_LR_SCALE}])
+            state.drop = _RECON_DROP
+            for step in range(steps):
+                pick = torch.randint(0, len(images), (min(_RECON_BATCH, len(images)),), generator=generator)
+                x = torch.where(torch.rand(quantized_in[pick].shape, generator=generator) < _RECON_DROP,
+                                float_in[pick], quantized_in[pick])
+                loss = (block(x) - target[pick]).pow(2).flatten(1).sum(1).mean()
+                progress = step / steps
+                if progress >= _RECON_REG_WARMUP:
+                    beta = 20 + (2 - 20) * (progress - _RECON_REG_WARMUP) / (1 - _RECON_REG_WARMUP)
+                    loss = loss + _RECON_REG * sum(m.regularizer(beta) for m in own)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    for scale in scales:
+                        scale.clamp_(min=1e-8)
+            state.drop = 0.0
+        for m in own:
+            m.hard = True
+        with torch.no_grad():
+            quantized_in, float_in = block(quantized_in), target
+        result[name] = _sqnr(target, quantized_in)
+    learned = copy.deepcopy(prepared)
+    for fake_quant in {id(m): m for m in sim.modules() if isinstance(m, _ReconFakeQuant)}.values():
+        observer = learned.get_submodule(fake_quant.observers[0])
+        replacement = _LearnedQParams(observer, float(fake_quant.scale.detach()), int(fake_quant.zero_point))
+        for observer_name in fake_quant.observers:
+            _set_submodule(learned, observer_name, replacement)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+        quantized = convert_fx(learned)
+    for name, layer in _quantized_linear_layers(quantized):
+        recon, w = layers[name], layer.weight()
+        if not torch.equal(w.q_per_channel_scales(), converted.get_submodule(name).weight().q_per_channel_scales()):
+            raise QuantizationError(f"quantize_static: reconstruct: {name}: the weight scales changed on conversion")
+        integers = recon.integers().detach().round().to(torch.int8).view(w.shape)
+        weight = torch._make_per_channel_quantized_tensor(integers, w.q_per_channel_scales(),
+                                                          w.q_per_channel_zero_points(), w.q_per_channel_axis())
+        layer.set_weight_bias(weight, recon.bias.detach().clone())
+    logger.info("reconstruct: %d blocks, %d steps each; simulated output SQNR on the calibration images %.2f dB",
+                len(result), steps, result[names[-1]] if names else float("nan"))
+    return quantized, result
+
 def _calibrated(float_model: nn.Module, mapping: QConfigMapping, calibration: Iterable[Any],
-                max_batches: Optional[int], example: Tuple[torch.Tensor], keep: Optional[list] = None
-                ) -> Tuple[torch.fx.GraphModule, int]:
+                max_batches: Optional[int], example: Tuple[torch.Tensor], keep: Optional[list] = None,
+                observed: Optional[list] = None) -> Tuple[torch.fx.GraphModule, int]:
     """(``float_model`` (not changed) prepared with ``mapping``, calibrated and converted, the
-    number of calibration batches); the batches used are appended to ``keep`` if given."""
+    number of calibration batches); the batches used are appended to ``keep`` if given, a copy
+    of the calibrated graph before conversion to ``observed``."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     try:
@@ -380,6 +689,8 @@ def _calibrated(float_model: nn.Module, mapping: QConfigMapping, calibration: It
             n += 1
     if n == 0:
         raise QuantizationError("quantize_static: the calibration set is empty (activation ranges would be unset)")
+    if observed is not None:
+        observed.append(copy.deepcopy(prepared))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
         return convert_fx(prepared), n
@@ -388,7 +699,8 @@ def _calibrated(float_model: nn.Module, mapping: QConfigMapping, calibration: It
 def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optional[str] = None,
                     max_batches: Optional[int] = None, example: Optional[torch.Tensor] = None,
                     keep_float: Sequence[str] = (), reduce_range: Union[None, bool, str] = None,
-                    bias_correction: bool = False, ranges: str = "histogram") -> nn.Module:
+                    bias_correction: bool = False, ranges: str = "histogram", reconstruct: int = 0,
+                    seed: int = 0) -> nn.Module:
     """An int8 copy of ``model`` by post-training static quantization.
 
     calibration: batches of images (tensors, or (images, labels) pairs) like the model will
@@ -431,15 +743,23 @@ def quantize_static(model: nn.Module, calibration: Iterable[Any], backend: Optio
     float out).
     """
     check_choice("quantize_static: ranges", ranges, RANGES, QuantizationError)
+    check_bool("quantize_static: bias_correction", bias_correction, QuantizationError)
+    check_int("quantize_static: reconstruct", reconstruct, 0, None, QuantizationError)
+    check_int("quantize_static: seed", seed, 0, None, QuantizationError)
     backend = _backend(backend)
     float_model = prepare_for_deploy(model)  # BN folded, eval: calibration sees inference behaviour
     mapping = _keep_float(_ptq_qconfig_mapping(backend, reduce_range, ranges), float_model, keep_float, "quantize_static")
-    used: Optional[list] = [] if bias_correction else None
-    quantized, n = _calibrated(float_model, mapping, calibration, max_batches, _example(model, example), used)
-    if ranges == "mse" and _bit_split(backend, reduce_range, "quantize_static") == "weights":
+    used: Optional[list] = [] if bias_correction or reconstruct else None
+    observed: Optional[list] = [] if reconstruct else None
+    quantized, n = _calibrated(float_model, mapping, calibration, max_batches, _example(model, example), used, observed)
+    seven_bit = _bit_split(backend, reduce_range, "quantize_static") == "weights"
+    if ranges == "mse" and seven_bit:
         # clipped weights: convert_fx clamps to qint8's -128..127, not to the observer's 7 bits
         for _, layer in _quantized_linear_layers(quantized):
             _clamp_weight(layer, -64, 63)
+    if reconstruct:
+        quantized, _ = reconstruct_blockwise(observed[0], quantized, float_model, used, reconstruct, seed,
+                                             (-64, 64) if seven_bit else (-128, 127))
     if bias_correction:
         correct_bias(quantized, float_model, used)
     same_pad_depthwise(quantized)
