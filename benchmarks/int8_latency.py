@@ -25,7 +25,9 @@ fp32 and int8 top-1 accuracy and int8-vs-fp32 top-1 agreement, for all-int8, for
 PyTorch's fbgemm / x86 default observes into 7 bits because AVX2 kernels saturate int16 pair
 sums), then the accuracy options of ``quantize_static``: 8-bit activations with 7-bit weights
 (``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
-least-squared-error ranges (``ranges="mse"``, with both bit splits), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+least-squared-error ranges (``ranges="mse"``, with both bit splits), block-wise
+reconstruction of the weight rounding, biases and activation scales on the calibration images
+(``reconstruct=RECONSTRUCT_STEPS``, 8/7 bits; minutes per calibration), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
 per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
 option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
 weights). The rows are checked on ``--check`` more held-out images (a third seed; Wilson 95% intervals),
