@@ -28,7 +28,7 @@ int8 gains and loses, and for the FPN the like-for-like int8 ratio (same inputs 
 AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
 
     python benchmarks/detection_latency.py --rounds 15 --threads 1      # not under nice: timings
-    python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours + torchvision, ~3 min idle
+    python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours (C4, FPN) + torchvision, no d2go variant
 
 Our FBNetV3-G FPN detector (model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml) runs its deploy
 path: BN folded, RPN test top-k as exported (200 per level before NMS, 1000 after), fp32
@@ -286,7 +286,8 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--no-d2go", action="store_true", help="leave out the authors' d2go-config variant")
     p.add_argument("--no-fpn", action="store_true", help="leave out our FBNetV3-G FPN detector")
     p.add_argument("--quick", action="store_true",
-                   help="unattended short run: 320 x 320 only, ours + torchvision, 9 rounds (~3 min on an idle CPU)")
+                   help="unattended short run: 320 x 320 only, our C4 and FPN + torchvision (no d2go variant; --no-fpn "
+                        "drops the FPN), at most 9 rounds")
     p.add_argument("--out", default=None, help="default: results/detection_latency.json (--quick: _quick.json)")
     a = p.parse_args(argv)
     if a.quick:
