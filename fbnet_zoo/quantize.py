@@ -360,13 +360,14 @@ def correct_bias(quantized: torch.fx.GraphModule, float_model: nn.Module, calibr
     return shifts
 
 
-# Block-wise reconstruction of the weight rounding (``quantize_static(reconstruct=...)``): the
+# Block-wise reconstruction of the weight rounding, biases and activation scales
+# (``quantize_static(reconstruct=...)``): the
 # ideas of AdaRound (Nagel et al. 2020: learn, per weight, whether to round up or down, with a
 # rectified-sigmoid soft rounding pushed to 0 / 1 by an annealed regulariser), BRECQ (Li et al.
 # 2021: reconstruct one residual block at a time, the quantized block fed the quantized model's
 # own input, the fp32 block's output as target) and QDrop (Wei et al. 2022: during
 # reconstruction each activation keeps its quantization error with probability 1/2, else passes
-# fp32), on the calibration images only. Written for this module's FX graphs: the simulation is
+# fp32), with LSQ's learned activation scales (Esser et al. 2020), on the calibration images only. Written for this module's FX graphs: the simulation is
 # the prepared graph with each observer turned into a fake-quant of the qparams ``convert_fx``
 # gave, each int8 conv / linear into a conv with the converted model's per-channel scales, and
 # each global average pool into int8's rounding; so the learned integers are what the int8
@@ -407,8 +408,8 @@ class _ReconFakeQuant(nn.Module):
             y = torch._fake_quantize_learnable_per_tensor_affine(x, self.scale, self.zero_point, self.quant_min,
                                                                  self.quant_max, grad_scale)
         else:
-            y = torch.fake_quantize_per_tensor_affine(x, float(self.scale), int(self.zero_point), self.quant_min,
-                                                      self.quant_max)
+            y = torch.fake_quantize_per_tensor_affine(x, float(self.scale.detach()), int(self.zero_point),
+                                                      self.quant_min, self.quant_max)
         if self.state.drop > 0:
             keep_float = torch.rand(x.shape, generator=self.state.generator) < self.state.drop
             y = torch.where(keep_float, x, y)
@@ -436,7 +437,8 @@ class _ReconGlobalPool(nn.Module):
     """Global average pooling as the int8 kernel for channels_last input (what int8 convs
     output) computes it: the mean of the centred codes (code - zero point), rounded half to
     even; straight-through gradient. The float mean, quantized, differs at exact halves (1-2%
-    of the pooled values): enough to cost the simulation 10 dB of agreement with int8."""
+    of the pooled values): on the benchmark model the simulation's logits were then 31 dB (SQNR)
+    from the int8 model's, 42 dB with this."""
 
     def __init__(self, fake_quant: _ReconFakeQuant):
         super().__init__()

@@ -1,5 +1,6 @@
 """PTQ accuracy features of fbnet_zoo.quantize: the saturation-free bit split
-(``reduce_range="weights"``), empirical bias correction and the per-unit sensitivity report.
+(``reduce_range="weights"``), empirical bias correction, least-squared-error ranges, block-wise
+reconstruction (``reconstruct``) and the per-unit sensitivity report.
 Tiny models; the agreement figures on a trained model are benchmarks/int8_latency.py's job
 (``--agreement-only``)."""
 
