@@ -39,7 +39,8 @@ with the QAT model it was converted from.
     python benchmarks/int8_latency.py --quick        # B, D, G latency + PTQ agreement: < 8 min on an idle core
     nice -n 10 python benchmarks/int8_latency.py     # full: more timing rounds, + QAT
     python benchmarks/int8_latency.py --agreement-only --out benchmarks/results/int8_agreement.json
-                                                     # only the agreement part (~20 min on a loaded 2-core box)
+                                                     # only the agreement part (~45 min on a loaded 2-core box:
+                                                     # the reconstructed row takes 3-6 min per calibration)
 
 Writes benchmarks/results/int8_latency.json (``--out``), with the CPU model and the ISA flags
 int8 speed depends on: AVX2 has no 8-bit dot product (fbgemm multiplies u8 x s8 pairs into
