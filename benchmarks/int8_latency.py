@@ -27,7 +27,7 @@ sums), then the accuracy options of ``quantize_static``: 8-bit activations with 
 (``reduce_range="weights"``: no int16 saturation on any x86 CPU), empirical bias correction,
 least-squared-error ranges (``ranges="mse"``, with both bit splits), block-wise
 reconstruction of the weight rounding, biases and activation scales on the calibration images
-(``reconstruct=RECONSTRUCT_STEPS``, 8/7 bits; minutes per calibration), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
+(``reconstruct=RECONSTRUCT_STEPS``, 8/7 bits; minutes per calibration; not with --quick), and the k units that ``fbnet_zoo.quantize.sensitivity`` ranks most harmful left in fp32; the
 per-unit sensitivity report itself (each unit alone in int8); and the batch-1 latency of every
 option, on the trained model at 224 px and on ``--variant-latency-model`` (a zoo model, random
 weights). The rows are checked on ``--check`` more held-out images (a third seed; Wilson 95% intervals),
@@ -353,7 +353,7 @@ def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
 
 def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
                       sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000,
-                      calibration_draws=4):
+                      calibration_draws=4, reconstruct=True):
     t0 = time.perf_counter()
     if load:
         model = build_arch(arch)
@@ -382,12 +382,14 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
                 "ptq_seconds": round(seconds, 1)}
 
     quantized = {}
-    for name, keep, reduce_range, bias_correction, ranges, reconstruct in PTQ_VARIANTS:
+    for name, keep, reduce_range, bias_correction, ranges, steps in PTQ_VARIANTS:
+        if steps and not reconstruct:
+            continue
         t1 = time.perf_counter()
         q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range,
-                            bias_correction=bias_correction, ranges=ranges, reconstruct=reconstruct)
+                            bias_correction=bias_correction, ranges=ranges, reconstruct=steps)
         out[name] = {"reduce_range": reduce_range, "bias_correction": bias_correction, "keep_float": list(keep),
-                     "ranges": ranges, "reconstruct": reconstruct, **row(q, time.perf_counter() - t1)}
+                     "ranges": ranges, "reconstruct": steps, **row(q, time.perf_counter() - t1)}
         quantized[name] = q
     if sensitivity_units:
         # which units hurt: each alone in int8 (the rest fp32), for the default and the 8/7-bit split
@@ -488,7 +490,8 @@ def main(argv=None):
         agreement = trained_agreement(args.agreement_arch, args.train_epochs, args.train_res, args.train_images,
                                       args.calib, args.held, args.seed, qat_epochs, args.load, args.save,
                                       not (args.no_sensitivity or args.quick), n_check=args.check,
-                                      calibration_draws=0 if args.quick else args.calibration_draws)
+                                      calibration_draws=0 if args.quick else args.calibration_draws,
+                                      reconstruct=not args.quick)
         if args.variant_latency_model and not args.quick:
             agreement["zoo_latency_of_ptq_options"] = zoo_variant_latency(args.variant_latency_model, iters, args.seed)
         print(json.dumps(agreement, indent=1), flush=True)
