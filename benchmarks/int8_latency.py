@@ -52,7 +52,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -69,14 +68,13 @@ from fbnet_zoo.quantize import (QATSchedule, _sqnr, convert_qat, export_int8_tor
 from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, train_model
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
-from latency import _time, machine_facts, save_result  # benchmarks/latency.py: the same timer and result writer
+from latency import _time, cpu_facts, machine_facts, save_result  # benchmarks/latency.py: the same timer, facts, writer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "int8_latency.json")
 MEAN = torch.tensor(EMBEDDED_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(EMBEDDED_STD).view(1, 3, 1, 1)
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
 FIRST_AND_LAST = ("stages.0", "classifier")  # the stem conv and the classifier
 # A short from-scratch recipe that learns the embedded set (SMALL_FBNET: 83% top-1 in 10 epochs)
 RECIPE = Recipe(optimizer="sgd", lr=0.05, batch_size=64, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
@@ -108,25 +106,6 @@ def round_robin_ms(fns, x, iters):
         for k, fn in fns.items():
             times[k] += _time(fn, x, 1)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-
-def cpu_facts():
-    """The CPU's model name and the ISA flags int8 kernels use (Linux /proc/cpuinfo), plus the
-    SIMD level PyTorch dispatches to."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
-    return {"cpu_model": name, "cpu_flags": {f: f in flags for f in ISA_FLAGS},
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def images(n, seed, size):
