@@ -126,6 +126,24 @@ def test_export_cli_writes_checked_files(tmp_path, capsys):
                                  "--format", "onnx", "--out", str(out / "x.onnx")]) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--input-size", "0"], "input_size[0]: 0 is below the minimum 1"),       # was: silently the arch's size
+    (["--input-size", "-4"], "input_size[0]: -4 is below the minimum 1"),     # was: torch's traceback
+    (["--input-size", "8"], "input_size: (8, 8) is too small: stages[3]"),  # was: a conv's traceback
+    (["--batch", "0"], "--batch: 0 is below the minimum 1"),
+    (["--format", "int8", "--calibration-images", "-3"], "--calibration-images: -3 is below the minimum 1"),
+    (["--format", "onnx", "--opset", "3"], "opset: 3 is below the minimum 7"),  # was: the whole graph printed
+])
+def test_export_cli_bad_numbers_are_one_line_errors_and_write_nothing(tmp_path, capsys, args, message):
+    arch = tmp_path / "tiny.yaml"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    out = tmp_path / "out"
+    assert _tool("export").main(["--arch", str(arch), "--num-classes", "10", "--out", str(out) + os.sep] + args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or os.listdir(out) == []
+
+
 def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     pytest.importorskip("safetensors", reason="writes a .safetensors output")
     model = _model()
