@@ -545,6 +545,8 @@ def _resolve(pretrained: Union[bool, str, os.PathLike], name: str) -> Tuple[Opti
     if sources:
         raise CheckpointError(f"pretrained: {text!r} is neither a source of {name!r} ({sorted(sources)}), "
                               "a URL nor an existing path")
+    if not name:  # no model to look sources up by (tools/convert_checkpoint.py INPUT)
+        raise CheckpointError(f"pretrained: {text!r} is not an existing path or a URL")
     raise CheckpointError(f"pretrained: {text!r} is not an existing path or a URL, and {name!r} has no "
                           f"registered sources (models with sources: {', '.join(_SOURCES.models()) or 'none'})")
 

@@ -165,6 +165,26 @@ def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
+def test_convert_cli_bad_paths_are_one_line_errors(tmp_path, capsys):
+    model = _model()
+    arch, ours = tmp_path / "tiny.yaml", tmp_path / "ours.pth"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    torch.save(model.state_dict(), ours)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    tool = _tool("convert_checkpoint")
+    # OUTPUT an existing folder: was os.replace's IsADirectoryError traceback naming a temp file
+    assert tool.main(["--from", "ours", "--arch", str(arch), str(ours), str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {folder}: cannot be written (is a directory" in err and "Traceback" not in err
+    assert folder.is_dir() and os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["a_folder", "ours.pth",
+                                                                                            "tiny.yaml"]
+    # a missing INPUT: the message named an empty model ("'' has no registered sources")
+    assert tool.main(["--from", "ours", "--arch", str(arch), str(tmp_path / "nope.pth"), str(tmp_path / "o.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.pth' is not an existing path or a URL" in err and "''" not in err
+
+
 def test_export_to_a_read_only_folder_is_a_clear_error_naming_the_folder(tmp_path):
     from unprivileged import remove_tree, run_unprivileged, shared_tmp_dir
 
