@@ -185,6 +185,8 @@ class SearchRun:
             raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
         if executor is None:
             cfg.train_settings()
+        if self.store is None and kind == "table":  # the table is input too: read it before the store exists
+            self.executor()
         if self.store is None:
             self.store = RunStore(run_dir)
             self.store.set_meta(config=cfg.to_dict(), digest=config_digest(cfg), seed=cfg.seed,

@@ -189,6 +189,15 @@ def test_table_executor_run_is_counted_stored_and_resumes_after_a_kill(tmp_path,
         assert os.path.exists(os.path.join(killed, "cells", f"fbnetv3_search_killed_{label}.yaml"))
 
 
+def test_an_unreadable_table_fails_before_the_run_dir_is_written(tmp_path):
+    # it used to fail after the store was created: the corrected command was then refused
+    # ("already holds a run") and --resume kept the bad table
+    cfg = load_config("nas_bench_201", [f"bench.table={tmp_path / 'missing.csv'}"])
+    with pytest.raises(TableError, match="missing.csv' cannot be read"):
+        run_search(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_table_executor_needs_the_cell_space_and_cifar100_sizes_the_classifier(tmp_path):
     with pytest.raises(SearchConfigError, match="does not serve space.kind 'fbnet'"):
         run_search(load_config("default", ["executor.kind=table"]), str(tmp_path / "x"))
