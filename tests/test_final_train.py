@@ -225,6 +225,11 @@ def test_config_errors_name_the_field(tmp_path):
         load_final_config(bad)
     with pytest.raises(TrainConfigError, match="not recipe.<field>"):
         load_final_config(None, {"lr": 0.1})
+    # a resolution the arch runs out of pixels at: was a conv's traceback in the first step
+    cfg = load_final_config(None, {"recipe.resolution": 32, "train.data_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(RecipeError, match=r"recipe.resolution 32 does not fit FBNetV3-A: .* too small"):
+        train_final("FBNetV3-A", cfg, str(tmp_path / "work"), progress=False)
+    assert not (tmp_path / "work").exists()
     model = fbnet_zoo.build_model(fbnet_zoo.ArchSpec.from_yaml(TINY_YAML), num_classes=3)
     with pytest.raises(TrainConfigError, match="batch_size: 8 .* not divisible by the 3 processes"):
         _setup(model, Recipe(batch_size=8), 1, None, TrainSettings(), None, None, 3, TrainResult("x", "ok"),

@@ -274,6 +274,7 @@ def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int]
         source = load_spec(request)  # a YAML is read once
         spec = cifar_variant(source, base=cifar_base, resolution=resolution)
         si, ri = unstrided_block(source)
+        flops = count_flops(spec, num_classes=CIFAR_NUM_CLASSES)  # SpecError if the input size is too small
     except UnknownModelError as e:
         raise CifarError(f"--arch {request!r}: {e}; known: zoo models {list_models()}, 'zoo' (all of them), "
                             f"baselines {sorted(EFFICIENTNET_RESOLUTIONS)}, or an arch YAML path") from None
@@ -283,7 +284,7 @@ def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int]
         family = "searched"
     else:
         family = "FBNetV3" if spec.name.lower().startswith("fbnetv3") else "registered"
-    return Job(request, spec.name, family, spec.input_size, count_flops(spec, num_classes=CIFAR_NUM_CLASSES),
+    return Job(request, spec.name, family, spec.input_size, flops,
                count_params(spec, num_classes=CIFAR_NUM_CLASSES), spec=spec, unstrided=f"stages[{si}][{ri}]")
 
 
