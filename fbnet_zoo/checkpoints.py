@@ -177,6 +177,10 @@ def register_sources(data: Union[str, os.PathLike, Mapping[str, Any]]) -> str:
     return ", ".join(_SOURCES.folders.add_file(path))
 
 
+# the converters fbnet_zoo itself ships: their checkpoints hold a classifier's weights
+_CLASSIFIER_CONVERTERS = frozenset(CONVERTERS)
+
+
 def list_sources(model: Optional[str] = None) -> Union[List[str], Dict[str, CheckpointSource]]:
     """Models that have sources (no argument), or ``{source name: CheckpointSource}`` of one model."""
     if model is None:
@@ -189,7 +193,10 @@ def get_source(model: str, source: Union[bool, str] = True) -> CheckpointSource:
     sources, default = _SOURCES.get(model)
     if not sources:
         have = _SOURCES.models()
-        variant = [m for m in have if normalize_name(m).startswith(normalize_name(model) + "_")]
+        # only siblings whose default source is a classifier's weights: build_model cannot load the
+        # authors' whole-detector checkpoints (FBNetV3-A-d2go), which the hint used to suggest for FBNetV3-A
+        variant = [m for m in have if normalize_name(m).startswith(normalize_name(model) + "_")
+                   and _SOURCES.get(m)[0][_SOURCES.get(m)[1]].converter in _CLASSIFIER_CONVERTERS]
         hint = (f"; its sibling {', '.join(variant)} has weights (e.g. build_model({variant[0]!r}, pretrained=True))"
                 if variant else "")
         raise CheckpointError(f"pretrained: no checkpoint source is registered for {model!r}{hint}. Models with "

@@ -73,6 +73,16 @@ def test_file_url_goes_through_the_cache_and_then_works_without_the_source(saved
     assert _same_weights(b, src)
 
 
+def test_no_source_hint_offers_only_siblings_with_classifier_weights():
+    with pytest.raises(CheckpointError, match=r"sibling FBNetV3-B-timm has weights"):
+        checkpoints.get_source("FBNetV3-B")
+    # FBNetV3-A's only siblings with sources are the authors' whole COCO detectors, which
+    # build_model cannot load: the hint used to suggest build_model('FBNetV3-A-d2go', pretrained=True)
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.get_source("FBNetV3-A")
+    assert "sibling" not in str(info.value) and "or pass a local path or URL" in str(info.value)
+
+
 def test_registered_source_with_verified_hash_and_size(saved, cache, tmp_path):
     src, path = saved
     import hashlib
