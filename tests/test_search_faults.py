@@ -87,6 +87,14 @@ def test_run_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert f.read_text() == "x"
 
 
+def test_overrides_may_follow_options(tmp_path, capsys):
+    # was argparse's "unrecognized arguments: seed=-1" (positionals after an option)
+    run_dir = tmp_path / "run"
+    assert _tool().main(["default", "--run-dir", str(run_dir), "seed=-1", "--no-progress"]) == 2
+    assert "seed: -1 is outside [0, 4294967295]" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_unknown_executor_kind_lists_the_registered_ones():
     with pytest.raises(SearchConfigError, match=r"executor.kind: 'slurm' is not a registered executor kind; "
                                                 r"registered: \[.*'local'.*'oracle'.*'ray'"):
