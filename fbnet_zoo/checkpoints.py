@@ -415,7 +415,12 @@ def read_state_dict(path: str, fmt: Optional[str] = None) -> "OrderedDict[str, t
                 f"{path}: refused: it pickles objects other than tensors and plain containers (it could run code "
                 "when loaded), and checkpoints are only read with torch.load(weights_only=True); nothing in it was "
                 "executed. Re-save its state dict (tensors only) from a trusted environment") from None
-        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({e})") from None
+        # torch's message runs over several lines; its "Unsupported operand N" line is the fact
+        detail = next((line.strip() for line in str(e).splitlines() if "unsupported operand" in line.lower()),
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise CheckpointError(f"{path}: corrupted or truncated checkpoint, or a pickle not written by torch.save "
+                              f"(e.g. pickle.dump's protocol 4+), which torch.load(weights_only=True) cannot read "
+                              f"({detail[:200]})") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError) as e:

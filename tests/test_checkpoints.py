@@ -333,6 +333,13 @@ def test_a_garbled_pickle_inside_a_torch_zip_is_corruption_not_code(tmp_path):
     with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
         read_state_dict(str(bad))
     assert "could run code" not in str(e.value)
+    # a plain pickle.dump of tensors (protocol 4: an opcode torch's safe loader lacks): one line, was torch's 7
+    plain = tmp_path / "plain.pkl"
+    with open(plain, "wb") as f:
+        pickle.dump({"model": {"w": torch.zeros(2)}}, f, protocol=4)
+    with pytest.raises(CheckpointError, match=r"plain\.pkl: .*not written by torch.save .*Unsupported operand") as e:
+        read_state_dict(str(plain))
+    assert "\n" not in str(e.value) and "could run code" not in str(e.value)
 
 
 def test_a_corrupt_cache_entry_is_fetched_again_and_the_first_load_succeeds(saved, cache):
