@@ -2,7 +2,7 @@
 """Train / evaluate detectron2 models with FBNet backbones (detectron2's conventions).
 
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
-        --num-gpus 8 MODEL.FBNET.PRETRAINED True
+        --num-gpus 8 MODEL.FBNET.PRETRAINED /path/to/fbnetv3_a_imagenet.pth   # or an arch with a source: B/D/G-timm
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     # the authors' COCO detector: their config, their weights (d2go checkpoint sources)
     python tools/train_net.py --d2go FBNetV3-A-d2go:faster_rcnn_c4 --eval-only
@@ -49,9 +49,10 @@ except ImportError:
     sys.exit("tools/train_net.py needs detectron2, which is not on PyPI: install it from "
              "https://github.com/facebookresearch/detectron2 (see README: Detection)")
 
-from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
+from fbnet_zoo.detection import DetectionError, d2  # registers the FBNet backbones and heads
 from fbnet_zoo.detection.d2 import lazy
 from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export
+from fbnet_zoo.errors import FBNetZooError
 from fbnet_zoo.detection.d2.quantization import (add_quantization_config, convert_detector_qat, export_int8_detector,
                                                  int8_parts, prepare_detector_qat, qat_schedule_hook)
 
@@ -136,13 +137,22 @@ def setup_lazy(args):
     return cfg
 
 
+def configured(setup_fn, args):
+    """yacs and LazyConfig report a missing file, an unknown key or an odd override list by
+    AssertionError / KeyError: one DetectionError line instead of a traceback."""
+    try:
+        return setup_fn(args)
+    except (AssertionError, KeyError) as e:
+        raise DetectionError(f"config: {e.args[0] if e.args else type(e).__name__}") from None
+
+
 def main(args):
     if args.config_file.endswith(".py"):
-        cfg = setup_lazy(args)
+        cfg = configured(setup_lazy, args)
         if args.eval_only:
             return lazy.do_eval(cfg)
         return lazy.do_train(cfg, resume=args.resume)
-    cfg = setup(args)  # registers the toy set too, in every spawned worker
+    cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
@@ -202,5 +212,8 @@ def build_parser():
 
 if __name__ == "__main__":
     args = build_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except FBNetZooError as e:  # bad config, source, weights or data: one line (other failures keep their traceback)
+        sys.exit(f"error: {e}")
