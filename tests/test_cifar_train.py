@@ -151,6 +151,28 @@ def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path):
     assert not out.exists() or not any(out.iterdir())          # nothing was trained
 
 
+def test_plot_tool_bad_outputs_are_one_line_and_write_nothing(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_cifar10_tool", os.path.join(ROOT, "tools", "plot_cifar10.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = tmp_path / "runs" / "m-cifar"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"schema": RESULTS_SCHEMA, "arch": "M-CIFAR", "family": "FBNetV3",
+                                                  "flops": 2e6, "params": 1e6, "status": "ok", "final_top1": 50.0,
+                                                  "top1": [50.0], "epochs_planned": 1}))
+    table = tmp_path / "table.md"
+    # an unknown format was matplotlib's traceback, after --table had been written
+    assert tool.main([str(run.parent), "--out", str(tmp_path / "fig.xyz"), "--table", str(table)]) == 2
+    assert "--out" in capsys.readouterr().err and not table.exists() and not (tmp_path / "fig.xyz").exists()
+    # a folder as --out: was atomic_path's IsADirectoryError traceback
+    assert tool.main([str(run.parent), "--out", str(tmp_path)]) == 2
+    assert f"error: {tmp_path}: cannot be written (is a directory" in capsys.readouterr().err
+    assert tool.main([str(run.parent), "--out", str(tmp_path / "fig.png"), "--table", str(table)]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "M-CIFAR" in table.read_text()
+
+
 def _yaml(tmp_path, text):
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
