@@ -122,6 +122,8 @@ def train_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], conf
     ``dist``: this process's place in the job (default: ``init_distributed(config.train.device)``,
     which joins torchrun's process group when launched by torchrun). Raises on failure: a final
     run has no search to carry on."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):  # else os.makedirs fails after the data is read
+        raise TrainConfigError(f"workdir {workdir!r} is a file, not a folder")
     ctx = dist if dist is not None else init_distributed(config.train.device)
     settings = config.train.replace(device=str(ctx.device))
     recipe = config.recipe
