@@ -144,6 +144,14 @@ def test_export_cli_bad_numbers_are_one_line_errors_and_write_nothing(tmp_path, 
     assert not out.exists() or os.listdir(out) == []
 
 
+def test_export_cli_refuses_an_arch_whose_own_input_size_is_too_small(tmp_path, capsys):
+    arch = tmp_path / "small.yaml"
+    arch.write_text(fbnet_zoo.load_spec(TINY).to_yaml().replace("input_size: 40", "input_size: 8"))
+    assert _tool("export").main(["--arch", str(arch), "--num-classes", "10", "--out", str(tmp_path / "o") + os.sep]) == 1
+    err = capsys.readouterr().err                                       # was a conv's traceback
+    assert "input_size: (8, 8) is too small" in err and "Traceback" not in err
+
+
 def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     pytest.importorskip("safetensors", reason="writes a .safetensors output")
     model = _model()

@@ -129,8 +129,8 @@ def main(argv=None):
     try:
         model = fbnet_zoo.build_model(args.arch, num_classes=args.num_classes, pretrained=pretrained).eval()
         name = fbnet_zoo.normalize_name(model.spec.name)
-        if args.input_size is not None:  # in range and large enough for every stage of this arch
-            fbnet_zoo.count_flops(model.spec, input_size=args.input_size, num_classes=0)
+        # the size (--input-size or the spec's own) in range and large enough for every stage of this arch
+        fbnet_zoo.count_flops(model.spec, input_size=args.input_size, num_classes=0)
         if args.format == "int8":
             return _export_int8(model, name, args)
         formats = ["torchscript", "onnx"] if args.format == "both" else [args.format]
