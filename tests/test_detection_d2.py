@@ -283,6 +283,31 @@ def test_train_net_config_errors_are_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "none.yaml")
 
 
+def test_model_weights_pkl_is_refused_and_never_unpickled(tmp_path):
+    """MODEL.WEIGHTS went through detectron2's checkpointer, which pickle.loads .pkl files: a
+    hostile one ran code under train_net --eval-only (and lazy configs' init_checkpoint)."""
+    import pickle
+
+    from fbnet_zoo.checkpoints import CheckpointError
+    from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {}, "__author__": Payload()}, f, protocol=2)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"evil.pkl: refused: .*pickle, which can run code"):
+        SafeDetectionCheckpointer(model).load(str(evil))
+    assert not (tmp_path / "ran").exists()
+    good = tmp_path / "good.pth"
+    torch.save({"model": {k: torch.ones_like(v) for k, v in model.state_dict().items()}}, good)
+    SafeDetectionCheckpointer(model).load(str(good))
+    assert bool((model.weight == 1).all())
+
+
 def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):
     """The C4 RoI box head is the stride-32 stages alone (no second FBNet), with the
     checkpoint's weights for them, from the same read as the backbone's."""

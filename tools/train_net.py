@@ -35,13 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 
 import torch
 
 try:
     import detectron2.utils.comm as comm
     from detectron2.data import build_detection_test_loader
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
@@ -52,6 +52,7 @@ except ImportError:
 from fbnet_zoo.detection import DetectionError, d2  # registers the FBNet backbones and heads
 from fbnet_zoo.detection.d2 import lazy
 from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export
+from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
 from fbnet_zoo.errors import FBNetZooError
 from fbnet_zoo.detection.d2.quantization import (add_quantization_config, convert_detector_qat, export_int8_detector,
                                                  int8_parts, prepare_detector_qat, qat_schedule_hook)
@@ -75,12 +76,16 @@ class Trainer(DefaultTrainer):
             return model
         # QAT starts from the float weights: load them before the parts become QAT graphs
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         d2.load_configured_weights(model, cfg)
         example = torch.zeros(3, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         return prepare_detector_qat(model, example, backend=cfg.QUANTIZATION.BACKEND or None)
 
     def build_hooks(self):
+        # DefaultTrainer made detectron2's checkpointer just before this; MODEL.WEIGHTS and resume go
+        # through ours instead (it refuses .pkl files, which detectron2 unpickles)
+        self.checkpointer = SafeDetectionCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                                      trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         q = self.cfg.QUANTIZATION.QAT
         if q.ENABLED and (q.FREEZE_BN_ITER >= 0 or q.FREEZE_OBSERVER_ITER >= 0):
@@ -155,7 +160,7 @@ def main(args):
     cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         d2.load_configured_weights(model, cfg)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
