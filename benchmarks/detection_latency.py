@@ -28,7 +28,7 @@ int8 gains and loses, and for the FPN the like-for-like int8 ratio (same inputs 
 AVX-512 / VNNI flags, quantized engine): int8 speed depends on VNNI.
 
     python benchmarks/detection_latency.py --rounds 15 --threads 1      # not under nice: timings
-    python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours + torchvision, ~3 min idle
+    python benchmarks/detection_latency.py --quick      # 320 x 320 only, ours (C4, FPN) + torchvision, no d2go variant
 
 Our FBNetV3-G FPN detector (model_configs/detection/faster_rcnn_fbnetv3g_fpn.yaml) runs its deploy
 path: BN folded, RPN test top-k as exported (200 per level before NMS, 1000 after), fp32
@@ -46,13 +46,14 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
+
+from latency import cpu_facts, machine_facts  # benchmarks/latency.py: what every CPU result records
 
 warnings.filterwarnings("ignore")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -94,28 +95,6 @@ def d2_model(path: str, test_proposals: int = None):
         cfg.MODEL.RPN.POST_NMS_TOPK_TEST = test_proposals
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval()
-
-
-def cpu_facts() -> Dict[str, Any]:
-    """The CPU the numbers come from: model name and the SIMD flags int8 kernels depend on."""
-    model, flags = None, set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:  # not Linux: the platform's name only
-        pass
-    model = model or platform.processor() or platform.machine()
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
-    return {"cpu_model": model, "cpu_count": os.cpu_count(), "simd": {k: k in flags for k in wanted},
-            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
-            "python": platform.python_version()}
 
 
 def median_ms(fn: Callable, x, rounds: int) -> float:
@@ -286,7 +265,8 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--no-d2go", action="store_true", help="leave out the authors' d2go-config variant")
     p.add_argument("--no-fpn", action="store_true", help="leave out our FBNetV3-G FPN detector")
     p.add_argument("--quick", action="store_true",
-                   help="unattended short run: 320 x 320 only, ours + torchvision, 9 rounds (~3 min on an idle CPU)")
+                   help="unattended short run: 320 x 320 only, our C4 and FPN + torchvision (no d2go variant; --no-fpn "
+                        "drops the FPN), at most 9 rounds")
     p.add_argument("--out", default=None, help="default: results/detection_latency.json (--quick: _quick.json)")
     a = p.parse_args(argv)
     if a.quick:
@@ -310,7 +290,7 @@ def main(argv=None) -> Dict[str, Any]:
     settings = {k: settings[k] for k in a.settings.split(",")}
     load_before = os.getloadavg()
     result: Dict[str, Any] = {"setup": {
-        "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "quick": a.quick, **cpu_facts(), "batch": 1,
+        "rounds": a.rounds, "warmup": a.warmup, "threads": a.threads, "quick": a.quick, **machine_facts(a.threads), **cpu_facts(), "batch": 1,
         "weights": "random (latency-equivalent; nothing downloaded)", "timing": "interleaved round-robin, median",
         "sizes": {"published": "ours/d2go C4 224x298; ours FPN 800x1066; tv 320_fpn 320x427, tv fpn 800x1066 "
                                "(480x640 resized inside)",

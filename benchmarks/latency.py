@@ -125,6 +125,31 @@ def machine_facts(threads):
             "machine": platform.machine(), "cpu_count": os.cpu_count(), "load_avg_at_end": os.getloadavg()}
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def cpu_facts():
+    """The CPU's model name, the ISA flags int8 kernels depend on (Linux /proc/cpuinfo; VNNI /
+    AMX multiply u8 x s8 into int32 in one step, plain AVX2 cannot), and the SIMD level PyTorch
+    dispatches to."""
+    name, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:  # not Linux: the platform's name only
+        pass
+    return {"cpu_model": name or platform.processor() or platform.machine(),
+            "cpu_flags": {f: f in flags for f in ISA_FLAGS},
+            "vnni": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def save_result(path, result):
     """Write a benchmark's result dict as JSON (atomically) and say where."""
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")

@@ -142,6 +142,15 @@ def test_onednn_backend_runs_int8_kernels_without_saturating_and_exports(engine_
     assert "quantized::conv2d" in str(ts.inlined_graph)
 
 
+def test_every_backend_quantizes_weights_per_channel(engine_restored):
+    """qnnpack included, where PyTorch's default mapping is per-tensor (less exact, and the
+    depthwise convs suffer most), with 8 + 8 bits: its kernels accumulate in int32."""
+    q = quantize_static(_model(), [_images(8, 0)], backend="qnnpack")
+    convs = [m for m in _int8_modules(q) if hasattr(m, "weight") and callable(m.weight)]
+    assert convs and all(m.weight().qscheme() == torch.per_channel_affine for m in convs)
+    assert max(int(m.weight().int_repr().abs().max()) for m in convs) > 64   # 8-bit weights
+
+
 def test_convert_qat_converts_for_the_backend_prepare_qat_trained_for(engine_restored):
     model = _model()
     qat = prepare_qat(model, backend="qnnpack")       # 8-bit activations and weights: qnnpack's split
