@@ -175,8 +175,8 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
 
 
 # the opsets torch.onnx.export (TorchScript-based) accepts: 7 .. 23 with torch 2.14
-ONNX_OPSETS = (getattr(torch.onnx._constants, "ONNX_MIN_OPSET", 7),
-               getattr(torch.onnx._constants, "ONNX_MAX_OPSET", 17))
+_ONNX_CONSTANTS = getattr(torch.onnx, "_constants", None)  # private; absent: the range torch 2.1 had
+ONNX_OPSETS = (getattr(_ONNX_CONSTANTS, "ONNX_MIN_OPSET", 7), getattr(_ONNX_CONSTANTS, "ONNX_MAX_OPSET", 17))
 
 
 def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
