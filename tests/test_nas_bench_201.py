@@ -62,6 +62,10 @@ def test_any_dataset_column_works_and_bad_tables_name_the_problem(tmp_path):
         Table.from_csv(str(path), "cifar10")
     with pytest.raises(TableError, match="cannot be read"):
         Table.from_csv(str(tmp_path / "missing.csv"), "cifar10")
+    # a malformed arch string: was accepted, then every look-up missed and a search round failed
+    path.write_text(f"arch,cifar10_test_acc\n{EXAMPLE},93.1\n|conv_3x3~0|,90.0\n")
+    with pytest.raises(TableError, match=r"t.csv:3: arch '\|conv_3x3~0\|'"):
+        Table.from_csv(str(path), "cifar10")
     with pytest.raises(SearchConfigError, match="bench.source"):
         load_config("nas_bench_201", ["bench.source=hdf5"])
 
