@@ -151,6 +151,18 @@ def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path):
     assert not out.exists() or not any(out.iterdir())          # nothing was trained
 
 
+def test_resume_refuses_an_unreadable_checkpoint_and_keeps_the_run(cifar, small_arch, tmp_path):
+    # it used to be ignored: training started over and overwrote the checkpoint and results.json
+    out = tmp_path / "runs"
+    run_dir = out / "tiny_searched-cifar"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(CifarError, match=r"--resume: .*checkpoint.pt cannot be read .*--overwrite"):
+        _run(cifar, [small_arch], out, 2, resume=True)
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 torn" and (run_dir / "results.json").read_text() == "{}"
+
+
 def test_plot_tool_bad_outputs_are_one_line_and_write_nothing(tmp_path, capsys):
     import importlib.util
 
