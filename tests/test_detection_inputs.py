@@ -169,3 +169,14 @@ def test_toy_coco_refuses_bad_sizes_before_writing(tmp_path, kwargs, message):
         make_toy_coco(str(tmp_path / "toy"), **kwargs)
     assert message in str(info.value)
     assert not (tmp_path / "toy").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_classes": -5}, "num_classes (background included): -5 is below the minimum 2"),  # was torch's error
+    ({"num_classes": 0}, "num_classes (background included): 0 is below the minimum 2"),    # was built, untrainable
+    ({"variant": "fpn", "fpn_channels": 0}, "fpn_channels: 0 is below the minimum 1"),
+])
+def test_torchvision_builders_refuse_bad_sizes(kwargs, message):
+    with pytest.raises(DetectionError) as info:
+        tv.fasterrcnn_fbnet("FBNetV3-A", **kwargs)
+    assert message in str(info.value)
