@@ -16,6 +16,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from fbnet_zoo.errors import DetectionError, check_int
+
 CATEGORIES = [
     {"id": 1, "name": "square", "supercategory": "shape"},
     {"id": 2, "name": "disc", "supercategory": "shape"},
@@ -42,8 +44,15 @@ def make_toy_coco(root: str, num_images: int = 16, image_size: Tuple[int, int] =
 
     from fbnet_zoo.io_utils import atomic_write_text
 
-    rng = np.random.default_rng(seed)
     h, w = image_size
+    # checked before anything is written: bad values were numpy tracebacks or an empty set
+    check_int("num_images", num_images, 1, 100_000, error=DetectionError)
+    check_int("image_size[0]", h, 8, 8192, error=DetectionError)
+    check_int("image_size[1]", w, 8, 8192, error=DetectionError)
+    check_int("max_objects", max_objects, 1, 100, error=DetectionError)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DetectionError(f"toy COCO root {root!r} is a file, not a folder")
+    rng = np.random.default_rng(seed)
     img_dir, sem_dir = os.path.join(root, "images"), os.path.join(root, "sem_seg")
     os.makedirs(img_dir, exist_ok=True)
     os.makedirs(sem_dir, exist_ok=True)

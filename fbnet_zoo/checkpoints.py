@@ -177,6 +177,10 @@ def register_sources(data: Union[str, os.PathLike, Mapping[str, Any]]) -> str:
     return ", ".join(_SOURCES.folders.add_file(path))
 
 
+# the converters fbnet_zoo itself ships: their checkpoints hold a classifier's weights
+_CLASSIFIER_CONVERTERS = frozenset(CONVERTERS)
+
+
 def list_sources(model: Optional[str] = None) -> Union[List[str], Dict[str, CheckpointSource]]:
     """Models that have sources (no argument), or ``{source name: CheckpointSource}`` of one model."""
     if model is None:
@@ -189,7 +193,10 @@ def get_source(model: str, source: Union[bool, str] = True) -> CheckpointSource:
     sources, default = _SOURCES.get(model)
     if not sources:
         have = _SOURCES.models()
-        variant = [m for m in have if normalize_name(m).startswith(normalize_name(model) + "_")]
+        # only siblings whose default source is a classifier's weights: build_model cannot load the
+        # authors' whole-detector checkpoints (FBNetV3-A-d2go), which the hint used to suggest for FBNetV3-A
+        variant = [m for m in have if normalize_name(m).startswith(normalize_name(model) + "_")
+                   and _SOURCES.get(m)[0][_SOURCES.get(m)[1]].converter in _CLASSIFIER_CONVERTERS]
         hint = (f"; its sibling {', '.join(variant)} has weights (e.g. build_model({variant[0]!r}, pretrained=True))"
                 if variant else "")
         raise CheckpointError(f"pretrained: no checkpoint source is registered for {model!r}{hint}. Models with "
@@ -408,7 +415,12 @@ def read_state_dict(path: str, fmt: Optional[str] = None) -> "OrderedDict[str, t
                 f"{path}: refused: it pickles objects other than tensors and plain containers (it could run code "
                 "when loaded), and checkpoints are only read with torch.load(weights_only=True); nothing in it was "
                 "executed. Re-save its state dict (tensors only) from a trusted environment") from None
-        raise CheckpointError(f"{path}: corrupted or truncated checkpoint ({e})") from None
+        # torch's message runs over several lines; its "Unsupported operand N" line is the fact
+        detail = next((line.strip() for line in str(e).splitlines() if "unsupported operand" in line.lower()),
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+        raise CheckpointError(f"{path}: corrupted or truncated checkpoint, or a pickle not written by torch.save "
+                              f"(e.g. pickle.dump's protocol 4+), which torch.load(weights_only=True) cannot read "
+                              f"({detail[:200]})") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError) as e:
@@ -545,6 +557,8 @@ def _resolve(pretrained: Union[bool, str, os.PathLike], name: str) -> Tuple[Opti
     if sources:
         raise CheckpointError(f"pretrained: {text!r} is neither a source of {name!r} ({sorted(sources)}), "
                               "a URL nor an existing path")
+    if not name:  # no model to look sources up by (tools/convert_checkpoint.py INPUT)
+        raise CheckpointError(f"pretrained: {text!r} is not an existing path or a URL")
     raise CheckpointError(f"pretrained: {text!r} is not an existing path or a URL, and {name!r} has no "
                           f"registered sources (models with sources: {', '.join(_SOURCES.models()) or 'none'})")
 

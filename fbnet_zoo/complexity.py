@@ -98,9 +98,14 @@ def fvcore_flops(model: Any, inputs: Any = None, input_size: InputSize = None) -
         if input_size is None:
             spec = getattr(model, "spec", None)
             if spec is None:
-                raise ValueError("fvcore_flops: give inputs or input_size for a model without a spec")
+                raise SpecError("fvcore_flops: give inputs or input_size for a model without a spec")
             input_size = spec.input_size
-        h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+        if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
+            h, w = input_size
+        else:
+            h = w = input_size
+        h = check_int("input_size[0]", h, 1, MAX_INPUT_SIZE)
+        w = check_int("input_size[1]", w, 1, MAX_INPUT_SIZE)
         in_ch = getattr(getattr(model, "spec", None), "in_channels", 3)
         inputs = (torch.zeros(1, in_ch, h, w),)
     elif not isinstance(inputs, tuple):

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .blocks import ConvBNAct
-from .errors import DeployError
+from .errors import DeployError, check_int
 from .io_utils import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -128,8 +128,11 @@ def example_input(model: nn.Module, batch: int = 1, input_size: Union[None, int,
                   ) -> torch.Tensor:
     """A random input of the model's native size (``model.spec.input_size``) unless given."""
     spec = getattr(model, "spec", None)
-    size = input_size or (spec.input_size if spec is not None else 224)
+    size = (spec.input_size if spec is not None else 224) if input_size is None else input_size
     h, w = (size, size) if isinstance(size, int) else size
+    check_int("batch", batch, 1, error=DeployError)
+    check_int("input_size[0]", h, 1, error=DeployError)
+    check_int("input_size[1]", w, 1, error=DeployError)
     c = spec.in_channels if spec is not None else 3
     g = torch.Generator().manual_seed(0)
     return torch.randn(batch, c, h, w, generator=g)
@@ -171,6 +174,11 @@ def export_torchscript(model: nn.Module, path: Optional[str] = None, fold: bool 
     return ts
 
 
+# the opsets torch.onnx.export (TorchScript-based) accepts: 7 .. 23 with torch 2.14
+_ONNX_CONSTANTS = getattr(torch.onnx, "_constants", None)  # private; absent: the range torch 2.1 had
+ONNX_OPSETS = (getattr(_ONNX_CONSTANTS, "ONNX_MIN_OPSET", 7), getattr(_ONNX_CONSTANTS, "ONNX_MAX_OPSET", 17))
+
+
 def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
                 input_size: Union[None, int, Tuple[int, int]] = None, opset: int = 17,
                 dynamic: Sequence[str] = ("batch",), check: bool = True, atol: float = 1e-4) -> str:
@@ -184,6 +192,8 @@ def export_onnx(model: nn.Module, path: str, fold: bool = True, batch: int = 1,
     bad = [d for d in dynamic if d not in allowed]
     if bad:
         raise DeployError(f"export_onnx: dynamic axis {bad[0]!r} is not one of {sorted(allowed)}")
+    # checked here: an opset the exporter lacks fails after it has printed the whole graph
+    check_int("export_onnx: opset", opset, ONNX_OPSETS[0], ONNX_OPSETS[1], error=DeployError)
     check_output_path(path, "export_onnx")
     eager = prepare_for_deploy(model, fold=fold, lean=False)
     x = example_input(model, batch, input_size)

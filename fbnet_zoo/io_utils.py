@@ -17,6 +17,7 @@ silently mapped to one file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import logging
 import os
@@ -67,6 +68,8 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[str]:
     raises. ``suffix`` keeps an extension for writers that infer the format from it. The file
     ends up with the mode of the file it replaces, else 0666 minus the umask."""
     path = os.fspath(path)
+    if os.path.isdir(path):  # else os.replace fails at the end, naming the temp file
+        raise IsADirectoryError(errno.EISDIR, "is a directory, not a file to write", path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=suffix)

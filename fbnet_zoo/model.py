@@ -71,6 +71,8 @@ class FBNet(nn.Module):
                             f"FBNet(fbnet_zoo.get_spec(name))): {e}") from None
         num_classes = check_int("num_classes", num_classes, 0)
         drop_path_rate = float(check_number("drop_path_rate", drop_path_rate, 0.0, 1.0, lo_open=False, hi_open=True))
+        if dropout is not None:  # the spec's own dropout is checked there; this override was torch's error
+            dropout = float(check_number("dropout", dropout, 0.0, 1.0, lo_open=False, hi_open=True))
         self.spec = spec
         norm_layer = norm_layer or nn.BatchNorm2d
         walk = spec.walk()

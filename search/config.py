@@ -640,7 +640,7 @@ def read_raw(path: Optional[str]) -> Dict[str, Any]:
         with g_pathmgr.open(p, "r") as f:
             data = yaml.safe_load(f.read())
     except yaml.YAMLError as e:
-        raise SearchConfigError(f"{p}: not valid YAML ({e})") from None
+        raise SearchConfigError(f"{p}: not valid YAML ({' '.join(str(e).split())})") from None
     except UnicodeDecodeError as e:
         raise SearchConfigError(f"{p}: not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} at offset "
                                 f"{e.start}); a search config is a UTF-8 YAML file") from None

@@ -185,6 +185,8 @@ class SearchRun:
             raise SearchConfigError(f"executor.kind: {kind!r} does not serve space.kind {self.space.kind!r}")
         if executor is None:
             cfg.train_settings()
+        if self.store is None and kind == "table":  # the table is input too: read it before the store exists
+            self.executor()
         if self.store is None:
             self.store = RunStore(run_dir)
             self.store.set_meta(config=cfg.to_dict(), digest=config_digest(cfg), seed=cfg.seed,
@@ -599,15 +601,24 @@ class SearchRun:
         return written
 
 
+def _check_install_dir(path: Optional[str]) -> None:
+    """An install dir that is a file fails before anything trains (it failed when the winners
+    were copied, reported as an environment failure)."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise SearchConfigError(f"--install-dir / output.install_dir: {path!r} is a file, not a folder")
+
+
 def run_search(cfg: Optional[SearchConfig], run_dir: str, *, resume: bool = False,
                stages: Sequence[int] = (1, 2, 3), progress: bool = False, executor: Any = None,
                executor_kind: Optional[str] = None, ray_address: Optional[str] = None,
                install_dir: Optional[str] = None, report: bool = True) -> Dict[str, Any]:
     """Run (or resume) the stages of a search; returns a summary dict."""
+    _check_install_dir(install_dir or (cfg.output.install_dir if cfg is not None else None))
     run = SearchRun(cfg, run_dir, resume=resume, progress=progress, executor=executor,
                     executor_kind=executor_kind, ray_address=ray_address)
     summary: Dict[str, Any] = {"run_dir": run_dir, "run": run.run}
     try:
+        _check_install_dir(install_dir or run.cfg.output.install_dir)  # a resumed run's stored one
         timings = {}
         if 2 in stages and (run.store.get_progress("stage2") or {}).get("status") != "done":
             run.check_data()

@@ -28,6 +28,7 @@ from fbnet_zoo.errors import SearchConfigError
 
 from .candidate import Candidate, TrainResult
 from .executors import Executor
+from .spaces.nas_bench_201 import CellArchError, parse_arch
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Table:
 
     @classmethod
     def from_csv(cls, path: Optional[str], dataset: str) -> "Table":
+        user_table = path is not None  # the packaged table's arch strings are known good
         path = path or packaged_table()
         column = f"{dataset}{COLUMN_SUFFIX}"
         header = _read_header(path)
@@ -100,6 +102,11 @@ class Table:
                     value = float(row[column])
                 except (TypeError, ValueError):
                     raise TableError(f"{path}:{line}: {column} = {row[column]!r} is not a number") from None
+                if user_table:  # else every look-up of a cell misses, and the search fails a round later
+                    try:
+                        parse_arch(row["arch"])
+                    except CellArchError as e:
+                        raise TableError(f"{path}:{line}: {e}") from None
                 archs.append(row["arch"])
                 acc.append(value)
         if not archs:

@@ -73,6 +73,16 @@ def test_file_url_goes_through_the_cache_and_then_works_without_the_source(saved
     assert _same_weights(b, src)
 
 
+def test_no_source_hint_offers_only_siblings_with_classifier_weights():
+    with pytest.raises(CheckpointError, match=r"sibling FBNetV3-B-timm has weights"):
+        checkpoints.get_source("FBNetV3-B")
+    # FBNetV3-A's only siblings with sources are the authors' whole COCO detectors, which
+    # build_model cannot load: the hint used to suggest build_model('FBNetV3-A-d2go', pretrained=True)
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.get_source("FBNetV3-A")
+    assert "sibling" not in str(info.value) and "or pass a local path or URL" in str(info.value)
+
+
 def test_registered_source_with_verified_hash_and_size(saved, cache, tmp_path):
     src, path = saved
     import hashlib
@@ -323,6 +333,13 @@ def test_a_garbled_pickle_inside_a_torch_zip_is_corruption_not_code(tmp_path):
     with pytest.raises(CheckpointError, match="corrupted or truncated") as e:
         read_state_dict(str(bad))
     assert "could run code" not in str(e.value)
+    # a plain pickle.dump of tensors (protocol 4: an opcode torch's safe loader lacks): one line, was torch's 7
+    plain = tmp_path / "plain.pkl"
+    with open(plain, "wb") as f:
+        pickle.dump({"model": {"w": torch.zeros(2)}}, f, protocol=4)
+    with pytest.raises(CheckpointError, match=r"plain\.pkl: .*not written by torch.save .*Unsupported operand") as e:
+        read_state_dict(str(plain))
+    assert "\n" not in str(e.value) and "could run code" not in str(e.value)
 
 
 def test_a_corrupt_cache_entry_is_fetched_again_and_the_first_load_succeeds(saved, cache):

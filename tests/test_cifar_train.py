@@ -146,7 +146,43 @@ def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path):
     with open(os.path.join(cifar, "data_batch_3"), "wb") as f:
         pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, f)
     assert "expected uint8 N x 3072" in err(cifar, small_arch)
+    # a --resolution too small for the arch: was count_flops's SpecError traceback
+    assert "input_size: (8, 8) is too small" in err(cifar, "FBNetV3-A", resolution=8)
     assert not out.exists() or not any(out.iterdir())          # nothing was trained
+
+
+def test_resume_refuses_an_unreadable_checkpoint_and_keeps_the_run(cifar, small_arch, tmp_path):
+    # it used to be ignored: training started over and overwrote the checkpoint and results.json
+    out = tmp_path / "runs"
+    run_dir = out / "tiny_searched-cifar"
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    (run_dir / "results.json").write_text("{}")
+    with pytest.raises(CifarError, match=r"--resume: .*checkpoint.pt cannot be read .*--overwrite"):
+        _run(cifar, [small_arch], out, 2, resume=True)
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"PK\x03\x04 torn" and (run_dir / "results.json").read_text() == "{}"
+
+
+def test_plot_tool_bad_outputs_are_one_line_and_write_nothing(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("plot_cifar10_tool", os.path.join(ROOT, "tools", "plot_cifar10.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run = tmp_path / "runs" / "m-cifar"
+    run.mkdir(parents=True)
+    (run / "results.json").write_text(json.dumps({"schema": RESULTS_SCHEMA, "arch": "M-CIFAR", "family": "FBNetV3",
+                                                  "flops": 2e6, "params": 1e6, "status": "ok", "final_top1": 50.0,
+                                                  "top1": [50.0], "epochs_planned": 1}))
+    table = tmp_path / "table.md"
+    # an unknown format was matplotlib's traceback, after --table had been written
+    assert tool.main([str(run.parent), "--out", str(tmp_path / "fig.xyz"), "--table", str(table)]) == 2
+    assert "--out" in capsys.readouterr().err and not table.exists() and not (tmp_path / "fig.xyz").exists()
+    # a folder as --out: was atomic_path's IsADirectoryError traceback
+    assert tool.main([str(run.parent), "--out", str(tmp_path)]) == 2
+    assert f"error: {tmp_path}: cannot be written (is a directory" in capsys.readouterr().err
+    assert tool.main([str(run.parent), "--out", str(tmp_path / "fig.png"), "--table", str(table)]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG" and "M-CIFAR" in table.read_text()
 
 
 def _yaml(tmp_path, text):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 import fbnet_zoo
 from fbnet_zoo import count_flops, count_params, fvcore_flops
@@ -56,6 +57,8 @@ def test_bad_input_size_is_named():
         count_flops("FBNetV3-A", input_size=0)
     with pytest.raises(fbnet_zoo.SpecError, match="too small"):
         count_flops("FBNetV3-A", input_size=8)
+    with pytest.raises(fbnet_zoo.SpecError, match=r"input_size\[0\]: -1 is below the minimum 1"):  # was torch's error
+        fvcore_flops(torch.nn.Conv2d(3, 3, 3), input_size=-1)
 
 
 @pytest.mark.parametrize("name", fbnet_zoo.list_models())

@@ -126,6 +126,32 @@ def test_export_cli_writes_checked_files(tmp_path, capsys):
                                  "--format", "onnx", "--out", str(out / "x.onnx")]) == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--input-size", "0"], "input_size[0]: 0 is below the minimum 1"),       # was: silently the arch's size
+    (["--input-size", "-4"], "input_size[0]: -4 is below the minimum 1"),     # was: torch's traceback
+    (["--input-size", "8"], "input_size: (8, 8) is too small: stages[3]"),  # was: a conv's traceback
+    (["--batch", "0"], "--batch: 0 is below the minimum 1"),
+    (["--format", "int8", "--calibration-images", "-3"], "--calibration-images: -3 is below the minimum 1"),
+    (["--format", "onnx", "--opset", "3"], "opset: 3 is below the minimum 7"),  # was: the whole graph printed
+])
+def test_export_cli_bad_numbers_are_one_line_errors_and_write_nothing(tmp_path, capsys, args, message):
+    arch = tmp_path / "tiny.yaml"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    out = tmp_path / "out"
+    assert _tool("export").main(["--arch", str(arch), "--num-classes", "10", "--out", str(out) + os.sep] + args) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_export_cli_refuses_an_arch_whose_own_input_size_is_too_small(tmp_path, capsys):
+    arch = tmp_path / "small.yaml"
+    arch.write_text(fbnet_zoo.load_spec(TINY).to_yaml().replace("input_size: 40", "input_size: 8"))
+    assert _tool("export").main(["--arch", str(arch), "--num-classes", "10", "--out", str(tmp_path / "o") + os.sep]) == 1
+    err = capsys.readouterr().err                                       # was a conv's traceback
+    assert "input_size: (8, 8) is too small" in err and "Traceback" not in err
+
+
 def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     pytest.importorskip("safetensors", reason="writes a .safetensors output")
     model = _model()
@@ -145,6 +171,26 @@ def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):
     assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
     assert tool.main(["--from", "timm", "--arch", str(arch), str(ours), str(tmp_path / "bad.pth")]) == 1
     assert "error:" in capsys.readouterr().err
+
+
+def test_convert_cli_bad_paths_are_one_line_errors(tmp_path, capsys):
+    model = _model()
+    arch, ours = tmp_path / "tiny.yaml", tmp_path / "ours.pth"
+    fbnet_zoo.load_spec(TINY).save_yaml(str(arch))
+    torch.save(model.state_dict(), ours)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    tool = _tool("convert_checkpoint")
+    # OUTPUT an existing folder: was os.replace's IsADirectoryError traceback naming a temp file
+    assert tool.main(["--from", "ours", "--arch", str(arch), str(ours), str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {folder}: cannot be written (is a directory" in err and "Traceback" not in err
+    assert folder.is_dir() and os.listdir(folder) == [] and sorted(os.listdir(tmp_path)) == ["a_folder", "ours.pth",
+                                                                                            "tiny.yaml"]
+    # a missing INPUT: the message named an empty model ("'' has no registered sources")
+    assert tool.main(["--from", "ours", "--arch", str(arch), str(tmp_path / "nope.pth"), str(tmp_path / "o.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "nope.pth' is not an existing path or a URL" in err and "''" not in err
 
 
 def test_export_to_a_read_only_folder_is_a_clear_error_naming_the_folder(tmp_path):

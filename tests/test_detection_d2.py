@@ -265,6 +265,49 @@ def test_train_net_cli_trains_then_evaluates(config, task, metric, tmp_path):
     assert {metric} <= set(res[task])
 
 
+def test_train_net_config_errors_are_one_line(tmp_path):
+    """A missing config file, an unknown key or an odd override list were yacs' AssertionError /
+    KeyError tracebacks; now a DetectionError the tool prints as one line."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(CONFIG_DIR), "..", "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("fbnet_train_net_errors", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    config = os.path.join(CONFIG_DIR, "faster_rcnn_fbnetv3a_C4.yaml")
+    for argv, message in ((["--config-file", str(tmp_path / "none.yaml")], "none.yaml' does not exist"),
+                          (["--config-file", config, "MODEL.FBNET.NOSUCH", "1"], "Non-existent key: MODEL.FBNET.NOSUCH"),
+                          (["--config-file", config, "MODEL.FBNET.NORM"], "Override list has odd length")):
+        with pytest.raises(DetectionError, match=f"config: .*{message}"):
+            train_net.main(train_net.build_parser().parse_args(["--eval-only"] + argv))
+    assert not os.path.exists(tmp_path / "none.yaml")
+
+
+def test_model_weights_pkl_is_refused_and_never_unpickled(tmp_path):
+    """MODEL.WEIGHTS went through detectron2's checkpointer, which pickle.loads .pkl files: a
+    hostile one ran code under train_net --eval-only (and lazy configs' init_checkpoint)."""
+    import pickle
+
+    from fbnet_zoo.checkpoints import CheckpointError
+    from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    evil = tmp_path / "evil.pkl"
+    with open(evil, "wb") as f:
+        pickle.dump({"model": {}, "__author__": Payload()}, f, protocol=2)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(CheckpointError, match=r"evil.pkl: refused: .*pickle, which can run code"):
+        SafeDetectionCheckpointer(model).load(str(evil))
+    assert not (tmp_path / "ran").exists()
+    good = tmp_path / "good.pth"
+    torch.save({"model": {k: torch.ones_like(v) for k, v in model.state_dict().items()}}, good)
+    SafeDetectionCheckpointer(model).load(str(good))
+    assert bool((model.weight == 1).all())
+
+
 def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):
     """The C4 RoI box head is the stride-32 stages alone (no second FBNet), with the
     checkpoint's weights for them, from the same read as the backbone's."""

@@ -157,3 +157,26 @@ def test_missing_annotation_file_and_unreadable_image(toy, tmp_path):
     broken = tv.CocoDetection(toy["json"], str(tmp_path / "images"))
     with pytest.raises(DetectionError, match=r"image_id 1: .*000000.png: cannot be read as an image"):
         broken[0]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_images": -3}, "num_images: -3 is below the minimum 1"),      # was: an empty data set, silently
+    ({"image_size": (-5, -5)}, "image_size[0]: -5 is below the minimum 8"),  # was: numpy's traceback
+    ({"max_objects": 0}, "max_objects: 0 is below the minimum 1"),
+])
+def test_toy_coco_refuses_bad_sizes_before_writing(tmp_path, kwargs, message):
+    with pytest.raises(DetectionError) as info:
+        make_toy_coco(str(tmp_path / "toy"), **kwargs)
+    assert message in str(info.value)
+    assert not (tmp_path / "toy").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_classes": -5}, "num_classes (background included): -5 is below the minimum 2"),  # was torch's error
+    ({"num_classes": 0}, "num_classes (background included): 0 is below the minimum 2"),    # was built, untrainable
+    ({"variant": "fpn", "fpn_channels": 0}, "fpn_channels: 0 is below the minimum 1"),
+])
+def test_torchvision_builders_refuse_bad_sizes(kwargs, message):
+    with pytest.raises(DetectionError) as info:
+        tv.fasterrcnn_fbnet("FBNetV3-A", **kwargs)
+    assert message in str(info.value)

@@ -289,6 +289,50 @@ def test_fpn_export_caps_the_rpn_pre_nms_topk_where_eager_and_traced_nms_agree()
     assert export_pre_nms_topk(c4) is None  # one level: 6000 is fine
 
 
+def test_export_tool_refuses_bad_overrides_configs_and_weights_in_one_line(tmp_path):
+    """--opts / config errors were yacs' KeyError / AssertionError tracebacks; --weights went through
+    detectron2's checkpointer, which unpickles .pkl files and loads a checkpoint of another model
+    with a logged warning (the export then held random weights)."""
+    import os
+    import pickle
+
+    import fbnet_zoo
+    from fbnet_zoo.checkpoints import CheckpointError
+    from fbnet_zoo.detection.d2.export import load_detector, load_detector_weights
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(repo, "model_configs", "detection", "faster_rcnn_fbnetv3a_C4.yaml")
+    with pytest.raises(DetectionError, match=r"--opts MODEL.FBNET.NOSUCH 1: Non-existent key: MODEL.FBNET.NOSUCH"):
+        load_detector(config, opts=["MODEL.FBNET.NOSUCH", "1"])
+    with pytest.raises(DetectionError, match=r"--opts MODEL.FBNET.NORM: Override list has odd length"):
+        load_detector(config, opts=["MODEL.FBNET.NORM"])
+    arch_yaml = tmp_path / "arch.yaml"                                # an arch spec, not a detectron2 config
+    fbnet_zoo.get_spec("FBNetV3-A").save_yaml(str(arch_yaml))
+    with pytest.raises(DetectionError, match=r"arch.yaml: Non-existent config key: name"):
+        load_detector(str(arch_yaml))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1))
+    other = tmp_path / "classifier.pth"                               # a checkpoint of another model
+    torch.save({"model": {"stages.0.weight": torch.zeros(4, 3, 1, 1)}}, other)
+    with pytest.raises(DetectionError, match=r"classifier.pth does not fit this detector: missing 2 key\(s\): "
+                                             r"0.weight, 0.bias; unexpected 1 key\(s\): stages.0.weight"):
+        load_detector_weights(model, str(other))
+    evil = tmp_path / "evil.pkl"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    with open(evil, "wb") as f:
+        pickle.dump({"model": Payload()}, f, protocol=2)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_detector_weights(model, str(evil))
+    assert not (tmp_path / "ran").exists()
+    good = tmp_path / "good.pth"
+    torch.save({"model": {k: torch.ones_like(v) for k, v in model.state_dict().items()}, "iteration": 3}, good)
+    load_detector_weights(model, str(good))
+    assert all(bool((v == 1).all()) for v in model.state_dict().values())
+
+
 def test_export_tool_writes_an_int8_fpn_detector(tmp_path, capsys):
     """tools/export.py --detector on the shipped FPN config: the whole FPN int8 in one file."""
     import importlib.util

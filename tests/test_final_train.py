@@ -20,7 +20,7 @@ from fbnet_zoo.checkpoints import register_sources
 from fbnet_zoo.training import Recipe, RecipeError, TrainConfigError, TrainResult, TrainSettings
 from fbnet_zoo.training.distributed import DistContext, process_device
 from fbnet_zoo.training.final import FINAL_NAME, RESULT_NAME, load_final_config, train_final
-from fbnet_zoo.training.loop import CHECKPOINT_NAME, _setup, train_one_epoch
+from fbnet_zoo.training.loop import CHECKPOINT_NAME, _setup, load_teacher, train_one_epoch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "train.py")
@@ -225,6 +225,18 @@ def test_config_errors_name_the_field(tmp_path):
         load_final_config(bad)
     with pytest.raises(TrainConfigError, match="not recipe.<field>"):
         load_final_config(None, {"lr": 0.1})
+    # a resolution the arch runs out of pixels at: was a conv's traceback in the first step
+    cfg = load_final_config(None, {"recipe.resolution": 32, "train.data_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(RecipeError, match=r"recipe.resolution 32 does not fit FBNetV3-A: .* too small"):
+        train_final("FBNetV3-A", cfg, str(tmp_path / "work"), progress=False)
+    assert not (tmp_path / "work").exists()
+    # a workdir that is a file: was os.makedirs' FileExistsError after the data had been read
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainConfigError, match=r"workdir .*file' is a file, not a folder"):
+        train_final("FBNetV3-A", load_final_config(None, {"train.data_dir": str(tmp_path)}), str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "x"
+    with pytest.raises(fbnet_zoo.UnknownModelError, match=r"train.teacher: unknown model 'FBNetV3-Q'"):
+        load_teacher("FBNetV3-Q")                                      # named the model, not whose it was
     model = fbnet_zoo.build_model(fbnet_zoo.ArchSpec.from_yaml(TINY_YAML), num_classes=3)
     with pytest.raises(TrainConfigError, match="batch_size: 8 .* not divisible by the 3 processes"):
         _setup(model, Recipe(batch_size=8), 1, None, TrainSettings(), None, None, 3, TrainResult("x", "ok"),

@@ -134,6 +134,8 @@ def test_build_model_rejects_unknown_options():
         fbnet_zoo.build_model("FBNetV3-A", drop_rate=0.1)
     with pytest.raises(fbnet_zoo.SpecError, match="num_classes"):
         FBNet(fbnet_zoo.get_spec("FBNetV3-A"), num_classes=-1)
+    with pytest.raises(fbnet_zoo.SpecError, match=r"dropout: 2.0 is outside \[0.0, 1.0\)"):  # was torch's ValueError
+        fbnet_zoo.build_model("FBNetV3-A", dropout=2.0)
 
 
 def test_fbnet_takes_a_spec_and_points_names_to_the_factory():

@@ -62,6 +62,10 @@ def test_any_dataset_column_works_and_bad_tables_name_the_problem(tmp_path):
         Table.from_csv(str(path), "cifar10")
     with pytest.raises(TableError, match="cannot be read"):
         Table.from_csv(str(tmp_path / "missing.csv"), "cifar10")
+    # a malformed arch string: was accepted, then every look-up missed and a search round failed
+    path.write_text(f"arch,cifar10_test_acc\n{EXAMPLE},93.1\n|conv_3x3~0|,90.0\n")
+    with pytest.raises(TableError, match=r"t.csv:3: arch '\|conv_3x3~0\|'"):
+        Table.from_csv(str(path), "cifar10")
     with pytest.raises(SearchConfigError, match="bench.source"):
         load_config("nas_bench_201", ["bench.source=hdf5"])
 
@@ -187,6 +191,15 @@ def test_table_executor_run_is_counted_stored_and_resumes_after_a_kill(tmp_path,
         bound = {"250m": 250e6, "60m": 60e6}[label]
         assert r[2] <= bound
         assert os.path.exists(os.path.join(killed, "cells", f"fbnetv3_search_killed_{label}.yaml"))
+
+
+def test_an_unreadable_table_fails_before_the_run_dir_is_written(tmp_path):
+    # it used to fail after the store was created: the corrected command was then refused
+    # ("already holds a run") and --resume kept the bad table
+    cfg = load_config("nas_bench_201", [f"bench.table={tmp_path / 'missing.csv'}"])
+    with pytest.raises(TableError, match="missing.csv' cannot be read"):
+        run_search(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_table_executor_needs_the_cell_space_and_cifar100_sizes_the_classifier(tmp_path):

@@ -87,6 +87,28 @@ def test_run_dir_that_is_a_file_is_a_clear_error(tmp_path, capsys):
     assert f.read_text() == "x"
 
 
+def test_an_install_dir_that_is_a_file_and_bad_yaml_fail_before_anything_runs(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    # was found only when the winners were copied, after every candidate had trained
+    with pytest.raises(SearchConfigError, match="install_dir: .*taken' is a file, not a folder"):
+        run_search(load_config("default", TINY), str(tmp_path / "run"), install_dir=str(taken))
+    assert not (tmp_path / "run").exists() and taken.read_text() == "x"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\n  stage2: [\n")
+    with pytest.raises(SearchConfigError, match="bad.yaml: not valid YAML") as info:
+        load_config(str(bad))
+    assert "\n" not in str(info.value)                             # yaml's caret drawing, on one line
+
+
+def test_overrides_may_follow_options(tmp_path, capsys):
+    # was argparse's "unrecognized arguments: seed=-1" (positionals after an option)
+    run_dir = tmp_path / "run"
+    assert _tool().main(["default", "--run-dir", str(run_dir), "seed=-1", "--no-progress"]) == 2
+    assert "seed: -1 is outside [0, 4294967295]" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_unknown_executor_kind_lists_the_registered_ones():
     with pytest.raises(SearchConfigError, match=r"executor.kind: 'slurm' is not a registered executor kind; "
                                                 r"registered: \[.*'local'.*'oracle'.*'ray'"):

@@ -19,8 +19,9 @@ import sys
 import torch
 
 import fbnet_zoo
-from fbnet_zoo.checkpoints import CheckpointError, load_checkpoint, load_state_dict_checked
+from fbnet_zoo.checkpoints import load_checkpoint, load_state_dict_checked
 from fbnet_zoo.converters import convert_to_ours, ours_to_mobile_cv
+from fbnet_zoo.errors import FBNetZooError
 from fbnet_zoo.io_utils import atomic_write_bytes
 
 
@@ -56,8 +57,11 @@ def main(argv=None):
             torch.save(dict(out), buf)
             data = buf.getvalue()
         atomic_write_bytes(args.output, data)
-    except (CheckpointError, fbnet_zoo.SpecError, KeyError) as e:
+    except FBNetZooError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # OUTPUT cannot be written: a folder, no permission, a full disk
+        print(f"error: {args.output}: cannot be written ({e.strerror or e})", file=sys.stderr)
         return 1
     print(f"{path} ({args.src} -> {args.dst}, {len(out)} tensors, {num_classes} classes) -> {args.output}")
     return 0

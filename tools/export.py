@@ -40,8 +40,7 @@ import sys
 import torch
 
 import fbnet_zoo
-from fbnet_zoo.checkpoints import CheckpointError
-from fbnet_zoo.errors import FBNetZooError
+from fbnet_zoo.errors import FBNetZooError, check_int
 from fbnet_zoo.deploy import DeployError, check_onnx, example_input, export_onnx, export_torchscript
 from fbnet_zoo.io_utils import UnsafeNameError, output_file
 from fbnet_zoo.quantize import export_int8_torchscript, quantize_static, top1_agreement
@@ -118,12 +117,20 @@ def main(argv=None):
     p.add_argument("--trace", action="store_true", help="TorchScript by tracing instead of scripting")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:  # bad numbers: one line here, not a traceback from deep inside the export
+        check_int("--batch", args.batch, 1, error=DeployError)
+        check_int("--calibration-images", args.calibration_images, 1, error=DeployError)
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.detector:
         return _export_detector(args)
     pretrained = args.weights or args.pretrained or False
     try:
         model = fbnet_zoo.build_model(args.arch, num_classes=args.num_classes, pretrained=pretrained).eval()
         name = fbnet_zoo.normalize_name(model.spec.name)
+        # the size (--input-size or the spec's own) in range and large enough for every stage of this arch
+        fbnet_zoo.count_flops(model.spec, input_size=args.input_size, num_classes=0)
         if args.format == "int8":
             return _export_int8(model, name, args)
         formats = ["torchscript", "onnx"] if args.format == "both" else [args.format]
@@ -140,7 +147,7 @@ def main(argv=None):
                 export_onnx(model, path, fold=not args.no_fold, batch=args.batch, input_size=args.input_size,
                             opset=args.opset, dynamic=[d for d in args.dynamic.split(",") if d])
                 print(f"onnx: {path} (onnxruntime vs eager max |diff| {check_onnx(path, model, x):.2e})")
-    except (CheckpointError, DeployError, UnsafeNameError, fbnet_zoo.SpecError, KeyError) as e:
+    except FBNetZooError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
@@ -149,7 +156,7 @@ def main(argv=None):
 def _export_int8(model, name, args):
     is_dir = os.path.isdir(args.out) or args.out.endswith(os.sep)
     path = output_file(args.out, name + "_int8", ".ts", what="arch name") if is_dir else args.out
-    size = args.input_size or model.spec.input_size
+    size = model.spec.input_size if args.input_size is None else args.input_size
     try:
         calib, held = calibration_images(args.calibration, args.calibration_images, size, args.seed)
     except (OSError, ValueError) as e:

@@ -6,8 +6,10 @@ semantic masks) for tests and smoke runs.
 """
 
 import argparse
+import sys
 
 from fbnet_zoo.detection.toy_data import make_toy_coco
+from fbnet_zoo.errors import FBNetZooError
 
 
 def main(argv=None):
@@ -19,10 +21,15 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     hw = (a.size[0], a.size[-1])
-    paths = make_toy_coco(a.root, a.num_images, hw, a.max_objects, a.seed)
+    try:
+        paths = make_toy_coco(a.root, a.num_images, hw, a.max_objects, a.seed)
+    except FBNetZooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for k, v in paths.items():
         print(f"{k}: {v}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

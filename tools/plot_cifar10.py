@@ -37,9 +37,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     table = results_table(rows)
     print(table)
-    if args.table:
-        atomic_write_text(args.table, table + "\n")
-    n = plot_results(rows, args.out, args.title)
+    writing = args.out
+    try:  # the figure first: an unknown --out format writes nothing
+        n = plot_results(rows, args.out, args.title)
+        if args.table:
+            writing = args.table
+            atomic_write_text(args.table, table + "\n")
+    except ValueError as e:  # matplotlib: an unknown format
+        print(f"error: --out {args.out}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder, a missing parent that cannot be made, no permission
+        print(f"error: {writing}: cannot be written ({e.strerror or e})", file=sys.stderr)
+        return 2
     print(f"plotted {n} finished run(s) -> {args.out}")
     return 0
 

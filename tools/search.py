@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--install-dir", help="also copy the winning archs into this user arch dir")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may follow options: CONFIG --executor oracle KEY=VALUE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 

@@ -11,7 +11,7 @@
     torchrun --nnodes 8 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29400 --rdzv-id winner \
         tools/train.py ... --workdir /shared/runs/winner
 
-ARCH: a zoo name (``python tools/model_info.py --list``) or an arch YAML (a search's winner).
+ARCH: a zoo name (``python tools/model_info.py`` lists them) or an arch YAML (a search's winner).
 --config: a final-training config (sections recipe / train / sync_bn) or a bare recipe YAML.
 --set KEY=VALUE (repeatable): override a field, e.g. ``--set recipe.lr=0.02 --set train.num_workers=8``
 (values parsed as YAML). Rerunning the same command resumes from ``workdir/checkpoint.pt``.

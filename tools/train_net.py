@@ -2,7 +2,7 @@
 """Train / evaluate detectron2 models with FBNet backbones (detectron2's conventions).
 
     python tools/train_net.py --config-file model_configs/detection/faster_rcnn_fbnetv3a_C4.yaml \
-        --num-gpus 8 MODEL.FBNET.PRETRAINED True
+        --num-gpus 8 MODEL.FBNET.PRETRAINED /path/to/fbnetv3_a_imagenet.pth   # or an arch with a source: B/D/G-timm
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     # the authors' COCO detector: their config, their weights (d2go checkpoint sources)
     python tools/train_net.py --d2go FBNetV3-A-d2go:faster_rcnn_c4 --eval-only
@@ -35,13 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import weakref
 
 import torch
 
 try:
     import detectron2.utils.comm as comm
     from detectron2.data import build_detection_test_loader
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
@@ -49,9 +49,11 @@ except ImportError:
     sys.exit("tools/train_net.py needs detectron2, which is not on PyPI: install it from "
              "https://github.com/facebookresearch/detectron2 (see README: Detection)")
 
-from fbnet_zoo.detection import d2  # registers the FBNet backbones and heads
+from fbnet_zoo.detection import DetectionError, d2  # registers the FBNet backbones and heads
 from fbnet_zoo.detection.d2 import lazy
 from fbnet_zoo.detection.d2.deploy import cap_pre_nms_topk_for_export
+from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
+from fbnet_zoo.errors import FBNetZooError
 from fbnet_zoo.detection.d2.quantization import (add_quantization_config, convert_detector_qat, export_int8_detector,
                                                  int8_parts, prepare_detector_qat, qat_schedule_hook)
 
@@ -74,12 +76,16 @@ class Trainer(DefaultTrainer):
             return model
         # QAT starts from the float weights: load them before the parts become QAT graphs
         if cfg.MODEL.WEIGHTS:
-            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            SafeDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         d2.load_configured_weights(model, cfg)
         example = torch.zeros(3, cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         return prepare_detector_qat(model, example, backend=cfg.QUANTIZATION.BACKEND or None)
 
     def build_hooks(self):
+        # DefaultTrainer made detectron2's checkpointer just before this; MODEL.WEIGHTS and resume go
+        # through ours instead (it refuses .pkl files, which detectron2 unpickles)
+        self.checkpointer = SafeDetectionCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                                      trainer=weakref.proxy(self))
         hooks = super().build_hooks()
         q = self.cfg.QUANTIZATION.QAT
         if q.ENABLED and (q.FREEZE_BN_ITER >= 0 or q.FREEZE_OBSERVER_ITER >= 0):
@@ -136,16 +142,25 @@ def setup_lazy(args):
     return cfg
 
 
+def configured(setup_fn, args):
+    """yacs and LazyConfig report a missing file, an unknown key or an odd override list by
+    AssertionError / KeyError: one DetectionError line instead of a traceback."""
+    try:
+        return setup_fn(args)
+    except (AssertionError, KeyError) as e:
+        raise DetectionError(f"config: {e.args[0] if e.args else type(e).__name__}") from None
+
+
 def main(args):
     if args.config_file.endswith(".py"):
-        cfg = setup_lazy(args)
+        cfg = configured(setup_lazy, args)
         if args.eval_only:
             return lazy.do_eval(cfg)
         return lazy.do_train(cfg, resume=args.resume)
-    cfg = setup(args)  # registers the toy set too, in every spawned worker
+    cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         d2.load_configured_weights(model, cfg)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
@@ -202,5 +217,8 @@ def build_parser():
 
 if __name__ == "__main__":
     args = build_parser().parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except FBNetZooError as e:  # bad config, source, weights or data: one line (other failures keep their traceback)
+        sys.exit(f"error: {e}")

@@ -12,13 +12,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
+
+from fbnet_zoo.checkpoints import load_checkpoint
 
 from ..core import DetectionError
 from .config import add_fbnet_config, d2go_config
@@ -30,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-__all__ = ["detector_images", "export_detector", "load_detector"]
+__all__ = ["detector_images", "export_detector", "load_detector", "load_detector_weights"]
 
 
 def load_detector(config: str, weights: str = "", opts: Sequence[str] = ()) -> Tuple[object, nn.Module]:
@@ -42,16 +44,50 @@ def load_detector(config: str, weights: str = "", opts: Sequence[str] = ()) -> T
             raise DetectionError(f"--detector: config file {config!r} does not exist")
         cfg = get_cfg()
         add_fbnet_config(cfg)
-        cfg.merge_from_file(config)
+        _merge(lambda: cfg.merge_from_file(config), f"--detector {config}")
     else:
         cfg = d2go_config(config)
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts])
+    _merge(lambda: cfg.merge_from_list(["MODEL.DEVICE", "cpu", *opts]), f"--opts {' '.join(opts)}")
     model = build_model(cfg).eval()
     if weights:
-        DetectionCheckpointer(model).load(weights)
+        load_detector_weights(model, weights)
     else:
         load_configured_weights(model, cfg)
     return cfg, model
+
+
+def _merge(merge, what: str) -> None:
+    """yacs reports an unknown key or an odd override list by KeyError / AssertionError: one
+    DetectionError naming the file or the overrides instead."""
+    try:
+        merge()
+    except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as e:
+        if isinstance(e, DetectionError):
+            raise
+        plain = isinstance(e, (KeyError, AssertionError)) and e.args  # KeyError's str() adds quotes
+        raise DetectionError(f"{what}: {e.args[0] if plain else ' '.join(str(e).split()) or type(e).__name__}") \
+            from None
+
+
+def load_detector_weights(model: nn.Module, weights: str) -> None:
+    """A detectron2 checkpoint (``model_final.pth``: the state dict under ``model``; a path or
+    URL) into ``model``, read with ``torch.load(weights_only=True)`` (detectron2's checkpointer
+    unpickles ``.pkl`` files) and strictly: a checkpoint of another model is refused naming its
+    missing, unexpected and mismatched keys (the checkpointer only logs them, and the export
+    would hold random weights)."""
+    state, _, where = load_checkpoint(weights)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = [f"{label} {len(keys)} key(s): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch in", mismatched))
+                if keys]
+    if problems:
+        raise DetectionError(f"--weights {where} does not fit this detector: " + "; ".join(problems)
+                             + " (another config or arch?)")
+    model.load_state_dict(state, strict=False)
 
 
 def detector_images(cfg, folder: str, n: int, seed: int = 0) -> List[torch.Tensor]:

@@ -12,7 +12,6 @@ from typing import Optional
 
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -23,6 +22,7 @@ from detectron2.utils import comm
 from ..core import VARIANTS, DetectionError, c4_split, mask_rows, resolve_arch, rpn_rows
 from .backbone import norm_layer
 from .heads import FBNetMaskHead, FBNetRPNHead, _D2BoxHead, build_box_head
+from .model import SafeDetectionCheckpointer
 
 def _variant(variant: str) -> str:
     if variant not in VARIANTS:
@@ -94,7 +94,7 @@ def do_train(cfg, resume: bool = False):
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = SafeDetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
@@ -113,5 +113,5 @@ def do_eval(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     model = create_ddp_model(model)
-    DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    SafeDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
     return do_test(cfg, model)

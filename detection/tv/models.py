@@ -28,6 +28,8 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from fbnet_zoo.errors import check_int
+
 from ..core import (VARIANTS, DetectionError, FBNetTrunk, LightRPNHead, MaskBody,
                     box_head_from_model, box_head_from_rows, build_fbnet, c4_feature, c4_split, check_fpn_features,
                     default_fpn_features, mask_rows, resolve_arch, rpn_rows, same_padding)
@@ -111,6 +113,9 @@ def _build(arch: Union[str, Any], variant: str, num_classes: int, masks: bool, p
            mask_pooler: int, **kwargs: Any) -> nn.Module:
     if variant not in VARIANTS:
         raise DetectionError(f"variant: {variant!r} is not one of {list(VARIANTS)}")
+    # torchvision counts the background as class 0: 0 built a model that cannot train, -5 was torch's error
+    check_int("num_classes (background included)", num_classes, 2, error=DetectionError)
+    check_int("fpn_channels", fpn_channels, 1, error=DetectionError)
     darch = resolve_arch(arch, width_divisor, width_multiplier)
     spec = darch.spec
     norm_layer = _norm_layer(norm)

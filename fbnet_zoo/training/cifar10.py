@@ -274,6 +274,7 @@ def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int]
         source = load_spec(request)  # a YAML is read once
         spec = cifar_variant(source, base=cifar_base, resolution=resolution)
         si, ri = unstrided_block(source)
+        flops = count_flops(spec, num_classes=CIFAR_NUM_CLASSES)  # SpecError if the input size is too small
     except UnknownModelError as e:
         raise CifarError(f"--arch {request!r}: {e}; known: zoo models {list_models()}, 'zoo' (all of them), "
                             f"baselines {sorted(EFFICIENTNET_RESOLUTIONS)}, or an arch YAML path") from None
@@ -283,7 +284,7 @@ def resolve_arch(request: str, cifar_base: Any = None, resolution: Optional[int]
         family = "searched"
     else:
         family = "FBNetV3" if spec.name.lower().startswith("fbnetv3") else "registered"
-    return Job(request, spec.name, family, spec.input_size, count_flops(spec, num_classes=CIFAR_NUM_CLASSES),
+    return Job(request, spec.name, family, spec.input_size, flops,
                count_params(spec, num_classes=CIFAR_NUM_CLASSES), spec=spec, unstrided=f"stages[{si}][{ri}]")
 
 
@@ -370,6 +371,19 @@ def build_job_model(job: Job, recipe: Any, seed: int):
     return FBNet(job.spec, num_classes=CIFAR_NUM_CLASSES, dropout=recipe.dropout, drop_path_rate=recipe.drop_path)
 
 
+def check_resumable(ckpt: str) -> None:
+    """CifarError if ``ckpt`` exists but cannot be read: the loop would ignore it and start over,
+    overwriting it and the run's results.json (it said the checkpoint "did not match")."""
+    if not os.path.isfile(ckpt):
+        return
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / OSError / EOFError for damage
+        detail = str(e).splitlines()[0][:160] if str(e) else ""
+        raise CifarError(f"--resume: {ckpt} cannot be read ({type(e).__name__}: {detail}); move it away or pass "
+                         "--overwrite to start that arch over") from None
+
+
 def run_job(job: Job, recipe: Any, settings: Any, epochs: int, out_dir: str, resume: bool, overwrite: bool,
             progress: bool) -> Dict[str, Any]:
     run_dir = os.path.join(out_dir, job.slug)
@@ -436,6 +450,9 @@ def run_experiment(data_dir: str, archs: Sequence[str], out_dir: str, recipe_pat
     except (DataError, TrainConfigError) as e:
         hint = "" if download else " (or pass --download on a machine with internet)"
         raise CifarError(f"{e}{hint if 'cifar-10-batches-py' in str(e) else ''}") from None
+    if resume:
+        for job in jobs:
+            check_resumable(os.path.join(out_dir, job.slug, CHECKPOINT_NAME))
     os.makedirs(out_dir, exist_ok=True)
     records = []
     for job in tqdm(jobs, desc="archs", unit="arch", disable=not progress or len(jobs) == 1):

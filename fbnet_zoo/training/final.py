@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from fbnet_zoo import build_model, load_spec
+from fbnet_zoo import SpecError, build_model, count_flops, load_spec
 from fbnet_zoo.io_utils import atomic_write_bytes, atomic_write_text, read_yaml_file
 from fbnet_zoo.spec import ArchSpec
 
@@ -122,12 +122,18 @@ def train_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], conf
     ``dist``: this process's place in the job (default: ``init_distributed(config.train.device)``,
     which joins torchrun's process group when launched by torchrun). Raises on failure: a final
     run has no search to carry on."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):  # else os.makedirs fails after the data is read
+        raise TrainConfigError(f"workdir {workdir!r} is a file, not a folder")
     ctx = dist if dist is not None else init_distributed(config.train.device)
     settings = config.train.replace(device=str(ctx.device))
     recipe = config.recipe
     epochs = recipe.epochs if epochs is None else epochs
     spec = load_spec(arch)
     resolution = recipe.resolution or spec.input_size
+    try:  # an arch that runs out of pixels at this size fails here, not in a conv of the first step
+        count_flops(spec, input_size=resolution, num_classes=0)
+    except SpecError as e:
+        raise RecipeError(f"recipe.resolution {resolution} does not fit {spec.name}: {e}") from None
     train_data, val_data, num_classes = build_datasets(settings, resolution)
     torch.manual_seed(settings.seed)  # the same initial weights on every process
     model = build_model(spec, num_classes=num_classes, dropout=recipe.dropout,

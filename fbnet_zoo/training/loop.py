@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from fbnet_zoo import build_model
 from fbnet_zoo.errors import Diverged  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
+from fbnet_zoo.errors import UnknownModelError
 from fbnet_zoo.io_utils import atomic_write_bytes
 
 from .distributed import DistContext, all_reduce_sum, barrier, convert_sync_batchnorm, shard
@@ -124,7 +125,10 @@ def load_teacher(spec: Union[str, os.PathLike, Mapping[str, Any], nn.Module]) ->
     with _CACHE_LOCK:
         if cache_key not in _TEACHER_CACHE:
             _TEACHER_CACHE.clear()
-            _TEACHER_CACHE[cache_key] = build_model(arch, num_classes=nc, pretrained=weights).eval()
+            try:
+                _TEACHER_CACHE[cache_key] = build_model(arch, num_classes=nc, pretrained=weights).eval()
+            except UnknownModelError as e:  # say whose name it is: the student's is fine
+                raise UnknownModelError(f"train.teacher: {e}") from None
         return _TEACHER_CACHE[cache_key]
 
 
