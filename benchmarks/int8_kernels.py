@@ -31,6 +31,7 @@ from torch import nn
 from torch.ao.nn import quantized as nnq
 
 import fbnet_zoo
+from fbnet_zoo.quantize import _bit_split
 from latency import cpu_facts, machine_facts, save_result  # benchmarks/latency.py
 
 warnings.filterwarnings("ignore", category=UserWarning)  # torch 2.14: quantized dtypes are deprecated
@@ -58,15 +59,18 @@ def kind(conv: nn.Conv2d) -> str:
     return "pointwise" if conv.kernel_size == (1, 1) else "other"
 
 
+def per_channel_int8(w: torch.Tensor, qmax: int) -> torch.Tensor:
+    """``w`` quantized per output channel, symmetric, to -qmax..qmax."""
+    scale = w.abs().flatten(1).amax(1).clamp_min(1e-8) / qmax
+    return torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+
+
 def int8_conv(conv: nn.Conv2d, weight_qmax: int) -> nnq.Conv2d:
     """``conv`` as an int8 conv with per-channel symmetric weights in -qmax..qmax (BN already
     folded or absent: only the kernels' speed matters here)."""
     q = nnq.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, conv.groups, bias=True)
-    w = conv.weight.detach()
-    scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / weight_qmax
-    q.set_weight_bias(torch.quantize_per_channel(w, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0,
-                                                 torch.qint8),
+    q.set_weight_bias(per_channel_int8(conv.weight.detach(), weight_qmax),
                       torch.zeros(conv.out_channels) if conv.bias is None else conv.bias.detach())
     q.scale, q.zero_point = 0.05, 128
     return q
@@ -87,16 +91,16 @@ def round_robin(fns: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, flo
 
 
 def weight_qmax(engine: str) -> int:
-    """The quantize_static default: 7-bit weights where AVX2's int16 pair sums would saturate."""
-    vnni = torch.cpu._is_vnni_supported()
-    return 127 if engine == "qnnpack" or (engine == "onednn" and vnni) else 63
+    """The quantize_static default bit split's weight range on ``engine``."""
+    return 63 if _bit_split(engine, None, "int8_kernels") == "weights" else 127
 
 
 def measure(model_name: str, rounds: int, engines: List[str]) -> Dict[str, Any]:
     model = fbnet_zoo.build_model(model_name)
     size = model.spec.input_size if hasattr(model, "spec") else 224
     totals: Dict[str, Dict[str, float]] = {}
-    for entry in conv_shapes(model, size):
+    convs = conv_shapes(model, size)
+    for entry in convs:
         conv, shape = entry["conv"], entry["input"]
         x = torch.randn(shape)
         x_cl = x.contiguous(memory_format=torch.channels_last)
@@ -120,7 +124,7 @@ def measure(model_name: str, rounds: int, engines: List[str]) -> Dict[str, Any]:
     out["all_convs"] = {"ms": {m: round(v, 3) for m, v in every.items()},
                         "ratio_fp32_best_over_int8": {e: round(every["fp32_best"] / every[f"int8_{e}"], 3)
                                                       for e in engines}}
-    return {"model": model_name, "input_size": size, "convs": sum(1 for _ in conv_shapes(model, size)), **out}
+    return {"model": model_name, "input_size": size, "convs": len(convs), **out}
 
 
 def gemm_peak(rounds: int, engines: List[str], m: int = 256, k: int = 1024, n: int = 1024) -> Dict[str, Any]:
@@ -131,10 +135,7 @@ def gemm_peak(rounds: int, engines: List[str], m: int = 256, k: int = 1024, n: i
     for engine in engines:
         torch.backends.quantized.engine = engine
         q = nnq.Linear(k, n)
-        w = lin.weight.detach()
-        scale = w.abs().amax(1) / weight_qmax(engine)
-        q.set_weight_bias(torch.quantize_per_channel(w, scale.double(), torch.zeros(n, dtype=torch.long), 0,
-                                                     torch.qint8), lin.bias.detach())
+        q.set_weight_bias(per_channel_int8(lin.weight.detach(), weight_qmax(engine)), lin.bias.detach())
         xq = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8)
         fns[f"int8_{engine}"] = lambda q=q, xq=xq, e=engine: (setattr(torch.backends.quantized, "engine", e), q(xq))
     ms = round_robin(fns, rounds)
