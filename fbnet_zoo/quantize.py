@@ -505,11 +505,6 @@ class _ReconLayer(nn.Module):
         return nn.functional.conv2d(x, weight, bias, *self.conv)
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, attr, module)
-
-
 def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphModule, low: int, high: int,
                       state: _ReconState) -> Tuple[torch.fx.GraphModule, Dict[str, _ReconLayer]]:
     """The float simulation of ``converted`` built from the calibrated ``prepared`` graph (see above)."""
@@ -520,7 +515,7 @@ def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphM
         if isinstance(module, ObserverBase):
             fake_quant = fake_quants.setdefault(id(module), _ReconFakeQuant(module, state))
             fake_quant.observers.append(name)
-            _set_submodule(sim, name, fake_quant)
+            sim.set_submodule(name, fake_quant)
     modules = dict(sim.named_modules(remove_duplicate=False))
     for node in sim.graph.nodes:
         if node.op == "call_module" and type(modules[node.target]) is nn.AdaptiveAvgPool2d \
@@ -528,7 +523,7 @@ def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphM
             source = node.args[0]
             if isinstance(source, torch.fx.Node) and source.op == "call_module" \
                     and isinstance(modules.get(source.target), _ReconFakeQuant):
-                _set_submodule(sim, node.target, _ReconGlobalPool(modules[source.target]))
+                sim.set_submodule(node.target, _ReconGlobalPool(modules[source.target]))
     layers = {}
     for name, quantized in _quantized_linear_layers(converted):
         path, module = name, sim.get_submodule(name)
@@ -538,7 +533,7 @@ def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphM
             raise QuantizationError(f"quantize_static: reconstruct: {name} is a {type(module).__name__}, not a conv "
                                     "or linear")
         layers[name] = _ReconLayer(module, quantized, low, high, state)
-        _set_submodule(sim, path, layers[name])
+        sim.set_submodule(path, layers[name])
     return sim, layers
 
 
@@ -654,7 +649,7 @@ def reconstruct_blockwise(prepared: torch.fx.GraphModule, converted: torch.fx.Gr
         observer = learned.get_submodule(fake_quant.observers[0])
         replacement = _LearnedQParams(observer, float(fake_quant.scale.detach()), int(fake_quant.zero_point))
         for observer_name in fake_quant.observers:
-            _set_submodule(learned, observer_name, replacement)
+            learned.set_submodule(observer_name, replacement)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
         quantized = convert_fx(learned)
