@@ -17,6 +17,16 @@ ARCH: a zoo name (``python tools/model_info.py`` lists them) or an arch YAML (a 
 (values parsed as YAML). Rerunning the same command resumes from ``workdir/checkpoint.pt``.
 The trained (EMA) weights go to ``workdir/model_final.pth``: ``fbnet_zoo.build_model(ARCH,
 num_classes=N, pretrained=PATH)`` loads them. Library: fbnet_zoo.training.final.
+
+    # int8: quantization-aware training of trained weights, distilled from their own fp32 outputs
+    python tools/train.py FBNetV3-B --qat --weights runs/fbnetv3_b/model_final.pth \
+        --data-dir /data/imagenet --workdir runs/fbnetv3_b_qat
+
+--qat starts from --weights, trains the fake-quant model on the KD loss to the fp32 model's
+logits (one process; recipe: fbnet_zoo.training.qat.DISTILL_QAT_RECIPE unless --config is
+given) and writes the int8 TorchScript to ``workdir/model_int8.ts`` (--output) and its top-1
+agreement with fp32 on the validation set to ``workdir/qat_result.json``. Library:
+fbnet_zoo.training.qat.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from fbnet_zoo.errors import FBNetZooError, TrainConfigError
 from fbnet_zoo.io_utils import load_yaml
 from fbnet_zoo.training.distributed import shutdown_distributed
 from fbnet_zoo.training.final import load_final_config, train_final
+from fbnet_zoo.training.qat import DISTILL_QAT_RECIPE, qat_final
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(REPO, "model_configs", "recipes", "fbnetv3_final.yaml")
@@ -38,8 +49,9 @@ DEFAULT_CONFIG = os.path.join(REPO, "model_configs", "recipes", "fbnetv3_final.y
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", help="zoo name or arch YAML path")
-    p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="final-training config or recipe YAML (default: %(default)s)")
+    p.add_argument("--config", default=None,
+                   help=f"final-training config or recipe YAML (default: {DEFAULT_CONFIG}; with --qat: "
+                        "fbnet_zoo.training.qat.DISTILL_QAT_RECIPE and default train settings)")
     p.add_argument("--workdir", required=True,
                    help="checkpoints, result.json and model_final.pth (on a filesystem all nodes share)")
     p.add_argument("--data-dir", help="ImageFolder root (train/<class>/..., val/<class>/...); sets train.data_dir")
@@ -53,7 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override recipe.* / train.* / sync_bn")
     p.add_argument("--no-progress", action="store_true")
+    qat = p.add_argument_group("int8 (--qat)")
+    qat.add_argument("--qat", action="store_true",
+                     help="quantization-aware training of --weights, distilled from its own fp32 outputs; writes "
+                          "the int8 TorchScript (WORKDIR/model_int8.ts or --output)")
+    qat.add_argument("--weights", help="--qat: the trained fp32 checkpoint (path, URL or source name) it starts from")
+    qat.add_argument("--backend", help="--qat: fbgemm | x86 | onednn | qnnpack (default: x86 on x86, qnnpack on ARM)")
+    qat.add_argument("--bit-split", choices=["activations", "weights", "none"],
+                     help="--qat: which side gives up a bit against AVX2's int16 pair sums (prepare_qat's "
+                          "reduce_range; default: the backend's, on x86 'weights')")
+    qat.add_argument("--calibration-images", type=int,
+                     help="--qat: training images that set the activation ranges before training (default 256)")
     return p
+
+
+QAT_ONLY = ("weights", "backend", "bit_split", "calibration_images")
 
 
 def overrides_from(args: argparse.Namespace) -> dict:
@@ -77,13 +103,52 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return out
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that mean nothing, naming the flag and what is allowed."""
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    if not args.qat:
+        given = [flag(k) for k in QAT_ONLY if getattr(args, k) is not None]
+        if given:
+            raise TrainConfigError(f"{', '.join(given)}: only with --qat (final training starts from scratch)")
+        return
+    if args.weights is None:
+        raise TrainConfigError("--qat needs --weights: the trained fp32 checkpoint it starts from and distils from")
+    teacher = [f for f, v in (("--teacher", args.teacher), ("--teacher-weights", args.teacher_weights),
+                              ("--no-teacher", args.no_teacher)) if v]
+    if teacher:
+        raise TrainConfigError(f"{', '.join(teacher)}: not with --qat (its teacher is the --weights model itself)")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainConfigError("--qat runs in one process, not under torchrun (WORLD_SIZE "
+                               f"{os.environ['WORLD_SIZE']})")
+
+
+def run_qat(args: argparse.Namespace, overrides: dict) -> int:
+    if args.config is None:  # the distilled-QAT recipe, then --set
+        base = {f"recipe.{k}": v for k, v in DISTILL_QAT_RECIPE.to_dict().items()}
+        config = load_final_config(None, {**base, **overrides})
+    else:
+        config = load_final_config(args.config, overrides)
+    recipe = config.recipe
+    epochs = recipe.epochs if args.epochs is None else args.epochs
+    out, path, agreement = qat_final(args.arch, args.weights, recipe, config.train, args.workdir, epochs,
+                                     output=args.output, calibration_images=256 if args.calibration_images is None else args.calibration_images,
+                                     backend=args.backend, reduce_range=args.bit_split,
+                                     progress=not args.no_progress)
+    print(f"{out.result.key}: QAT top-1 per epoch {[round(t, 2) for t in out.result.top1]}; int8 agrees with fp32 "
+          f"on {100 * agreement:.2f}% of the validation images; int8 TorchScript: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s")
     try:
-        config = load_final_config(args.config, overrides_from(args))
+        check_flags(args)
+        if args.qat:
+            return run_qat(args, overrides_from(args))
+        config = load_final_config(args.config or DEFAULT_CONFIG, overrides_from(args))
         result, path = train_final(args.arch, config, args.workdir, epochs=args.epochs, output=args.output,
                                    progress=not args.no_progress)
     except FBNetZooError as e:  # bad arch / config / data / checkpoint, or a diverged run
