@@ -66,6 +66,7 @@ from fbnet_zoo.deploy import export_onnx, prepare_for_deploy
 from fbnet_zoo.quantize import (QATSchedule, _sqnr, convert_qat, export_int8_torchscript, prepare_qat,
                                 quantize_static, sensitivity, top1_agreement)
 from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_datasets, train_model
+from fbnet_zoo.training.qat import DISTILL_QAT_RECIPE, distill_qat
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
 from latency import _time, cpu_facts, machine_facts, save_result  # benchmarks/latency.py: the same timer, facts, writer
@@ -236,6 +237,23 @@ def qat_finetune(model, epochs, res, n_train, seed, reduce_range=None):
     return convert_qat(averaged), averaged.eval()
 
 
+DISTILLED_ROW = "qat_distilled_8bit_activations_7bit_weights"
+
+
+def qat_distilled(model, epochs, res, n_images, seed, calib, example, temperature):
+    """``fbnet_zoo.training.qat.distill_qat`` of the trained model: QAT on the KD loss to its own
+    fp32 logits (DISTILL_QAT_RECIPE: KD only, no dropout, EMA), the default bit split (8-bit
+    activations, 7-bit weights), ranges calibrated on ``calib`` and frozen with BN from the
+    start, on ``n_images`` un-augmented generated images of data seed 0 (the generator gives any
+    number; disjoint from the held-out and check seeds); ``seed`` seeds the trainer."""
+    settings = TrainSettings(embedded_train_size=n_images, embedded_val_size=100, threads=torch.get_num_threads(),
+                             seed=seed, device="cpu", augment=False, distill_temperature=temperature,
+                             checkpoint=False)
+    train, val, _ = cached_datasets(settings, res)
+    return distill_qat(model, DISTILL_QAT_RECIPE.replace(resolution=res), epochs, train, val, settings,
+                       calibration=calib, freeze_observers=0, example=example, progress=False)
+
+
 def _top1(fn, x, y):
     with torch.no_grad():
         return float((fn(x).argmax(1) == y).float().mean())
@@ -303,7 +321,7 @@ def zoo_variant_latency(arch, iters, seed=0):
             "modes": _variant_latency(model, quantized, size, iters, channels_last=True)}
 
 
-def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
+def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example, rows=None):
     """CALIBRATION_DRAW_ROWS re-calibrated on ``draws`` disjoint slices of ``n_calib`` training
     images (the embedded training set itself: ``n_train`` images of data seed 0), each compared
     with fp32 (logits ``f``) on ``x``: per-draw agreement and SQNR, their mean and standard
@@ -312,6 +330,8 @@ def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
     draws = min(draws, len(pool) // n_calib)
     out = {"draws": draws, "images_per_draw": n_calib, "rows": {}}
     for name in CALIBRATION_DRAW_ROWS:
+        if rows is not None and name not in rows:
+            continue
         _, keep, reduce_range, bias_correction, ranges, reconstruct = next(v for v in PTQ_VARIANTS if v[0] == name)
         agree, sqnr = [], []
         for k in range(draws):
@@ -332,7 +352,8 @@ def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example):
 
 def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
                       sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000,
-                      calibration_draws=4, reconstruct=True):
+                      calibration_draws=4, reconstruct=True, ptq_rows=None, distill_epochs=0, distill_images=20000,
+                      distill_seeds=4, distill_temperature=1.0):
     t0 = time.perf_counter()
     if load:
         model = build_arch(arch)
@@ -362,7 +383,7 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
 
     quantized = {}
     for name, keep, reduce_range, bias_correction, ranges, steps in PTQ_VARIANTS:
-        if steps and not reconstruct:
+        if (steps and not reconstruct) or (ptq_rows is not None and name not in ptq_rows):
             continue
         t1 = time.perf_counter()
         q = quantize_static(model, calib, example=xv[:1], keep_float=keep, reduce_range=reduce_range,
@@ -385,6 +406,20 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
             out[name] = {"reduce_range": "weights", "bias_correction": False, "keep_float": keep,
                          **row(q, time.perf_counter() - t1)}
             quantized[name] = q
+    distilled = []  # (seed, calibration images, result) of each distilled QAT run
+    if distill_epochs:  # QAT distilled from this fp32 model: the benchmark's calibration images, trainer seed 0
+        t1 = time.perf_counter()
+        d = qat_distilled(model, distill_epochs, res, distill_images, seed, calib, xv[:1], distill_temperature)
+        distilled.append((seed, "benchmark's 256", d))
+        with torch.no_grad():
+            want = d.qat(xv)
+        out[DISTILLED_ROW] = {"epochs": distill_epochs, "images": distill_images, "temperature": distill_temperature,
+                              "recipe": DISTILL_QAT_RECIPE.to_dict(), "reduce_range": "weights",
+                              "qat_top1_per_epoch": list(d.result.top1), **row(d.int8, time.perf_counter() - t1),
+                              "top1_agreement_with_qat_model": round(top1_agreement(d.qat, d.int8, [xv])[0], 4),
+                              "logit_sqnr_db_vs_qat_model": round(_sqnr(want, d.int8(xv).detach()), 1)}
+        out[DISTILLED_ROW]["qat_seconds"] = out[DISTILLED_ROW].pop("ptq_seconds")
+        quantized[DISTILLED_ROW] = d.int8
     if n_check:  # the same int8 models on more held-out images from a third seed: how stable the 1000-image row is
         xc, _ = images_at(n_check, seed + 2000, res)
         with torch.no_grad():
@@ -401,7 +436,26 @@ def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epo
         out["check_held_out"] = {"images": n_check, "seed": seed + 2000, "rows": check}
         if calibration_draws:
             out["check_held_out"]["calibration_draws"] = _calibration_draws(model, xc, fc, n_calib, n_train, res,
-                                                                            calibration_draws, xv[:1])
+                                                                            calibration_draws, xv[:1], ptq_rows)
+        if distilled:  # more QAT seeds, each with its own calibration draw (slices 1, 2, ... of the training images)
+            pool, _ = images_at(n_train, 0, res)
+            for k in range(1, min(distill_seeds, len(pool) // n_calib)):
+                d = qat_distilled(model, distill_epochs, res, distill_images, seed + k,
+                                  batches(pool[k * n_calib:(k + 1) * n_calib], 32), xv[:1], distill_temperature)
+                distilled.append((seed + k, f"training images {k * n_calib}..{(k + 1) * n_calib - 1}", d))
+            agree, sqnr = [], []
+            for _, _, d in distilled:
+                with torch.no_grad():
+                    g = d.int8(xc)
+                agree.append(float((g.argmax(1) == fc.argmax(1)).float().mean()))
+                sqnr.append(_sqnr(fc, g))
+            mean = statistics.mean(agree)
+            out["check_held_out"]["qat_distilled_seeds"] = {
+                "row": DISTILLED_ROW, "runs": [{"trainer_seed": s_, "calibration": c} for s_, c, _ in distilled],
+                "top1_agreement": [round(a, 4) for a in agree], "mean": round(mean, 4),
+                "std": round(statistics.stdev(agree), 4) if len(agree) > 1 else 0.0,
+                "wilson_95_of_mean": _wilson(mean, len(xc)), "wilson_95_of_min": _wilson(min(agree), len(xc)),
+                "logit_sqnr_db": [round(v, 2) for v in sqnr], "mean_logit_sqnr_db": round(statistics.mean(sqnr), 2)}
     if latency_size:
         out["latency_batch1"] = {"input_size": latency_size, "iters": latency_iters,
                                  "modes": _variant_latency(model, quantized, latency_size, latency_iters)}
@@ -446,6 +500,16 @@ def main(argv=None):
                    help="skip the per-unit sensitivity report and the top-k fp32 rows (--quick skips them)")
     p.add_argument("--variant-latency-model", default="FBNetV3-B-timm",
                    help="zoo model on which the agreement part times its PTQ options ('' or --quick: skip)")
+    p.add_argument("--ptq-rows", default=None,
+                   help="comma-separated PTQ rows to run (default: all; e.g. ptq_8bit_activations_7bit_weights)")
+    p.add_argument("--distill-qat-epochs", type=int, default=None,
+                   help=f"QAT distilled from the fp32 model (fbnet_zoo.training.qat): epochs (default "
+                        f"{DISTILL_QAT_RECIPE.epochs}; --quick 0: skip)")
+    p.add_argument("--distill-qat-images", type=int, default=20000,
+                   help="generated un-augmented training images per distilled-QAT epoch")
+    p.add_argument("--distill-qat-seeds", type=int, default=4,
+                   help="distilled-QAT runs (trainer seed + calibration draw each), checked on --check images")
+    p.add_argument("--distill-temperature", type=float, default=1.0, help="KD temperature of the distilled QAT")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime fp32 / int8 modes")
     p.add_argument("--append", action="store_true", help="keep the rows of other models already in --out")
@@ -470,7 +534,12 @@ def main(argv=None):
                                       args.calib, args.held, args.seed, qat_epochs, args.load, args.save,
                                       not (args.no_sensitivity or args.quick), n_check=args.check,
                                       calibration_draws=0 if args.quick else args.calibration_draws,
-                                      reconstruct=not args.quick)
+                                      reconstruct=not args.quick,
+                                      ptq_rows=args.ptq_rows.split(",") if args.ptq_rows is not None else None,
+                                      distill_epochs=(0 if args.quick else DISTILL_QAT_RECIPE.epochs)
+                                      if args.distill_qat_epochs is None else args.distill_qat_epochs,
+                                      distill_images=args.distill_qat_images, distill_seeds=args.distill_qat_seeds,
+                                      distill_temperature=args.distill_temperature)
         if args.variant_latency_model and not args.quick:
             agreement["zoo_latency_of_ptq_options"] = zoo_variant_latency(args.variant_latency_model, iters, args.seed)
         print(json.dumps(agreement, indent=1), flush=True)

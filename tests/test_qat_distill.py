@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fbnet_zoo
-from fbnet_zoo.quantize import (_sqnr, convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat,
+from fbnet_zoo.quantize import (QuantizationError, _quantized_linear_layers, _sqnr, calibrate_qat, convert_qat, freeze_qat_bn_stats, freeze_qat_observers, prepare_qat,
                                 quantize_static, top1_agreement)
 import fbnet_zoo.quantize as quantize
 from fbnet_zoo.training import Recipe, TrainConfigError, TrainSettings, cached_datasets, train_model
@@ -98,6 +98,31 @@ def test_qat_global_pools_compute_what_int8_does_and_do_not_narrow_the_range(mon
     with torch.no_grad():
         float_pool = _sqnr(plain(x), convert_qat(plain)(x))
     assert exact > float_pool + 6, (exact, float_pool)  # measured: 51.9 vs 38.8 dB
+
+
+def test_calibrate_qat_sets_the_ranges_post_training_quantization_chooses():
+    model = _tiny()
+    x = torch.randn(64, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    calib = [x[:32], (x[32:], None)]
+    ptq = dict(_quantized_linear_layers(quantize_static(model, [x[:32], x[32:]], example=x[:1])))
+    import math
+
+    def distance(ranges):  # mean |log| ratio of the int8 convs' output scales to PTQ's
+        qat = prepare_qat(model, example=x[:1])
+        assert calibrate_qat(qat, calib, ranges) == 64
+        assert qat.training  # left as it was
+        freeze_qat_observers(qat)
+        int8 = dict(_quantized_linear_layers(convert_qat(qat)))
+        return sum(abs(math.log(float(int8[n].scale) / float(ptq[n].scale))) for n in ptq) / len(ptq)
+
+    # PTQ observes the fp32 model, QAT its fake-quant weights: close, not equal
+    hist, minmax = distance("histogram"), distance("minmax")
+    assert hist < 0.04 and hist < minmax / 1.5, (hist, minmax)
+    fresh = prepare_qat(model, example=x[:1])
+    with pytest.raises(QuantizationError, match="ranges"):
+        calibrate_qat(fresh, calib, "percentile")
+    with pytest.raises(QuantizationError, match="empty"):
+        calibrate_qat(fresh, [], "histogram")
 
 
 def test_distilled_qat_agrees_with_fp32_more_than_label_qat_and_ptq(trained):

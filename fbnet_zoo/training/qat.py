@@ -11,8 +11,8 @@ moves the model away from fp32 (benchmarks/int8_latency.py: 91.7% top-1 agreemen
 epochs, against 98.2% for plain PTQ).
 
 It is the pieces that exist, in order: ``prepare_qat`` (fake-quant with the int8 model's
-arithmetic and bit split), calibration of the activation ranges on ``calibration`` batches
-(the model in eval mode, BN on its running statistics), the project's trainer (``loop._setup``
+arithmetic and bit split), ``calibrate_qat`` (PTQ's activation ranges, from ``calibration``
+batches), the project's trainer (``loop._setup``
 / ``loop._train``: recipe, EMA, channels_last, checkpoint / resume in ``workdir``) with the
 fp32 model as the teacher and ``QATSchedule`` freezing BN statistics and ranges, and
 ``convert_qat`` of the trained model (its EMA copy when the recipe has EMA).
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset
 from fbnet_zoo import build_model, load_spec
 from fbnet_zoo.errors import check_int
 from fbnet_zoo.io_utils import atomic_write_text
-from fbnet_zoo.quantize import (QATSchedule, _inputs, convert_qat, export_int8_torchscript, freeze_qat_bn_stats,
+from fbnet_zoo.quantize import (QATSchedule, calibrate_qat, convert_qat, export_int8_torchscript, freeze_qat_bn_stats,
                                 freeze_qat_observers, prepare_qat, top1_agreement)
 from fbnet_zoo.spec import ArchSpec
 
@@ -74,7 +74,8 @@ def _check_epoch(name: str, value: Optional[int]) -> None:
 
 def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epochs: int, train_data, val_data,
                 settings: Union[TrainSettings, Mapping[str, Any], None] = None, *,
-                calibration: Optional[Iterable[Any]] = None, teacher: Optional[nn.Module] = None,
+                calibration: Optional[Iterable[Any]] = None, ranges: str = "histogram",
+                teacher: Optional[nn.Module] = None,
                 backend: Optional[str] = None, reduce_range: Union[None, bool, str] = None,
                 keep_float: Sequence[str] = (), example: Optional[torch.Tensor] = None,
                 freeze_bn: Optional[int] = 0, freeze_observers: Optional[int] = None,
@@ -87,8 +88,9 @@ def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epoc
       ``settings.distill_temperature`` its temperature. ``settings.teacher`` must be unset.
       ``recipe.dropout`` replaces the model's dropout rate in the QAT model (the model's own,
       e.g. a classifier's 0.2, made the distilled model drift from its teacher).
-    calibration: batches (images or (images, labels)) that set the activation ranges before
-      training, as PTQ would (moving-average min / max). None: the first training steps do.
+    calibration / ranges: batches (images or (images, labels)) that set the activation ranges
+      before training, as PTQ does (``calibrate_qat``: "histogram", "mse" or "minmax"). None:
+      the first training steps do (moving-average min / max).
     teacher: another fp32 module to distil from (default: ``model`` itself, frozen).
     backend / reduce_range / keep_float / example: as in ``prepare_qat`` (the bit split
       defaults to the backend's: on x86 8-bit activations, 7-bit weights).
@@ -121,8 +123,8 @@ def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epoc
         if isinstance(module, nn.Dropout):
             module.p = recipe.dropout
     if calibration is not None:
-        n = _calibrate(qat, calibration)
-        log.info("distill_qat: activation ranges calibrated on %d images", n)
+        n = calibrate_qat(qat, calibration, ranges)
+        log.info("distill_qat: activation ranges (%s) calibrated on %d images", ranges, n)
     if freeze_bn == 0:
         freeze_qat_bn_stats(qat)
     if freeze_observers == 0:
@@ -137,21 +139,6 @@ def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epoc
     trained = (run.ema.module if run.ema is not None else run.model).eval()
     trained = trained.to(memory_format=torch.contiguous_format)
     return DistilledQAT(convert_qat(trained), trained, result)
-
-
-def _calibrate(qat: nn.Module, calibration: Iterable[Any]) -> int:
-    """Run ``calibration`` through ``qat`` in eval mode (observers on, BN on its running
-    statistics): the activation ranges PTQ would see. Returns the number of images."""
-    qat.eval()
-    n = 0
-    with torch.no_grad():
-        for batch in calibration:
-            x = _inputs(batch)
-            qat(x)
-            n += x.shape[0]
-    if n == 0:
-        raise QuantizationError("distill_qat: calibration: no images")
-    return n
 
 
 INT8_NAME = "model_int8.ts"
