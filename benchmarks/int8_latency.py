@@ -352,7 +352,7 @@ def _calibration_draws(model, x, f, n_calib, n_train, res, draws, example, rows=
 
 def trained_agreement(arch, epochs, res, n_train, n_calib, n_held, seed, qat_epochs, load=None, save=None,
                       sensitivity_units=True, keep_top=(2, 4, 8), latency_size=224, latency_iters=15, n_check=5000,
-                      calibration_draws=4, reconstruct=True, ptq_rows=None, distill_epochs=0, distill_images=20000,
+                      calibration_draws=4, reconstruct=True, ptq_rows=None, distill_epochs=0, distill_images=5000,
                       distill_seeds=4, distill_temperature=1.0):
     t0 = time.perf_counter()
     if load:
@@ -505,7 +505,7 @@ def main(argv=None):
     p.add_argument("--distill-qat-epochs", type=int, default=None,
                    help=f"QAT distilled from the fp32 model (fbnet_zoo.training.qat): epochs (default "
                         f"{DISTILL_QAT_RECIPE.epochs}; --quick 0: skip)")
-    p.add_argument("--distill-qat-images", type=int, default=20000,
+    p.add_argument("--distill-qat-images", type=int, default=5000,
                    help="generated un-augmented training images per distilled-QAT epoch")
     p.add_argument("--distill-qat-seeds", type=int, default=4,
                    help="distilled-QAT runs (trainer seed + calibration draw each), checked on --check images")

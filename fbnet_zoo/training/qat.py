@@ -54,7 +54,7 @@ __all__ = ["DISTILL_QAT_RECIPE", "DistilledQAT", "INT8_NAME", "QAT_RESULT_NAME",
 # teacher is the model itself), a short EMA; measured on the int8_latency benchmark's model (README "int8")
 DISTILL_QAT_RECIPE = Recipe(optimizer="sgd", lr=0.0005, batch_size=64, weight_decay=0.0, ema=True, ema_decay=0.99,
                             dropout=0.0, drop_path=0.0, mixup=0.0, label_smoothing=0.0, warmup_epochs=0,
-                            lr_decay=0.7, epochs=2, distill_weight=1.0)
+                            lr_decay=0.7, epochs=3, distill_weight=1.0)
 
 
 @dataclass
