@@ -308,6 +308,46 @@ def test_model_weights_pkl_is_refused_and_never_unpickled(tmp_path):
     assert bool((model.weight == 1).all())
 
 
+def test_model_weights_that_do_not_fit_the_backbone_are_refused_not_half_loaded(toy, tmp_path):
+    """MODEL.WEIGHTS went through detectron2's checkpointer, which loads what fits and only logs
+    the rest: a checkpoint of another arch trained (or --eval-only evaluated) a partly random
+    backbone. Training now refuses a backbone that does not fit and still takes what detectron2
+    users fine-tune from (another class count, backbone-only weights); evaluation needs all."""
+    import importlib.util
+
+    from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy))
+    other = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-D"}))
+    torch.save({"model": other.state_dict()}, tmp_path / "other_arch.pth")
+    with pytest.raises(DetectionError, match=r"other_arch.pth: does not fit this detector's backbone: unexpected \d+ "
+                                             r"key\(s\): backbone\..*; shape mismatch in \d+ key\(s\): backbone\."):
+        SafeDetectionCheckpointer(model).load(str(tmp_path / "other_arch.pth"))
+
+    five = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.ROI_HEADS.NUM_CLASSES": 5}))
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in five.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "five_classes.pth")
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("backbone.")}}, tmp_path / "backbone.pth")
+    for name in ("five_classes.pth", "backbone.pth"):  # fine-tuning: the backbone loads, the heads may differ
+        SafeDetectionCheckpointer(model).load(str(tmp_path / name))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k.startswith("backbone."))
+    with pytest.raises(DetectionError, match=r"five_classes.pth: does not fit this detector: shape mismatch in 4 "
+                                             r"key\(s\): roi_heads.box_predictor.bbox_pred.bias"):
+        SafeDetectionCheckpointer(model, fit="all").load(str(tmp_path / "five_classes.pth"))
+
+    path = os.path.join(os.path.dirname(CONFIG_DIR), "..", "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("fbnet_train_net_weights", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    with pytest.raises(DetectionError, match=r"backbone.pth: does not fit this detector: missing \d+ key\(s\): "
+                                             r"proposal_generator"):
+        train_net.main(train_net.build_parser().parse_args([
+            "--eval-only", "--config-file", os.path.join(CONFIG_DIR, "faster_rcnn_fbnetv3a_C4.yaml"),
+            "--toy-coco", str(tmp_path / "toy"), "OUTPUT_DIR", str(tmp_path / "out"),
+            "MODEL.WEIGHTS", str(tmp_path / "backbone.pth")]))
+
+
 def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):
     """The C4 RoI box head is the stride-32 stages alone (no second FBNet), with the
     checkpoint's weights for them, from the same read as the backbone's."""

@@ -314,7 +314,7 @@ def test_export_tool_refuses_bad_overrides_configs_and_weights_in_one_line(tmp_p
     other = tmp_path / "classifier.pth"                               # a checkpoint of another model
     torch.save({"model": {"stages.0.weight": torch.zeros(4, 3, 1, 1)}}, other)
     with pytest.raises(DetectionError, match=r"classifier.pth does not fit this detector: missing 2 key\(s\): "
-                                             r"0.weight, 0.bias; unexpected 1 key\(s\): stages.0.weight"):
+                                             r"0.bias, 0.weight; unexpected 1 key\(s\): stages.0.weight"):
         load_detector_weights(model, str(other))
     evil = tmp_path / "evil.pkl"
 

@@ -21,6 +21,9 @@
 Options: --config-file, --resume, --eval-only, --num-gpus, --num-machines, --machine-rank,
 --dist-url and trailing KEY VALUE overrides, as detectron2's own tools/train_net.py;
 --toy-coco DIR writes (if absent) and registers the toy set and trains/tests on it.
+MODEL.WEIGHTS must fit the detector's backbone when training (the heads may differ: another
+class count, or backbone-only weights, which detectron2 logs) and the whole detector with
+--eval-only; otherwise the run stops naming the keys (SafeDetectionCheckpointer's ``fit``).
 --qat (QUANTIZATION.QAT.ENABLED): the detector's FBNet parts (trunk, RPN head, RoI box / mask /
 keypoint heads) are prepared for quantization-aware training after the fp32 weights
 (MODEL.WEIGHTS, MODEL.FBNET.D2GO_WEIGHTS) are loaded, trained, converted to int8, evaluated
@@ -160,7 +163,9 @@ def main(args):
     cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # evaluated as loaded: every tensor must come from the checkpoint (training lets the heads differ)
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, fit="all").resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                              resume=args.resume)
         d2.load_configured_weights(model, cfg)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
