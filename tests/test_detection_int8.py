@@ -110,6 +110,12 @@ def test_export_tool_writes_an_int8_detector(tmp_path, capsys):
     with torch.no_grad():
         boxes, classes, scores, size = torch.jit.load(str(path))(image(224, 288, seed=5))
     assert boxes.shape == (len(classes), 4) and len(scores) == len(classes) > 0
+    # without --format: fp32 TorchScript (the classifier's default "both" was refused for a detector)
+    assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--calibration", images,
+                      "--calibration-images", "1", "--out", str(tmp_path / "fp32") + os.sep, *small]) == 0
+    assert capsys.readouterr().out.startswith(f"torchscript: {tmp_path / 'fp32' / 'faster_rcnn_fbnetv3a_C4.ts'} ")
+    with torch.no_grad():
+        assert len(torch.jit.load(str(tmp_path / "fp32" / "faster_rcnn_fbnetv3a_C4.ts"))(image(224, 288, seed=5))) == 4
     assert tool.main(["--detector", config, "--format", "int8", "--out", str(tmp_path / "x.ts")]) == 1
     assert "--calibration DIR is required" in capsys.readouterr().err
     assert tool.main(["--detector", config, "--format", "onnx", "--calibration", images, "--out", "x.onnx"]) == 1
