@@ -152,6 +152,8 @@ def test_missing_annotation_file_and_unreadable_image(toy, tmp_path):
         tv.CocoDetection(str(tmp_path / "none.json"), toy["images"])
     ds = tv.CocoDetection(toy["json"], toy["images"])
     assert len(ds) == 3 and ds[0][1]["boxes"].shape[1] == 4
+    with pytest.raises(DetectionError, match=r"image_root .*nowhere: no such folder; expected the folder of the images"):
+        tv.CocoDetection(toy["json"], str(tmp_path / "nowhere"))  # was: each image's read error, inside the loader
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "000000.png").write_bytes(b"not a png")
     broken = tv.CocoDetection(toy["json"], str(tmp_path / "images"))

@@ -48,6 +48,7 @@ try:
     from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+    from omegaconf import OmegaConf  # (detectron2's LazyConfig dependency)
 except ImportError:
     sys.exit("tools/train_net.py needs detectron2, which is not on PyPI: install it from "
              "https://github.com/facebookresearch/detectron2 (see README: Detection)")
@@ -157,10 +158,17 @@ def configured(setup_fn, args):
 def main(args):
     if args.config_file.endswith(".py"):
         cfg = configured(setup_lazy, args)
+        for split in ("test",) if args.eval_only else ("train", "test"):
+            names = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None) or ()
+            d2.check_datasets([names] if isinstance(names, str) else names, f"dataloader.{split}.dataset.names")
         if args.eval_only:
             return lazy.do_eval(cfg)
         return lazy.do_train(cfg, resume=args.resume)
     cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
+    # a missing COCO folder: one line naming the path, before the model is built (and not after training)
+    d2.check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    if not args.eval_only:
+        d2.check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # evaluated as loaded: every tensor must come from the checkpoint (training lets the heads differ)
