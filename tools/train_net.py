@@ -102,7 +102,10 @@ def register_toy(root: str) -> dict:
 
     json_path = os.path.join(root, "annotations.json")
     if not os.path.exists(json_path):
-        make_toy_coco(root)
+        # one writer per machine (the others would find its folder not empty), the others wait for it
+        if comm.get_local_rank() == 0:
+            make_toy_coco(root)
+        comm.synchronize()
     return d2.register_coco_dataset(TOY_NAME, json_path, os.path.join(root, "images"), os.path.join(root, "sem_seg"))
 
 
