@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from typing import Dict, Iterator, List, Tuple
@@ -55,7 +56,9 @@ def _new_set(root: str, overwrite: bool, entries: Tuple[str, ...]) -> Iterator[s
                              f"its {', '.join(entries)}")
     parent = os.path.dirname(os.path.abspath(root))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(root))}.", suffix=".tmp", dir=parent)
+    # not mkdtemp: this folder becomes root, so it takes the umask's mode (mkdtemp's is 0700)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(root))}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp)
     try:
         yield tmp
         if not held:

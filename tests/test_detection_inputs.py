@@ -233,4 +233,8 @@ def test_toy_coco_never_writes_into_a_folder_that_holds_files(tmp_path, capsys, 
     (tmp_path / "empty").mkdir()
     paths = make_toy_coco(str(tmp_path / "empty"), num_images=1, image_size=(32, 32))
     assert paths["json"] == str(tmp_path / "empty" / "annotations.json") and os.path.isfile(paths["json"])
-    assert sorted(os.listdir(tmp_path)) == ["empty", "mine"]
+    make_toy_coco(str(tmp_path / "new"), num_images=1, image_size=(32, 32))
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine", "new"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(tmp_path / "new").st_mode & 0o777 == 0o777 & ~umask  # as a folder made in place would be
