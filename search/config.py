@@ -527,10 +527,10 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str 
             raise _fail(path, dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
         out = {}
         for k, v in text.items():
-            out[k] = _constraint_value(f"{path}.{k}", v)
+            out[k] = cost_value(f"{path}.{k}", v)
         return out
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return {"flops": _constraint_value(f"{path}.flops", text)}
+        return {"flops": cost_value(f"{path}.flops", text)}
     if not isinstance(text, str):
         raise _fail(path, text, "is not a mapping, number or string like 'flops<=450M'")
     out = {}
@@ -541,12 +541,8 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str 
             k, v = "flops", part
         if k not in CONSTRAINT_KEYS:
             raise _fail(path, text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
-        out[k] = _constraint_value(f"{path}.{k}", v)
+        out[k] = cost_value(f"{path}.{k}", v)
     return out
-
-
-def _constraint_value(key: str, v: Any) -> float:
-    return cost_value(key, v)
 
 
 COST_FORMS = "a number or a string like '450M' or '4.5e8' (suffixes K, M, G scale by 1e3, 1e6, 1e9)"

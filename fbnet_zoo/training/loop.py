@@ -96,7 +96,7 @@ def _load_checkpoint(path: str, fingerprint: str, keep: bool = False) -> Optiona
     the user's progress) refused with a CheckpointError naming the file, which is left as it is."""
     if not os.path.isfile(path):
         return None
-    how = ("; it is left as it is. To start this run over, move it away or use another --workdir")
+    how = "; it is left as it is. To start this run over, move it away or use another --workdir"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: start over rather than fail the candidate
