@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -32,7 +31,7 @@ from torch.ao.nn import quantized as nnq
 
 import fbnet_zoo
 from fbnet_zoo.quantize import _bit_split
-from latency import cpu_facts, machine_facts, save_result  # benchmarks/latency.py
+from latency import cpu_facts, machine_facts, round_robin_ms, save_result  # benchmarks/latency.py
 
 warnings.filterwarnings("ignore", category=UserWarning)  # torch 2.14: quantized dtypes are deprecated
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "int8_kernels.json")
@@ -76,20 +75,6 @@ def int8_conv(conv: nn.Conv2d, weight_qmax: int) -> nnq.Conv2d:
     return q
 
 
-def round_robin(fns: Dict[str, Callable[[], Any]], rounds: int) -> Dict[str, float]:
-    """Median ms of each call, timed in turn (load drifts hit all alike), after two warm-ups."""
-    times: Dict[str, List[float]] = {k: [] for k in fns}
-    with torch.inference_mode():
-        for fn in fns.values():
-            fn(), fn()
-        for _ in range(rounds):
-            for k, fn in fns.items():
-                t = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
-
-
 def weight_qmax(engine: str) -> int:
     """The quantize_static default bit split's weight range on ``engine``."""
     return 63 if _bit_split(engine, None, "int8_kernels") == "weights" else 127
@@ -111,7 +96,7 @@ def measure(model_name: str, rounds: int, engines: List[str]) -> Dict[str, Any]:
             xq = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8).contiguous(memory_format=torch.channels_last)
             fns[f"int8_{engine}"] = (lambda q=q, xq=xq, e=engine: (setattr(torch.backends.quantized, "engine", e),
                                                                      q(xq)))
-        ms = round_robin(fns, rounds)
+        ms = round_robin_ms(fns, rounds)
         ms["fp32_best"] = min(ms["fp32"], ms["fp32_channels_last"])
         for k, v in ms.items():
             totals.setdefault(kind(conv), {}).setdefault(k, 0.0)
@@ -138,7 +123,7 @@ def gemm_peak(rounds: int, engines: List[str], m: int = 256, k: int = 1024, n: i
         q.set_weight_bias(per_channel_int8(lin.weight.detach(), weight_qmax(engine)), lin.bias.detach())
         xq = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8)
         fns[f"int8_{engine}"] = lambda q=q, xq=xq, e=engine: (setattr(torch.backends.quantized, "engine", e), q(xq))
-    ms = round_robin(fns, rounds)
+    ms = round_robin_ms(fns, rounds)
     ops = 2 * m * k * n
     return {"shape_mkn": [m, k, n], "ms": {a: round(v, 3) for a, v in ms.items()},
             "giga_ops_per_s": {a: round(ops / v / 1e6, 1) for a, v in ms.items()},

@@ -69,7 +69,7 @@ from fbnet_zoo.training import CHECKPOINT_NAME, Recipe, TrainSettings, cached_da
 from fbnet_zoo.training.qat import DISTILL_QAT_RECIPE, distill_qat
 from fbnet_zoo.training.data import make_embedded_arrays
 from fbnet_zoo.training.data.embedded import EMBEDDED_MEAN, EMBEDDED_STD
-from latency import _time, cpu_facts, machine_facts, save_result  # benchmarks/latency.py: the same timer, facts, writer
+from latency import cpu_facts, machine_facts, round_robin_ms, save_result  # benchmarks/latency.py: the same timer, facts, writer
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -93,20 +93,6 @@ SMALL_FBNET = {"name": "Small-FBNet", "input_size": 32, "stages": [
     [{"type": "ir", "out_channels": 64, "stride": 2, "expansion": 4, "kernel": 3, "se": True, "act": "hswish"},
      {"type": "ir", "out_channels": 64, "expansion": 3, "kernel": 3, "se": True, "act": "hswish"}],
     [{"type": "ir_pool", "out_channels": 256, "expansion": 6}]]}
-
-
-def round_robin_ms(fns, x, iters):
-    """Median ms per call of each of ``fns`` on ``x``: two warm-up calls each, then ``iters``
-    rounds calling every one in turn (load drifts hit all alike)."""
-    with torch.inference_mode():
-        for fn in fns.values():
-            fn(x)
-            fn(x)
-    times = {k: [] for k in fns}
-    for _ in range(iters):
-        for k, fn in fns.items():
-            times[k] += _time(fn, x, 1)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 def images(n, seed, size):
@@ -179,7 +165,7 @@ def latency(variant, iters, threads, seed, with_ort):
         modes[f"int8_{backend}_channels_last"] = _channels_last(int8[backend])
     if with_ort:
         modes["fp32_onnxruntime"], modes["int8_onnxruntime_qdq"] = _onnxruntime(model, size, threads, calib)
-    med = round_robin_ms(modes, x, iters)
+    med = round_robin_ms(modes, iters, x)
     fp32 = {k: v for k, v in med.items() if k.startswith("fp32")}
     i8 = {k: v for k, v in med.items() if k.startswith("int8")}
     best_fp32, best_int8 = min(fp32, key=fp32.get), min(i8, key=i8.get)
@@ -299,7 +285,7 @@ def _variant_latency(fp32, quantized, size, iters, channels_last=False):
         fns[name] = export_int8_torchscript(q, None, example=x)
         if channels_last:
             fns[name + "_channels_last"] = _channels_last(fns[name])
-    med = round_robin_ms(fns, x, iters)
+    med = round_robin_ms(fns, iters, x)
     return {k: {"median_ms": round(v, 3), "ratio_vs_fp32_torchscript": round(med["fp32_torchscript"] / v, 3)}
             for k, v in med.items()}
 

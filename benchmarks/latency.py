@@ -46,6 +46,22 @@ def _time(fn, x, iters):
     return out
 
 
+def round_robin_ms(fns, rounds, *args):
+    """Median ms per call of each of ``fns`` (called with ``args``): two warm-up calls each, then
+    ``rounds`` rounds calling every one in turn, so that load drifts hit all alike."""
+    times = {k: [] for k in fns}
+    with torch.inference_mode():
+        for fn in fns.values():
+            fn(*args)
+            fn(*args)
+        for _ in range(rounds):
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn(*args)
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
 def _onnxruntime_model(model, batch, size, threads):
     """Our ONNX export (fbnet_zoo.deploy.export_onnx, checked against eager) run by onnxruntime."""
     import tempfile

@@ -10,9 +10,13 @@ Layout written under ``root``::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Dict, List, Tuple
+import secrets
+import shutil
+import tempfile
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
@@ -37,25 +41,67 @@ def _polygon(cat: int, x0: float, y0: float, w: float, h: float) -> List[float]:
     return [round(float(v), 2) for p in pts for v in p]
 
 
+@contextlib.contextmanager
+def _new_set(root: str, overwrite: bool, entries: Tuple[str, ...]) -> Iterator[str]:
+    """A folder to write a toy set into, published at ``root`` only when complete (a crash
+    leaves no half set there). A ``root`` that holds anything is refused unless ``overwrite``:
+    then only the set's own ``entries`` are replaced, other files stay."""
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DetectionError(f"toy COCO root {root!r} is a file, not a folder")
+    held = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    if held and not overwrite:
+        shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+        raise DetectionError(f"toy COCO root {root!r} is not empty ({shown}): refusing to write into it; give a new "
+                             f"or empty folder, or overwrite=True (tools/make_toy_coco.py --overwrite) to replace "
+                             f"its {', '.join(entries)}")
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    # not mkdtemp: this folder becomes root, so it takes the umask's mode (mkdtemp's is 0700)
+    tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(root))}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.mkdir(tmp)
+    try:
+        yield tmp
+        if not held:
+            os.replace(tmp, root)  # (an empty folder at root is replaced too)
+            return
+        for name in entries:  # overwrite: the set's own entries, one by one
+            new, old = os.path.join(tmp, name), os.path.join(root, name)
+            if os.path.isdir(old) and not os.path.islink(old):
+                stale = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root)
+                os.replace(old, os.path.join(stale, name))
+                os.replace(new, old)
+                shutil.rmtree(stale)
+            else:
+                os.replace(new, old)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def make_toy_coco(root: str, num_images: int = 16, image_size: Tuple[int, int] = (128, 128),
-                  max_objects: int = 3, seed: int = 0) -> Dict[str, str]:
-    """Write the data set; returns {"json": ..., "images": ..., "sem_seg": ...} paths."""
-    from PIL import Image, ImageDraw
-
-    from fbnet_zoo.io_utils import atomic_write_text
-
+                  max_objects: int = 3, seed: int = 0, overwrite: bool = False) -> Dict[str, str]:
+    """Write the data set; returns {"json": ..., "images": ..., "sem_seg": ...} paths. ``root``
+    must be new or empty unless ``overwrite`` (then its images/, sem_seg/ and annotations.json
+    are replaced); the set appears there complete or not at all."""
     h, w = image_size
     # checked before anything is written: bad values were numpy tracebacks or an empty set
     check_int("num_images", num_images, 1, 100_000, error=DetectionError)
     check_int("image_size[0]", h, 8, 8192, error=DetectionError)
     check_int("image_size[1]", w, 8, 8192, error=DetectionError)
     check_int("max_objects", max_objects, 1, 100, error=DetectionError)
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise DetectionError(f"toy COCO root {root!r} is a file, not a folder")
+    with _new_set(root, overwrite, ("images", "sem_seg", "annotations.json")) as out:
+        _write_toy_coco(out, num_images, h, w, max_objects, seed)
+    return {"json": os.path.join(root, "annotations.json"), "images": os.path.join(root, "images"),
+            "sem_seg": os.path.join(root, "sem_seg")}
+
+
+def _write_toy_coco(root: str, num_images: int, h: int, w: int, max_objects: int, seed: int) -> None:
+    from PIL import Image, ImageDraw
+
     rng = np.random.default_rng(seed)
     img_dir, sem_dir = os.path.join(root, "images"), os.path.join(root, "sem_seg")
-    os.makedirs(img_dir, exist_ok=True)
-    os.makedirs(sem_dir, exist_ok=True)
+    os.makedirs(img_dir)
+    os.makedirs(sem_dir)
     images, annotations = [], []
     ann_id = 1
     for i in range(num_images):
@@ -84,9 +130,8 @@ def make_toy_coco(root: str, num_images: int = 16, image_size: Tuple[int, int] =
         images.append({"id": i + 1, "file_name": name, "height": h, "width": w})
     data = {"info": {"description": "fbnet_zoo toy COCO"}, "images": images, "annotations": annotations,
             "categories": CATEGORIES, "licenses": []}
-    json_path = os.path.join(root, "annotations.json")
-    atomic_write_text(json_path, json.dumps(data))
-    return {"json": json_path, "images": img_dir, "sem_seg": sem_dir}
+    with open(os.path.join(root, "annotations.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f)
 
 
 # COCO's 17 person keypoints, in COCO's order; left/right pairs swap under a horizontal flip.
@@ -103,19 +148,25 @@ _SKELETON = ((16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13),
 
 
 def make_toy_keypoint_coco(root: str, num_images: int = 8, image_size: Tuple[int, int] = (128, 128),
-                           max_objects: int = 2, seed: int = 0) -> Dict[str, str]:
+                           max_objects: int = 2, seed: int = 0, overwrite: bool = False) -> Dict[str, str]:
     """A COCO person-keypoints set: stick figures (limbs drawn between COCO's 17 keypoints, each
     keypoint a bright dot) on noise, one category ``person`` with ``keypoints`` and ``skeleton``.
     Each annotation has its box, a polygon (the figure's box), 17 (x, y, v=2) keypoints and
-    ``num_keypoints``. Writes ``images/`` and ``annotations.json``; returns {"json", "images"}."""
-    from PIL import Image, ImageDraw
+    ``num_keypoints``. Writes ``images/`` and ``annotations.json``; returns {"json", "images"}.
+    ``root``: new or empty unless ``overwrite``, as in ``make_toy_coco``."""
+    with _new_set(root, overwrite, ("images", "annotations.json")) as out:
+        _write_toy_keypoint_coco(out, num_images, image_size, max_objects, seed)
+    return {"json": os.path.join(root, "annotations.json"), "images": os.path.join(root, "images")}
 
-    from fbnet_zoo.io_utils import atomic_write_text
+
+def _write_toy_keypoint_coco(root: str, num_images: int, image_size: Tuple[int, int], max_objects: int,
+                             seed: int) -> None:
+    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     h, w = image_size
     img_dir = os.path.join(root, "images")
-    os.makedirs(img_dir, exist_ok=True)
+    os.makedirs(img_dir)
     images, annotations = [], []
     ann_id = 1
     for i in range(num_images):
@@ -146,6 +197,5 @@ def make_toy_keypoint_coco(root: str, num_images: int = 8, image_size: Tuple[int
                    "skeleton": [list(s) for s in _SKELETON]}]
     data = {"info": {"description": "fbnet_zoo toy COCO person keypoints"}, "images": images,
             "annotations": annotations, "categories": categories, "licenses": []}
-    json_path = os.path.join(root, "annotations.json")
-    atomic_write_text(json_path, json.dumps(data))
-    return {"json": json_path, "images": img_dir}
+    with open(os.path.join(root, "annotations.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f)

@@ -42,7 +42,7 @@ import pickle
 import urllib.parse
 import urllib.request
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -61,7 +61,8 @@ _CHUNK = 1 << 20
 
 __all__ = [
     "CheckpointError", "CheckpointSource", "LoadResult", "bad_values", "cache_dir", "fetch", "get_source", "list_sources",
-    "load_checkpoint", "load_pretrained", "load_state_dict_checked", "read_state_dict", "register_sources",
+    "describe_key_diff", "key_diff", "load_checkpoint", "load_pretrained", "load_state_dict_checked", "mismatch_label",
+    "read_state_dict", "register_sources",
 ]
 
 
@@ -448,6 +449,35 @@ class LoadResult:
 _CLASSIFIER_KEYS = ("classifier.fc.weight", "classifier.fc.bias")
 
 
+def key_diff(own: Mapping[str, Any], state: Mapping[str, Any], skip_missing: Sequence[str] = ()
+             ) -> Tuple[List[str], List[str], List[str]]:
+    """(missing, unexpected, mismatched) between a model's state dict ``own`` and a checkpoint's
+    ``state``: the model's keys the checkpoint lacks (BN ``num_batches_tracked`` and
+    ``skip_missing`` excepted), the checkpoint's keys the model lacks, and the shared keys whose
+    shapes differ, as ``"key (checkpoint (..), model (..))"``."""
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked") and k not in skip_missing]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [mismatch_label(k, state[k].shape, own[k].shape)
+                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, mismatched
+
+
+def mismatch_label(key: str, checkpoint_shape: Sequence[int], model_shape: Sequence[int]) -> str:
+    return f"{key} (checkpoint {tuple(checkpoint_shape)}, model {tuple(model_shape)})"
+
+
+def describe_key_diff(missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str]) -> str:
+    """One line naming (the first few of) each kind of key problem: "missing 2 key(s): a, b; ..."."""
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {_names(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} key(s): {_names(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatch in {len(mismatched)} key(s): {_names(mismatched, 4)}")
+    return "; ".join(parts)
+
+
 def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
                             where: str = "checkpoint", check_values: bool = True) -> LoadResult:
     """Load our-format ``state_dict`` into an FBNet, handling the classifier and naming every problem.
@@ -483,23 +513,12 @@ def load_state_dict_checked(model: nn.Module, state_dict: Mapping[str, torch.Ten
         have = "no classifier" if ckpt_w is None else f"a {ckpt_w.shape[0]}-class classifier ({tuple(ckpt_w.shape)})"
         logger.info("%s: checkpoint has %s, model has %d classes: classifier.fc dropped from the checkpoint and "
                     "re-initialised", where, have, n)
-    missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")
-               and not (result.classifier_reset and k in _CLASSIFIER_KEYS)]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [f"{k} (checkpoint {tuple(sd[k].shape)}, model {tuple(own[k].shape)})"
-                  for k in sd if k in own and tuple(sd[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, mismatched = key_diff(own, sd, skip_missing=_CLASSIFIER_KEYS if result.classifier_reset else ())
     result.missing, result.unexpected, result.mismatched = missing, unexpected, mismatched
     good = OrderedDict((k, v) for k, v in sd.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
     if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_names(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatch in {len(mismatched)} key(s): {_names(mismatched, 4)}")
         arch = getattr(getattr(model, "spec", None), "name", type(model).__name__)
-        msg = f"{where} does not fit {arch}: " + "; ".join(parts)
+        msg = f"{where} does not fit {arch}: " + describe_key_diff(missing, unexpected, mismatched)
         if strict:
             raise CheckpointError(msg + " (wrong architecture?)")
         logger.warning("%s (strict=False: loading the %d matching tensors)", msg, len(good))

@@ -16,7 +16,7 @@ from .blocks import Classifier, Cx, block_complexity, headless_pool_cx
 from .conventions import DEFAULT_CONVENTION, cost_rules
 from .errors import SpecError, check_int
 from .registry import load_spec
-from .spec import MAX_INPUT_SIZE, ArchSpec
+from .spec import MAX_INPUT_SIZE, ArchSpec, check_input_size
 
 SpecLike = Union[ArchSpec, Mapping[str, Any], str]
 InputSize = Union[int, Tuple[int, int], None]
@@ -51,6 +51,7 @@ def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 
     spec = load_spec(spec)
     num_classes = check_int("num_classes", num_classes, 0)
     h, w = _hw(spec, input_size)
+    check_input_size(spec, (h, w))
     cx = Cx(h, w, spec.in_channels, rules=cost_rules(convention))
     stages: Dict[str, Dict[str, int]] = {}
     start = (0, 0)
@@ -59,8 +60,6 @@ def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 
         if b.first and b.row_index == 0:
             start = (cx.flops, cx.params)
         block_complexity(cx, b)
-        if cx.h < 1 or cx.w < 1:
-            raise SpecError(f"input_size: {(h, w)} is too small: stages[{b.stage}] has no pixels left")
         if i + 1 == len(walk) or walk[i + 1].stage != b.stage:
             stages[f"stage{b.stage}"] = {"flops": cx.flops - start[0], "params": cx.params - start[1],
                                          "h": cx.h, "w": cx.w, "channels": cx.c}

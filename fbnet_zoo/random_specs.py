@@ -7,12 +7,13 @@ from typing import List, Optional
 
 import numpy as np
 
-from .spec import ACTIVATIONS, ArchSpec, BlockSpec
+from .spec import ACTIVATIONS, MAX_INPUT_SIZE, ArchSpec, BlockSpec, min_input_size
 
 
 def random_spec(rng: np.random.Generator, name: str = "random", input_size: Optional[int] = None,
                 max_stages: int = 6) -> ArchSpec:
-    """A small-to-medium random network: conv stem, 2..max_stages IR stages, optional pooled head."""
+    """A small-to-medium random network: conv stem, 2..max_stages IR stages, optional pooled head,
+    at ``input_size`` (default: drawn in [64, 160]) or the smallest size it takes, if larger."""
     n_stages = int(rng.integers(2, max_stages + 1))
     stem_ch = int(rng.choice([8, 16, 24, 32]))
     stages: List[tuple] = [(BlockSpec("conv", stem_ch, stride=2, kernel=int(rng.choice([3, 5])),
@@ -40,4 +41,5 @@ def random_spec(rng: np.random.Generator, name: str = "random", input_size: Opti
     if rng.random() < 0.7:
         stages.append((BlockSpec("ir_pool", int(rng.choice([256, 512, 1024])), expansion=float(rng.choice([4, 6]))),))
     size = input_size or int(rng.integers(64, 161))
-    return ArchSpec(name, size, tuple(stages), width_divisor=int(rng.choice([4, 8])))
+    spec = ArchSpec(name, MAX_INPUT_SIZE, tuple(stages), width_divisor=int(rng.choice([4, 8])))
+    return spec.replace(input_size=max(size, min_input_size(spec)))  # (too many strides for the size drawn)

@@ -53,7 +53,7 @@ MAX_BLOCKS = 512           # blocks in a whole network (sum of repeats)
 
 __all__ = [
     "ACTIVATIONS", "ArchSpec", "BLOCK_TYPES", "BlockSpec", "Feature", "ResolvedBlock", "SpecError",
-    "load_spec", "make_divisible", "walk_rows",
+    "check_input_size", "load_spec", "make_divisible", "min_input_size", "walk_rows",
 ]
 
 
@@ -214,6 +214,17 @@ class ResolvedBlock:
     def expands(self) -> bool:
         """Has a 1x1 expansion conv ("ir_pool" always; "ir" unless expansion is 1)."""
         return self.row.type == "ir_pool" or (self.row.type == "ir" and self.row.expansion != 1)
+
+    def output_size(self, h: int, w: int) -> Tuple[int, int]:
+        """Height and width of this block's output for an h x w input (below 1: no pixels left):
+        the upsampling, then the k x k conv ("conv": padding k // 2; "ir": the depthwise conv's
+        padding); "ir_pool" pools to 1 x 1."""
+        h, w = h * self.upsample, w * self.upsample
+        if self.type == "ir_pool":
+            return (1, 1) if h >= 1 and w >= 1 else (h, w)
+        k = self.row.kernel
+        ph, pw = self.padding if self.padding is not None else (k // 2, k // 2)
+        return (h + 2 * ph - k) // self.stride + 1, (w + 2 * pw - k) // self.stride + 1
 
 
 def _resolve(row: BlockSpec, stage: int, row_index: int, repeat: int, c_in: int, divisor: int) -> ResolvedBlock:
@@ -390,6 +401,42 @@ def _walk_arch(spec: ArchSpec) -> Tuple[ResolvedBlock, ...]:
     return tuple(out)
 
 
+def check_input_size(spec: "ArchSpec", size: Union[int, Tuple[int, int]], path: str = "input_size") -> None:
+    """Raise SpecError when an input of ``size`` (an int or (h, w)) runs out of pixels inside
+    ``spec`` (a stride-2 or unpadded conv on a map smaller than its kernel): the message names
+    the block and the smallest square input the arch takes."""
+    h, w = (size, size) if isinstance(size, int) else size
+    for b in spec.walk():
+        out_h, out_w = b.output_size(h, w)
+        if out_h < 1 or out_w < 1:
+            k = b.row.kernel
+            pad = b.padding[0] if b.padding is not None else k // 2
+            raise SpecError(f"{path}: {size} is too small for {spec.name}: stages[{b.stage}][{b.row_index}] (kernel "
+                            f"{k}, stride {b.stride}, padding {pad}) gets {h}x{w} pixels and leaves none; the smallest "
+                            f"input this arch takes is {min_input_size(spec)}")
+        h, w = out_h, out_w
+
+
+def min_input_size(spec: "ArchSpec") -> int:
+    """The smallest square input size every block of ``spec`` has pixels for (at least 8, the
+    smallest ``input_size`` a spec may have)."""
+    def fits(n: int) -> bool:
+        h = w = n
+        for b in spec.walk():
+            h, w = b.output_size(h, w)
+            if h < 1 or w < 1:
+                return False
+        return True
+
+    lo, hi = 8, MAX_INPUT_SIZE  # each block's output grows with its input: bisect
+    if not fits(hi):
+        return hi + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+    return lo
+
+
 def _validate_arch(a: ArchSpec) -> None:
     set_ = object.__setattr__
     set_(a, "name", check_name("name", a.name))
@@ -417,6 +464,8 @@ def _validate_arch(a: ArchSpec) -> None:
             if getattr(b, what) > MAX_WIDTH:
                 raise SpecError(f"stages[{b.stage}][{b.row_index}]: resolved {what} {getattr(b, what)} is above "
                                 f"the maximum width {MAX_WIDTH} (out_channels x expansion too large)")
+    # a spec must run at its own input size (else build_model passes and the first forward fails in a conv)
+    check_input_size(a, a.input_size)
 
 
 def _sequence(path: str, value: Any, what: str, limit: int) -> Sequence[Any]:

@@ -70,11 +70,6 @@ class SearchRunError(FBNetZooError):
 
 
 # --------------------------------------------------------------------------- sections
-def _optional_number(path: str, value: Any, lo: float = 0.0) -> None:
-    if value is not None:
-        check_number(path, value, lo, lo_open=False, error=SearchConfigError)
-
-
 def _seed(path: str, value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
         raise SearchConfigError(f"{path}: {value!r} is outside [0, {SEED_MAX}] (2**32 - 1)")
@@ -132,9 +127,13 @@ class PoolConfig(_Section):
         check_int("pool.n", self.n, error=SearchConfigError)
         check_int("pool.max_draw_factor", self.max_draw_factor, error=SearchConfigError)
         for lo, hi in (("flops_min", "flops_max"), ("params_min", "params_max")):
+            for name in (lo, hi):  # the forms a constraint takes too: 4.5e8, "450M", "4.5e8"
+                value = getattr(self, name)
+                if value is not None:
+                    parsed = cost_value(f"pool.{name}", value, positive=False)
+                    if isinstance(value, str):
+                        object.__setattr__(self, name, parsed)
             a, b = getattr(self, lo), getattr(self, hi)
-            _optional_number(f"pool.{lo}", a)
-            _optional_number(f"pool.{hi}", b)
             if a is not None and b is not None and a > b:
                 raise SearchConfigError(f"pool.{lo}/{hi}: ({a!r}, {b!r}) is an empty (inverted) range")
 
@@ -528,10 +527,10 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str 
             raise _fail(path, dict(text), f"is empty; give at least one of {list(CONSTRAINT_KEYS)}")
         out = {}
         for k, v in text.items():
-            out[k] = _constraint_value(f"{path}.{k}", v)
+            out[k] = cost_value(f"{path}.{k}", v)
         return out
     if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return {"flops": _constraint_value(f"{path}.flops", text)}
+        return {"flops": cost_value(f"{path}.flops", text)}
     if not isinstance(text, str):
         raise _fail(path, text, "is not a mapping, number or string like 'flops<=450M'")
     out = {}
@@ -542,22 +541,29 @@ def parse_constraint(text: Union[str, Mapping[str, Any], float, int], path: str 
             k, v = "flops", part
         if k not in CONSTRAINT_KEYS:
             raise _fail(path, text, f"names unknown resource {k!r}; allowed: {list(CONSTRAINT_KEYS)}")
-        out[k] = _constraint_value(f"{path}.{k}", v)
+        out[k] = cost_value(f"{path}.{k}", v)
     return out
 
 
-def _constraint_value(key: str, v: Any) -> float:
+COST_FORMS = "a number or a string like '450M' or '4.5e8' (suffixes K, M, G scale by 1e3, 1e6, 1e9)"
+
+
+def cost_value(key: str, v: Any, positive: bool = True) -> float:
+    """A FLOPs / params count from config or the command line, in one of ``COST_FORMS``:
+    > 0 (``positive``, a constraint) or >= 0 (a pool bound). Errors name ``key``."""
     if isinstance(v, str):
         s = v.strip().upper()
         mult = {"K": 1e3, "M": 1e6, "G": 1e9}.get(s[-1:], 1.0)
-        if s[-1:] in "KMG":
+        if s[-1:] in ("K", "M", "G"):
             s = s[:-1]
         try:
             v = float(s) * mult
         except ValueError:
-            raise _fail(key, v, "is not a number (suffixes K/M/G allowed)") from None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise _fail(key, v, "is not a positive number")
+            raise _fail(key, v, f"is not {COST_FORMS}") from None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _fail(key, v, f"is not {COST_FORMS}")
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        raise _fail(key, v, "is not a positive number" if positive else "is not a number >= 0")
     return float(v)
 
 

@@ -147,7 +147,7 @@ def test_bad_input_gives_clear_errors(cifar, small_arch, tmp_path):
         pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0, 1, 2, 3]}, f)
     assert "expected uint8 N x 3072" in err(cifar, small_arch)
     # a --resolution too small for the arch: was count_flops's SpecError traceback
-    assert "input_size: (8, 8) is too small" in err(cifar, "FBNetV3-A", resolution=8)
+    assert "input_size: 8 is too small for FBNetV3-A-CIFAR: stages[4][0]" in err(cifar, "FBNetV3-A", resolution=8)
     assert not out.exists() or not any(out.iterdir())          # nothing was trained
 
 

@@ -129,7 +129,7 @@ def test_export_cli_writes_checked_files(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--input-size", "0"], "input_size[0]: 0 is below the minimum 1"),       # was: silently the arch's size
     (["--input-size", "-4"], "input_size[0]: -4 is below the minimum 1"),     # was: torch's traceback
-    (["--input-size", "8"], "input_size: (8, 8) is too small: stages[3]"),  # was: a conv's traceback
+    (["--input-size", "8"], "input_size: (8, 8) is too small for Tiny-Deploy: stages[3][0]"),  # was: a conv's traceback
     (["--batch", "0"], "--batch: 0 is below the minimum 1"),
     (["--format", "int8", "--calibration-images", "-3"], "--calibration-images: -3 is below the minimum 1"),
     (["--format", "onnx", "--opset", "3"], "opset: 3 is below the minimum 7"),  # was: the whole graph printed
@@ -149,7 +149,8 @@ def test_export_cli_refuses_an_arch_whose_own_input_size_is_too_small(tmp_path, 
     arch.write_text(fbnet_zoo.load_spec(TINY).to_yaml().replace("input_size: 40", "input_size: 8"))
     assert _tool("export").main(["--arch", str(arch), "--num-classes", "10", "--out", str(tmp_path / "o") + os.sep]) == 1
     err = capsys.readouterr().err                                       # was a conv's traceback
-    assert "input_size: (8, 8) is too small" in err and "Traceback" not in err
+    assert "small.yaml: input_size: 8 is too small for Tiny-Deploy: stages[3][0] (kernel 3, stride 2, padding 0) " \
+           "gets 2x2 pixels and leaves none; the smallest input this arch takes is 9" in err and "Traceback" not in err
 
 
 def test_convert_cli_ours_to_mobile_cv_and_back(tmp_path, capsys):

@@ -283,6 +283,39 @@ def test_train_net_config_errors_are_one_line(tmp_path):
     assert not os.path.exists(tmp_path / "none.yaml")
 
 
+def test_a_missing_coco_folder_is_one_line_naming_the_path_and_the_layout(tmp_path, monkeypatch):
+    """COCO absent where detectron2 looks ($DETECTRON2_DATASETS, default ./datasets) was pycocotools'
+    FileNotFoundError traceback once the test loader was built (after training, for a training run)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(CONFIG_DIR), "..", "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("fbnet_train_net_data", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    monkeypatch.chdir(tmp_path)  # detectron2's built-in COCO paths are relative: datasets/coco/...
+    yaml = ["--config-file", os.path.join(CONFIG_DIR, "faster_rcnn_fbnetv3a_C4.yaml"), "OUTPUT_DIR", str(tmp_path)]
+    layout = r"expected \$DETECTRON2_DATASETS \(default: ./datasets\) holding coco/annotations/instances_"
+    for argv, option, split in ((["--eval-only"], "DATASETS.TEST", "val"), ([], "DATASETS.TRAIN", "train")):
+        if not argv:
+            os.makedirs("datasets/coco/annotations")
+            open("datasets/coco/annotations/instances_val2017.json", "w").close()
+            os.makedirs("datasets/coco/val2017")
+        with pytest.raises(DetectionError, match=rf"^{option}: data set 'coco_2017_{split}': annotation file "
+                                                 rf"datasets/coco/annotations/instances_{split}2017.json does not "
+                                                 rf"exist; {layout}"):
+            train_net.main(train_net.build_parser().parse_args(argv + yaml))
+    with pytest.raises(DetectionError, match=r"^DATASETS.TEST: 'my_coco' is not a registered data set"):
+        train_net.main(train_net.build_parser().parse_args(["--eval-only"] + yaml + ["DATASETS.TEST", "('my_coco',)"]))
+    lazy_config = os.path.join(CONFIG_DIR, "lazy", "faster_rcnn_fbnet_C4.py")
+    with pytest.raises(DetectionError, match=r"^dataloader.train.dataset.names: data set 'coco_2017_train': annotation "
+                                             r"file datasets/coco/annotations/instances_train2017.json does not exist"):
+        train_net.main(train_net.build_parser().parse_args(["--config-file", lazy_config]))
+    with pytest.raises(DetectionError, match=r"data set 'mine': annotation file .*none.json does not exist; expected "
+                                             r"a COCO instances JSON file and the folder of the images it lists"):
+        d2.register_coco_dataset("mine", str(tmp_path / "none.json"), str(tmp_path))
+    assert "mine" not in d2.data.DatasetCatalog.list()
+
+
 def test_model_weights_pkl_is_refused_and_never_unpickled(tmp_path):
     """MODEL.WEIGHTS went through detectron2's checkpointer, which pickle.loads .pkl files: a
     hostile one ran code under train_net --eval-only (and lazy configs' init_checkpoint)."""
@@ -306,6 +339,46 @@ def test_model_weights_pkl_is_refused_and_never_unpickled(tmp_path):
     torch.save({"model": {k: torch.ones_like(v) for k, v in model.state_dict().items()}}, good)
     SafeDetectionCheckpointer(model).load(str(good))
     assert bool((model.weight == 1).all())
+
+
+def test_model_weights_that_do_not_fit_the_backbone_are_refused_not_half_loaded(toy, tmp_path):
+    """MODEL.WEIGHTS went through detectron2's checkpointer, which loads what fits and only logs
+    the rest: a checkpoint of another arch trained (or --eval-only evaluated) a partly random
+    backbone. Training now refuses a backbone that does not fit and still takes what detectron2
+    users fine-tune from (another class count, backbone-only weights); evaluation needs all."""
+    import importlib.util
+
+    from fbnet_zoo.detection.d2.model import SafeDetectionCheckpointer
+
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy))
+    other = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.FBNET.ARCH": "FBNetV3-D"}))
+    torch.save({"model": other.state_dict()}, tmp_path / "other_arch.pth")
+    with pytest.raises(DetectionError, match=r"other_arch.pth: does not fit this detector's backbone: unexpected \d+ "
+                                             r"key\(s\): backbone\..*; shape mismatch in \d+ key\(s\): backbone\."):
+        SafeDetectionCheckpointer(model).load(str(tmp_path / "other_arch.pth"))
+
+    five = build_model(tiny_cfg("faster_rcnn_fbnetv3a_C4.yaml", toy, **{"MODEL.ROI_HEADS.NUM_CLASSES": 5}))
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in five.state_dict().items()}
+    torch.save({"model": state}, tmp_path / "five_classes.pth")
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("backbone.")}}, tmp_path / "backbone.pth")
+    for name in ("five_classes.pth", "backbone.pth"):  # fine-tuning: the backbone loads, the heads may differ
+        SafeDetectionCheckpointer(model).load(str(tmp_path / name))
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k.startswith("backbone."))
+    with pytest.raises(DetectionError, match=r"five_classes.pth: does not fit this detector: shape mismatch in 4 "
+                                             r"key\(s\): roi_heads.box_predictor.bbox_pred.bias"):
+        SafeDetectionCheckpointer(model, fit="all").load(str(tmp_path / "five_classes.pth"))
+
+    path = os.path.join(os.path.dirname(CONFIG_DIR), "..", "tools", "train_net.py")
+    spec = importlib.util.spec_from_file_location("fbnet_train_net_weights", path)
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    with pytest.raises(DetectionError, match=r"backbone.pth: does not fit this detector: missing \d+ key\(s\): "
+                                             r"proposal_generator"):
+        train_net.main(train_net.build_parser().parse_args([
+            "--eval-only", "--config-file", os.path.join(CONFIG_DIR, "faster_rcnn_fbnetv3a_C4.yaml"),
+            "--toy-coco", str(tmp_path / "toy"), "OUTPUT_DIR", str(tmp_path / "out"),
+            "MODEL.WEIGHTS", str(tmp_path / "backbone.pth")]))
 
 
 def test_c4_box_head_builds_only_its_stages_and_reuses_the_backbone_read(toy, tmp_path, monkeypatch):

@@ -152,6 +152,8 @@ def test_missing_annotation_file_and_unreadable_image(toy, tmp_path):
         tv.CocoDetection(str(tmp_path / "none.json"), toy["images"])
     ds = tv.CocoDetection(toy["json"], toy["images"])
     assert len(ds) == 3 and ds[0][1]["boxes"].shape[1] == 4
+    with pytest.raises(DetectionError, match=r"image_root .*nowhere: no such folder; expected the folder of the images"):
+        tv.CocoDetection(toy["json"], str(tmp_path / "nowhere"))  # was: each image's read error, inside the loader
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "000000.png").write_bytes(b"not a png")
     broken = tv.CocoDetection(toy["json"], str(tmp_path / "images"))
@@ -180,3 +182,59 @@ def test_torchvision_builders_refuse_bad_sizes(kwargs, message):
     with pytest.raises(DetectionError) as info:
         tv.fasterrcnn_fbnet("FBNetV3-A", **kwargs)
     assert message in str(info.value)
+
+
+def test_toy_coco_never_writes_into_a_folder_that_holds_files(tmp_path, capsys, monkeypatch):
+    """tools/make_toy_coco.py wrote images/000000.png ... and annotations.json into any folder,
+    over files of the same names; a crash left a half set. Now a folder that holds anything is
+    refused unless --overwrite, and a set appears complete or not at all."""
+    import importlib.util
+    import os
+
+    from PIL import Image
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("make_toy_coco_tool", os.path.join(repo, "tools", "make_toy_coco.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "000000.png").write_bytes(b"the user's image")
+    (mine / "annotations.json").write_text("the user's annotations")
+    small = ["--num-images", "2", "--size", "32"]
+    assert tool.main([str(mine)] + small) == 2
+    err = capsys.readouterr().err
+    assert f"toy COCO root '{mine}' is not empty (annotations.json, images): refusing" in err and "--overwrite" in err
+    assert (mine / "images" / "000000.png").read_bytes() == b"the user's image"
+    assert (mine / "annotations.json").read_text() == "the user's annotations"
+
+    (mine / "images" / "extra.png").write_bytes(b"x")
+    (mine / "notes.txt").write_text("kept")
+    assert tool.main([str(mine), "--overwrite"] + small) == 0   # the set's own entries replaced, nothing else
+    assert sorted(os.listdir(mine)) == ["annotations.json", "images", "notes.txt", "sem_seg"]
+    assert sorted(os.listdir(mine / "images")) == ["000000.png", "000001.png"]
+    assert len(json.loads((mine / "annotations.json").read_text())["images"]) == 2
+    assert (mine / "notes.txt").read_text() == "kept"
+
+    saved = []
+    real_save = Image.Image.save
+
+    def save_then_crash(self, *a, **k):
+        saved.append(a[0])
+        if len(saved) == 3:
+            raise OSError("disk full")
+        return real_save(self, *a, **k)
+
+    monkeypatch.setattr(Image.Image, "save", save_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        make_toy_coco(str(tmp_path / "crashed"), num_images=2, image_size=(32, 32))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["mine"]                 # no half set, no temporary folder
+    (tmp_path / "empty").mkdir()
+    paths = make_toy_coco(str(tmp_path / "empty"), num_images=1, image_size=(32, 32))
+    assert paths["json"] == str(tmp_path / "empty" / "annotations.json") and os.path.isfile(paths["json"])
+    make_toy_coco(str(tmp_path / "new"), num_images=1, image_size=(32, 32))
+    assert sorted(os.listdir(tmp_path)) == ["empty", "mine", "new"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(tmp_path / "new").st_mode & 0o777 == 0o777 & ~umask  # as a folder made in place would be

@@ -110,6 +110,12 @@ def test_export_tool_writes_an_int8_detector(tmp_path, capsys):
     with torch.no_grad():
         boxes, classes, scores, size = torch.jit.load(str(path))(image(224, 288, seed=5))
     assert boxes.shape == (len(classes), 4) and len(scores) == len(classes) > 0
+    # without --format: fp32 TorchScript (the classifier's default "both" was refused for a detector)
+    assert tool.main(["--detector", config, "--weights", str(tmp_path / "random.pth"), "--calibration", images,
+                      "--calibration-images", "1", "--out", str(tmp_path / "fp32") + os.sep, *small]) == 0
+    assert capsys.readouterr().out.startswith(f"torchscript: {tmp_path / 'fp32' / 'faster_rcnn_fbnetv3a_C4.ts'} ")
+    with torch.no_grad():
+        assert len(torch.jit.load(str(tmp_path / "fp32" / "faster_rcnn_fbnetv3a_C4.ts"))(image(224, 288, seed=5))) == 4
     assert tool.main(["--detector", config, "--format", "int8", "--out", str(tmp_path / "x.ts")]) == 1
     assert "--calibration DIR is required" in capsys.readouterr().err
     assert tool.main(["--detector", config, "--format", "onnx", "--calibration", images, "--out", "x.onnx"]) == 1
@@ -314,7 +320,7 @@ def test_export_tool_refuses_bad_overrides_configs_and_weights_in_one_line(tmp_p
     other = tmp_path / "classifier.pth"                               # a checkpoint of another model
     torch.save({"model": {"stages.0.weight": torch.zeros(4, 3, 1, 1)}}, other)
     with pytest.raises(DetectionError, match=r"classifier.pth does not fit this detector: missing 2 key\(s\): "
-                                             r"0.weight, 0.bias; unexpected 1 key\(s\): stages.0.weight"):
+                                             r"0.bias, 0.weight; unexpected 1 key\(s\): stages.0.weight"):
         load_detector_weights(model, str(other))
     evil = tmp_path / "evil.pkl"
 

@@ -157,6 +157,29 @@ def test_kill_9_mid_run_then_resume_ends_with_the_uninterrupted_weights(setup_di
         assert torch.equal(a[k], b[k]), k  # bit-identical on CPU
 
 
+def test_a_checkpoint_the_run_cannot_resume_stops_it_and_is_kept(setup_dir, reference, capsys):
+    """A torn or foreign workdir/checkpoint.pt was logged and the run started over, overwriting
+    the user's progress at its first epoch. Now the tool stops naming the file and what to do,
+    and the file is left as it was."""
+    workdir = setup_dir / "kept"
+    workdir.mkdir()
+    ckpt = workdir / CHECKPOINT_NAME
+    ckpt.write_bytes(b"PK\x03\x04 not a whole checkpoint")
+    tool = _load_tool()
+    assert tool.main(tool_args(setup_dir, workdir)[1:]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: cannot resume from it" in err and "move it away" in err, err
+    assert ckpt.read_bytes() == b"PK\x03\x04 not a whole checkpoint"
+    # another run's checkpoint (here: the same arch with another learning rate)
+    state = torch.load(setup_dir / "ref" / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+    torch.save(state, ckpt)
+    before = ckpt.read_bytes()
+    assert tool.main(tool_args(setup_dir, workdir)[1:] + ["--set", "recipe.lr=0.05"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt}: it was written by another run" in err and "move it away" in err, err
+    assert ckpt.read_bytes() == before and not (workdir / FINAL_NAME).exists()
+
+
 def test_kd_loss_is_point_8_kd_plus_point_2_ce_by_hand(setup_dir):
     """One training step with a teacher: the loss the loop reports equals a hand computation of
     0.8 * T^2 * KL(teacher_T || student_T) + 0.2 * label-smoothed CE, from the same logits."""

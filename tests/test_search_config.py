@@ -102,6 +102,28 @@ def test_sections_are_frozen_typed_and_round_trip_through_the_stored_mapping():
     assert PoolConfig(flops_min=1.0).contains(2.0, 5.0) and not PoolConfig(flops_max=1.0).contains(2.0, 5.0)
 
 
+def test_every_flops_and_params_field_takes_the_same_forms():
+    """stage3.constraints took 450M / 4.5e8 as strings, pool.flops_min & co. numbers only (and
+    YAML reads 4.5e8 without a dot as a string): the same forms now work everywhere, and a bad
+    value's message names them."""
+    forms = ("300M", "300m", "3e8", "0.3G", 3e8)
+    for form in forms:
+        cfg = load_config("default", [f"pool.flops_min={form}", f"pool.flops_max={form}",
+                                      f"stage3.constraints=['flops<={form}']"])
+        assert cfg.pool.flops_min == cfg.pool.flops_max == cfg.stage3.constraints[0]["flops"] == 3e8, form
+    pool = PoolConfig.from_mapping({"params_min": "40K", "params_max": "9.5M"})
+    assert (pool.params_min, pool.params_max) == (4e4, 9.5e6) and pool.to_dict()["params_max"] == 9.5e6
+    assert PoolConfig(flops_min=0).flops_min == 0                   # a pool bound may be 0, a constraint not
+    allowed = "is not a number or a string like '450M' or '4.5e8' (suffixes K, M, G"
+    for override, key in ((["pool.flops_min=300X"], "pool.flops_min"), (["pool.params_max=[1]"], "pool.params_max"),
+                          (["stage3.constraints=['flops<=300X']"], "stage3.constraints[0].flops")):
+        with pytest.raises(SearchConfigError) as e:
+            load_config("default", override)
+        assert str(e.value).startswith(key) and allowed in str(e.value), str(e.value)
+    with pytest.raises(SearchConfigError, match=r"^pool.flops_min/flops_max: \(400000000.0, 300000000.0\) is an empty"):
+        load_config("default", ["pool.flops_min=400M", "pool.flops_max=300M"])
+
+
 def test_replacing_a_section_keeps_the_built_space_and_validates_it():
     cfg = load_config("default")
     other = cfg.replace(executor=dataclasses.replace(cfg.executor, kind="oracle"))

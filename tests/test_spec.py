@@ -235,3 +235,38 @@ def test_errors_share_one_root():
     assert issubclass(fbnet_zoo.UnknownModelError, errors.FBNetZooError)
     with pytest.raises(errors.FBNetZooError):
         fbnet_zoo.get_spec("no-such-model")
+
+
+def test_an_arch_that_runs_out_of_pixels_at_its_own_input_size_is_refused_with_its_smallest_size():
+    """Too many strides for the spec's own input_size passed build_model; the first forward then
+    failed in a conv ("Kernel size can't be greater than actual input size")."""
+    import numpy as np
+    import torch
+
+    from fbnet_zoo.random_specs import random_spec
+    from fbnet_zoo.spec import min_input_size
+
+    spec = fbnet_zoo.get_spec("FBNetV3-A")
+    message = (r"input_size: 48 is too small for FBNetV3-A: stages\[5\]\[0\] \(kernel 3, stride 2, padding 0\) gets "
+               r"2x2 pixels and leaves none; the smallest input this arch takes is 49")
+    with pytest.raises(SpecError, match=message):
+        spec.replace(input_size=48)
+    with pytest.raises(SpecError, match=message):
+        fbnet_zoo.build_model("FBNetV3-A", input_size=48)
+    unpadded = {"type": "ir", "out_channels": 8, "stride": 2, "kernel": 5, "dw_padding": [0, 0]}
+    with pytest.raises(SpecError, match=r"input_size: 16 is too small for tiny: stages\[2\]\[0\] \(kernel 5, stride 2, "
+                                        r"padding 0\) gets 2x2 pixels and leaves none; the smallest input this arch "
+                                        r"takes is 25"):
+        ArchSpec.from_dict({"name": "tiny", "input_size": 16, "stages": [
+            [{"type": "conv", "out_channels": 8, "stride": 2}], [unpadded], [unpadded]]})
+    # the smallest size is exact: it runs there, one pixel less is refused
+    rng = np.random.default_rng(5)
+    randoms = [random_spec(rng, name=f"r{i}", max_stages=6) for i in range(17)]
+    checked = [s for s in [spec] + randoms if 8 < min_input_size(s) < 64]  # (8: the smallest input_size of any spec)
+    assert len(checked) >= 5
+    for s in checked:
+        n = min_input_size(s)
+        with torch.no_grad():
+            fbnet_zoo.FBNet(s.replace(input_size=n), num_classes=3).eval()(torch.zeros(1, 3, n, n))
+        with pytest.raises(SpecError, match=f"the smallest input this arch takes is {n}"):
+            s.replace(input_size=n - 1)

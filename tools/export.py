@@ -22,6 +22,7 @@ reports the top-1 agreement with fp32 on held-out images of the same kind.
 
 --detector needs detectron2; --calibration is required for it (the export is traced on the
 first image; int8 calibrates on all of them); KEY VALUE config overrides go after --opts.
+A detector exports as torchscript (the default: fp32) or int8.
 FPN detectors export whole (int8: the FBNet trunk and the FPN one int8 graph) with at most 200
 RPN boxes per level before NMS (MODEL.RPN.PRE_NMS_TOPK_TEST capped: above that torchvision's NMS
 orders equal scores differently traced than eager, and the file would not equal the model).
@@ -94,8 +95,9 @@ def main(argv=None):
     p.add_argument("--pretrained", nargs="?", const=True, default=None,
                    help="load the arch's default source (or the named one)")
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--format", choices=["torchscript", "onnx", "both", "int8"], default="both",
-                   help="int8: post-training static quantization, saved as TorchScript (<name>_int8.ts)")
+    p.add_argument("--format", choices=["torchscript", "onnx", "both", "int8"], default=None,
+                   help="default: both (TorchScript and ONNX) for --arch, torchscript for --detector (its fp32 "
+                        "export); int8: post-training static quantization, saved as TorchScript (<name>_int8.ts)")
     p.add_argument("--calibration", help="int8: folder of calibration images (default: generated images)")
     p.add_argument("--calibration-images", type=int, default=128, help="int8: number of calibration images")
     p.add_argument("--backend", default=None, help="int8: fbgemm | x86 | onednn | qnnpack (default: x86 on x86, "
@@ -124,7 +126,9 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.detector:
+        args.format = args.format or "torchscript"
         return _export_detector(args)
+    args.format = args.format or "both"
     pretrained = args.weights or args.pretrained or False
     try:
         model = fbnet_zoo.build_model(args.arch, num_classes=args.num_classes, pretrained=pretrained).eval()

@@ -21,6 +21,9 @@
 Options: --config-file, --resume, --eval-only, --num-gpus, --num-machines, --machine-rank,
 --dist-url and trailing KEY VALUE overrides, as detectron2's own tools/train_net.py;
 --toy-coco DIR writes (if absent) and registers the toy set and trains/tests on it.
+MODEL.WEIGHTS must fit the detector's backbone when training (the heads may differ: another
+class count, or backbone-only weights, which detectron2 logs) and the whole detector with
+--eval-only; otherwise the run stops naming the keys (SafeDetectionCheckpointer's ``fit``).
 --qat (QUANTIZATION.QAT.ENABLED): the detector's FBNet parts (trunk, RPN head, RoI box / mask /
 keypoint heads) are prepared for quantization-aware training after the fp32 weights
 (MODEL.WEIGHTS, MODEL.FBNET.D2GO_WEIGHTS) are loaded, trained, converted to int8, evaluated
@@ -45,6 +48,7 @@ try:
     from detectron2.config import LazyConfig, get_cfg
     from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
     from detectron2.evaluation import COCOEvaluator, SemSegEvaluator
+    from omegaconf import OmegaConf  # (detectron2's LazyConfig dependency)
 except ImportError:
     sys.exit("tools/train_net.py needs detectron2, which is not on PyPI: install it from "
              "https://github.com/facebookresearch/detectron2 (see README: Detection)")
@@ -98,7 +102,10 @@ def register_toy(root: str) -> dict:
 
     json_path = os.path.join(root, "annotations.json")
     if not os.path.exists(json_path):
-        make_toy_coco(root)
+        # one writer per machine (the others would find its folder not empty), the others wait for it
+        if comm.get_local_rank() == 0:
+            make_toy_coco(root)
+        comm.synchronize()
     return d2.register_coco_dataset(TOY_NAME, json_path, os.path.join(root, "images"), os.path.join(root, "sem_seg"))
 
 
@@ -154,13 +161,22 @@ def configured(setup_fn, args):
 def main(args):
     if args.config_file.endswith(".py"):
         cfg = configured(setup_lazy, args)
+        for split in ("test",) if args.eval_only else ("train", "test"):
+            names = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None) or ()
+            d2.check_datasets([names] if isinstance(names, str) else names, f"dataloader.{split}.dataset.names")
         if args.eval_only:
             return lazy.do_eval(cfg)
         return lazy.do_train(cfg, resume=args.resume)
     cfg = configured(setup, args)  # registers the toy set too, in every spawned worker
+    # a missing COCO folder: one line naming the path, before the model is built (and not after training)
+    d2.check_datasets(cfg.DATASETS.TEST, "DATASETS.TEST")
+    if not args.eval_only:
+        d2.check_datasets(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # evaluated as loaded: every tensor must come from the checkpoint (training lets the heads differ)
+        SafeDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR, fit="all").resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                              resume=args.resume)
         d2.load_configured_weights(model, cfg)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():

@@ -12,11 +12,11 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from ..convert import load_d2go_weights
 from .backbone import FBNetBackbone, FBNetC4Backbone, FBNetFPNBackbone, build_backbone, fpn_backbone
 from .config import add_fbnet_config, d2go_config, d2go_config_path
-from .data import register_coco_dataset
+from .data import check_datasets, register_coco_dataset
 from .heads import FBNetBoxHead, FBNetKeypointHead, FBNetMaskHead, FBNetRPNHead
 from .model import build_d2go_detector, load_configured_weights
 
 __all__ = ["FBNetBackbone", "FBNetBoxHead", "FBNetC4Backbone", "FBNetFPNBackbone", "FBNetKeypointHead", "FBNetMaskHead",
-           "FBNetRPNHead", "add_fbnet_config", "build_backbone", "build_d2go_detector", "d2go_config",
+           "FBNetRPNHead", "add_fbnet_config", "build_backbone", "check_datasets", "build_d2go_detector", "d2go_config",
            "d2go_config_path", "fpn_backbone", "load_configured_weights", "load_d2go_weights",
            "register_coco_dataset"]

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Dict, Optional
+import os
+from typing import Dict, Iterable, Optional
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_sem_seg, register_coco_instances
+
+from fbnet_zoo.errors import DetectionError
+
+# What detectron2's built-in COCO names read (detectron2/data/datasets/builtin.py).
+COCO_LAYOUT = ("$DETECTRON2_DATASETS (default: ./datasets) holding coco/annotations/instances_{train,val}2017.json "
+               "and the image folders coco/train2017/, coco/val2017/ (detectron2's datasets/README.md)")
 
 
 def register_coco_dataset(name: str, json_file: str, image_root: str,
@@ -16,6 +23,7 @@ def register_coco_dataset(name: str, json_file: str, image_root: str,
     A file whose category has COCO ``keypoints`` names also gets the keypoint metadata
     (names, left/right flip map, OKS sigmas) that Keypoint R-CNN training and evaluation read.
     Already-registered names are left as they are. Returns the registered names."""
+    _check_paths(name, json_file, image_root, sem_seg_root)
     out = {"instances": name}
     if name not in DatasetCatalog.list():
         register_coco_instances(name, _keypoint_metadata(json_file), json_file, image_root)
@@ -30,6 +38,33 @@ def register_coco_dataset(name: str, json_file: str, image_root: str,
                                          ignore_label=255, evaluator_type="sem_seg",
                                          image_root=image_root, sem_seg_root=sem_seg_root)
     return out
+
+
+def check_datasets(names: Iterable[str], option: str) -> None:
+    """Each data set named in ``option`` (``DATASETS.TEST``) is registered and its files exist:
+    a DetectionError naming the missing path and the expected layout, before a model is built
+    (detectron2 reads them when the loader is built, and fails with pycocotools' traceback)."""
+    for name in names:
+        if name not in DatasetCatalog.list():
+            coco = sorted(n for n in DatasetCatalog.list() if n.startswith("coco_2017"))
+            raise DetectionError(f"{option}: {name!r} is not a registered data set (detectron2's built-in names, e.g. "
+                                 f"{', '.join(coco[:4])}; or register one with fbnet_zoo.detection.d2."
+                                 "register_coco_dataset; tools/train_net.py --toy-coco DIR registers a toy set)")
+        meta = MetadataCatalog.get(name)
+        _check_paths(name, meta.get("json_file", None), meta.get("image_root", None), meta.get("sem_seg_root", None),
+                     option)
+
+
+def _check_paths(name: str, json_file: Optional[str], image_root: Optional[str], sem_seg_root: Optional[str],
+                 option: str = "") -> None:
+    for what, path, exists in (("annotation file", json_file, os.path.isfile), ("image folder", image_root, os.path.isdir),
+                               ("semantic mask folder", sem_seg_root, os.path.isdir)):
+        if path and "://" not in path and not exists(path):
+            builtin = name.startswith(("coco_", "keypoints_coco_"))
+            expected = COCO_LAYOUT if builtin else ("a COCO instances JSON file and the folder of the images it "
+                                                    "lists (file_name relative to it)")
+            raise DetectionError(f"{option + ': ' if option else ''}data set {name!r}: {what} {path} does not exist; "
+                                 f"expected {expected}")
 
 
 # COCO's per-keypoint OKS sigmas (cocoapi), for files whose keypoints are COCO's 17 by name.

@@ -20,7 +20,7 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 
-from fbnet_zoo.checkpoints import load_checkpoint
+from fbnet_zoo.checkpoints import describe_key_diff, key_diff, load_checkpoint
 
 from ..core import DetectionError
 from .config import add_fbnet_config, d2go_config
@@ -76,17 +76,9 @@ def load_detector_weights(model: nn.Module, weights: str) -> None:
     missing, unexpected and mismatched keys (the checkpointer only logs them, and the export
     would hold random weights)."""
     state, _, where = load_checkpoint(weights)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
-                  for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    problems = [f"{label} {len(keys)} key(s): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch in", mismatched))
-                if keys]
+    problems = describe_key_diff(*key_diff(model.state_dict(), state))
     if problems:
-        raise DetectionError(f"--weights {where} does not fit this detector: " + "; ".join(problems)
-                             + " (another config or arch?)")
+        raise DetectionError(f"--weights {where} does not fit this detector: {problems} (another config or arch?)")
     model.load_state_dict(state, strict=False)
 
 

@@ -113,5 +113,5 @@ def do_eval(cfg):
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
     model = create_ddp_model(model)
-    SafeDetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    SafeDetectionCheckpointer(model, fit="all").load(cfg.train.init_checkpoint)  # evaluated as loaded
     return do_test(cfg, model)

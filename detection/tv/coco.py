@@ -127,6 +127,9 @@ class CocoDetection(torch.utils.data.Dataset):
             self.coco = coco
         else:
             self.coco = json_path
+        if not os.path.isdir(image_root):  # else every image fails to read, one at a time, inside the loader
+            raise DetectionError(f"image_root {image_root}: no such folder; expected the folder of the images the "
+                                 "annotation file lists (their file_name relative to it), e.g. coco/val2017")
         self.image_root = image_root
         self.masks = masks
         self.ids = sorted(self.coco.getImgIds())

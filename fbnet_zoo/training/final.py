@@ -150,7 +150,7 @@ def train_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], conf
     run = _setup(model, recipe, epochs, train_data, settings, workdir, teacher, num_classes, result,
                  dist=ctx, sync_bn=config.sync_bn)
     t0 = time.perf_counter()
-    _train(run, epochs, train_data, val_data, progress, None)
+    _train(run, epochs, train_data, val_data, progress, None, keep_checkpoint=True)  # never overwrite a user's run
     result.extra.update(world_size=ctx.world_size, step_losses=run.step_losses,
                         wall_seconds=time.perf_counter() - t0)
     path = None

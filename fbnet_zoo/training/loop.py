@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from fbnet_zoo import build_model
 from fbnet_zoo.errors import Diverged  # noqa: F401 - re-exported (its home is fbnet_zoo.errors)
-from fbnet_zoo.errors import UnknownModelError
+from fbnet_zoo.errors import CheckpointError, UnknownModelError
 from fbnet_zoo.io_utils import atomic_write_bytes
 
 from .distributed import DistContext, all_reduce_sum, barrier, convert_sync_batchnorm, shard
@@ -90,15 +90,24 @@ def _save_checkpoint(path: str, state: Dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _load_checkpoint(path: str, fingerprint: str) -> Optional[Dict[str, Any]]:
+def _load_checkpoint(path: str, fingerprint: str, keep: bool = False) -> Optional[Dict[str, Any]]:
+    """The run's epoch checkpoint, or None to start from scratch. An unreadable file or another
+    run's is logged and ignored (a search candidate starts over), or with ``keep`` (a final run:
+    the user's progress) refused with a CheckpointError naming the file, which is left as it is."""
     if not os.path.isfile(path):
         return None
+    how = "; it is left as it is. To start this run over, move it away or use another --workdir"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a torn or foreign file: start over rather than fail the candidate
+        if keep:
+            raise CheckpointError(f"{path}: cannot resume from it ({type(e).__name__}: {str(e)[:200]}){how}") from None
         log.warning("ignoring unreadable checkpoint %s (%s)", path, e)
         return None
     if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        if keep:
+            raise CheckpointError(f"{path}: it was written by another run (another arch, recipe, or data / seed "
+                                  f"settings); to resume it, rerun with the settings that wrote it{how}")
         log.warning("ignoring checkpoint %s: it belongs to another model/recipe/settings", path)
         return None
     return state
@@ -220,9 +229,10 @@ class _Run:
         r.extra.update(val_loss=h["val_loss"][:n], lr=h["lr"][:n])
 
 
-def _resume(run: _Run, epochs: int) -> int:
-    """Load the run's epoch checkpoint if it matches; the number of epochs already done."""
-    state = _load_checkpoint(run.ckpt_path, run.fingerprint) if run.ckpt_path else None
+def _resume(run: _Run, epochs: int, keep: bool = False) -> int:
+    """Load the run's epoch checkpoint if it matches; the number of epochs already done.
+    ``keep``: refuse a checkpoint that cannot be resumed rather than start over (_load_checkpoint)."""
+    state = _load_checkpoint(run.ckpt_path, run.fingerprint, keep) if run.ckpt_path else None
     if state is None:
         return 0
     start = int(state["epoch"])
@@ -365,8 +375,9 @@ def train_model(model: nn.Module, recipe: Recipe, epochs: int, train_data, val_d
     return result
 
 
-def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoch_end) -> None:
-    start = _resume(run, epochs)
+def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoch_end,
+           keep_checkpoint: bool = False) -> None:
+    start = _resume(run, epochs, keep_checkpoint)
     run.publish(min(start, epochs))
     if start >= epochs:
         return
