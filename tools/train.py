@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="teacher checkpoint: path, URL or source name (default: its default source)")
     p.add_argument("--no-teacher", action="store_true", help="train without distillation")
     p.add_argument("--device", help="auto | cpu | cuda (sets train.device)")
-    p.add_argument("--output", help="final checkpoint path (default: WORKDIR/model_final.pth)")
+    p.add_argument("--output", help="final checkpoint path (default: WORKDIR/model_final.pth; with --qat: the int8 "
+                                    "TorchScript, default WORKDIR/model_int8.ts)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override recipe.* / train.* / sync_bn")
     p.add_argument("--no-progress", action="store_true")

@@ -110,8 +110,7 @@ def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epoc
     if recipe.distill_weight <= 0:
         raise TrainConfigError(f"distill_qat: recipe.distill_weight: {recipe.distill_weight!r}: distilled QAT needs "
                                "a KD share in (0, 1] (1.0: KD only)")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise TrainConfigError(f"distill_qat: epochs: {epochs!r} is not an integer >= 1")
+    check_int("distill_qat: epochs", epochs, 1, error=TrainConfigError)
     _check_epoch("freeze_bn", freeze_bn)
     _check_epoch("freeze_observers", freeze_observers)
     if freeze_observers == 0 and calibration is None:
@@ -137,7 +136,7 @@ def distill_qat(model: nn.Module, recipe: Union[Recipe, Mapping[str, Any]], epoc
     _train(run, epochs, train_data, val_data, progress, schedule)
     result.extra["wall_seconds"] = time.perf_counter() - t0
     trained = (run.ema.module if run.ema is not None else run.model).eval()
-    trained = trained.to(memory_format=torch.contiguous_format)
+    trained = trained.to("cpu", memory_format=torch.contiguous_format)  # int8 kernels run on the CPU
     return DistilledQAT(convert_qat(trained), trained, result)
 
 
@@ -151,8 +150,8 @@ def qat_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], weight
               reduce_range: Union[None, bool, str] = None, progress: bool = True) -> Tuple[DistilledQAT, str, float]:
     """``tools/train.py --qat``: ``distill_qat`` of ``arch`` with the trained fp32 ``weights``
     (anything ``build_model(..., pretrained=)`` reads) on ``settings``' data at the recipe's
-    resolution, calibrated on the first ``calibration_images`` training images, BN statistics
-    and ranges frozen from the start; the int8 model saved as TorchScript at ``output``
+    resolution, on the CPU (QAT on CUDA is untested here), calibrated on the first
+    ``calibration_images`` training images, BN statistics and ranges frozen from the start; the int8 model saved as TorchScript at ``output``
     (default ``workdir/model_int8.ts``) and the run's summary at ``workdir/qat_result.json``.
     Returns (the distilled QAT, the TorchScript path, top-1 agreement of int8 with fp32 on the
     validation set)."""
