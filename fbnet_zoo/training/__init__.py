@@ -5,7 +5,8 @@ hardware resolution), optim, schedule, losses, ema, loop (``train_model``), data
 behind a registry: embedded, cifar10, imagefolder), datasets (``build_datasets``), result
 (``TrainResult``), cifar10 (the CIFAR-10 transfer experiment), distributed (torchrun / DDP:
 process group, SyncBN, reductions), final (``train_final``: final training of a winner, the
-library behind ``tools/train.py``). Imports point down: nothing
+library behind ``tools/train.py``), qat (``distill_qat``: quantization-aware training distilled
+from the fp32 model, ``tools/train.py --qat``; imported on its own: it needs fbnet_zoo.quantize). Imports point down: nothing
 here imports ``fbnet_zoo.search``.
 """
 
