@@ -5,10 +5,12 @@ Latency, per model, in one run: one thread, batch 1, native input size, every mo
 round-robin (median), so load drifts hit all modes alike. Modes:
 
 - fp32: eager; TorchScript (BN folded, scripted, frozen); TorchScript + optimize_for_inference
-  (mkldnn); onnxruntime (our ONNX export, BN folded). The fair baseline is the fastest of them.
+  (mkldnn); onnxruntime (our ONNX export, BN folded); OpenVINO (the same export, when
+  installed). The fair baseline is the fastest of them.
 - int8 (``fbnet_zoo.quantize.quantize_static``, FX graph mode, traced + frozen TorchScript):
   the fbgemm, x86 and onednn backends, each fed NCHW and channels_last input; onnxruntime's own static
-  int8 (QDQ, per-channel weights) of the same ONNX export.
+  int8 (QDQ, per-channel weights) of the same ONNX export; both ONNX graphs also run by OpenVINO
+  when it is installed (optional, not a project dependency).
   Ratios: fp32 median / int8 median (> 1: int8 faster), for the best int8 mode against every
   fp32 mode, and every int8 mode against the best fp32 mode.
   (Latency does not depend on the weights: these models are randomly initialised.)
@@ -113,12 +115,15 @@ def batches(x, bs=16):
     return [x[i:i + bs] for i in range(0, len(x), bs)]
 
 
-def _onnxruntime(model, size, threads, calib):
-    """(fp32 session fn, int8 QDQ session fn) of our ONNX export."""
+def _onnx_modes(model, size, threads, calib):
+    """{mode: fn} of our ONNX export and onnxruntime's static int8 (QDQ) of it, run by
+    onnxruntime and, when installed (``pip install openvino``; optional), by OpenVINO: a second
+    runtime's int8 kernels on the same two graphs."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static as ort_q
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    modes = {}
     with tempfile.TemporaryDirectory(prefix="fbnet_int8_") as d:
         fp32, pre, int8 = (os.path.join(d, n) for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
         export_onnx(model, fp32, input_size=size, check=False)  # a reference mode; its int8 is checked below
@@ -135,8 +140,26 @@ def _onnxruntime(model, size, threads, calib):
               weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        sessions = [ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"]) for p in (fp32, int8)]
-    return [lambda x, s=s: torch.from_numpy(s.run(None, {"input": x.numpy()})[0]) for s in sessions]
+        for mode, path in (("fp32_onnxruntime", fp32), ("int8_onnxruntime_qdq", int8)):
+            s = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            modes[mode] = lambda x, s=s: torch.from_numpy(s.run(None, {"input": x.numpy()})[0])
+        if _openvino_version():
+            import openvino
+
+            core = openvino.Core()
+            config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+            for mode, path in (("fp32_openvino", fp32), ("int8_openvino_qdq", int8)):
+                request = core.compile_model(core.read_model(path), "CPU", config).create_infer_request()
+                modes[mode] = lambda x, r=request: torch.from_numpy(r.infer({0: x.numpy()})[0].copy())
+    return modes
+
+
+def _openvino_version():
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
 
 
 def _channels_last(fn):
@@ -164,7 +187,7 @@ def latency(variant, iters, threads, seed, with_ort):
         modes[f"int8_{backend}"] = int8[backend]
         modes[f"int8_{backend}_channels_last"] = _channels_last(int8[backend])
     if with_ort:
-        modes["fp32_onnxruntime"], modes["int8_onnxruntime_qdq"] = _onnxruntime(model, size, threads, calib)
+        modes.update(_onnx_modes(model, size, threads, calib))
     med = round_robin_ms(modes, iters, x)
     fp32 = {k: v for k, v in med.items() if k.startswith("fp32")}
     i8 = {k: v for k, v in med.items() if k.startswith("int8")}
@@ -497,7 +520,7 @@ def main(argv=None):
                    help="distilled-QAT runs (trainer seed + calibration draw each), checked on --check images")
     p.add_argument("--distill-temperature", type=float, default=1.0, help="KD temperature of the distilled QAT")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime fp32 / int8 modes")
+    p.add_argument("--no-onnxruntime", action="store_true", help="skip the onnxruntime (and OpenVINO) fp32 / int8 modes")
     p.add_argument("--append", action="store_true", help="keep the rows of other models already in --out")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
@@ -537,7 +560,7 @@ def main(argv=None):
             rows = [r for r in json.load(f)["rows"] if r["model"] not in done] + rows
     result = {
         "benchmark": "int8_latency", **machine_facts(args.threads), **cpu_facts(), "batch": 1,
-        "onnxruntime": onnxruntime.__version__, "quick": args.quick, "wall_seconds": round(time.perf_counter() - t_start),
+        "onnxruntime": onnxruntime.__version__, "openvino": _openvino_version(), "quick": args.quick, "wall_seconds": round(time.perf_counter() - t_start),
         "ratio_definition": "fp32 median time / int8 median time (> 1: int8 faster), modes timed round-robin",
         "agreement_definition": "share of held-out images whose int8 top-1 class equals fp32's",
         "goals": {"ratio": ">= 2.0 (best int8 vs best fp32)", "top1_agreement": ">= 0.99"},
