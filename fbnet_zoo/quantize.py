@@ -1174,7 +1174,8 @@ def freeze_qat_bn_stats(model: nn.Module) -> None:
 class QATSchedule:
     """An ``on_epoch_end(epoch, result)`` callback for the project's trainer (``train_model``):
     after epoch ``freeze_bn`` the BN statistics freeze, after ``freeze_observers`` the
-    quantization ranges do (the usual late-QAT schedule; None: never)."""
+    quantization ranges do (the usual late-QAT schedule; None: never). A resumed run calls
+    ``on_resume``: frozen BN is a module flag, not in the epoch checkpoint."""
 
     def __init__(self, model: nn.Module, freeze_bn: Optional[int] = None, freeze_observers: Optional[int] = None):
         self.model, self.freeze_bn, self.freeze_observers = model, freeze_bn, freeze_observers
@@ -1184,6 +1185,11 @@ class QATSchedule:
             freeze_qat_bn_stats(self.model)
         if self.freeze_observers is not None and epoch + 1 >= self.freeze_observers:
             freeze_qat_observers(self.model)
+
+    def on_resume(self, epochs_done: int) -> None:
+        """Freeze again what the schedule had frozen by the end of epoch ``epochs_done - 1``."""
+        if epochs_done > 0:
+            self(epochs_done - 1)
 
 
 def export_int8_torchscript(quantized: nn.Module, path: Optional[str] = None, example: Optional[torch.Tensor] = None,

@@ -291,3 +291,41 @@ def test_zoo_models_under_padded_stride_2_depthwise_convs_get_the_fast_kernel_wi
             orig.scale, orig.zero_point = m.conv.scale, m.conv.zero_point
             setattr(plain.get_submodule(parent), attr, orig)
     assert torch.equal(q(x), plain(x))
+
+
+def test_a_resumed_qat_run_keeps_the_schedules_freezes_and_ends_where_an_uninterrupted_one_does(tmp_path):
+    """BN statistics frozen by ``QATSchedule`` are not in the epoch checkpoint (a module flag):
+    the trainer hands the resumed epoch count to the schedule, which freezes again, so a QAT run
+    killed after the freeze and resumed trains what an uninterrupted run trains, bit for bit."""
+    from fbnet_zoo.training import Recipe, TrainSettings, cached_datasets, train_model
+
+    settings = TrainSettings(embedded_train_size=96, embedded_val_size=32, threads=1)
+    recipe = Recipe(optimizer="sgd", lr=0.02, batch_size=32, ema=False, dropout=0.0, drop_path=0.0, mixup=0.0,
+                    label_smoothing=0.0, lr_decay=0.9, weight_decay=0.0, resolution=32)
+    train, val, _ = cached_datasets(settings, 32)
+
+    class KilledAfter(QATSchedule):
+        def __init__(self, model, stop_after):
+            super().__init__(model, freeze_bn=1)
+            self.stop_after = stop_after
+
+        def __call__(self, epoch, result=None):
+            super().__call__(epoch, result)
+            if epoch + 1 == self.stop_after:
+                raise KeyboardInterrupt  # killed after the epoch's checkpoint
+
+    def run(workdir, stop_after=None):
+        torch.manual_seed(0)
+        qat = prepare_qat(_model(), example=torch.randn(1, 3, 32, 32))
+        try:
+            train_model(qat, recipe, 3, train, val, settings, workdir=str(workdir), progress=False,
+                        on_epoch_end=KilledAfter(qat, stop_after))
+        except KeyboardInterrupt:
+            return None
+        return qat.state_dict()
+
+    whole = run(tmp_path / "whole")
+    assert run(tmp_path / "killed", stop_after=1) is None
+    resumed = run(tmp_path / "killed")
+    differ = [k for k, v in whole.items() if not torch.equal(v, resumed[k])]
+    assert not differ, differ[:4]

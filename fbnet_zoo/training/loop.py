@@ -357,8 +357,10 @@ def train_model(model: nn.Module, recipe: Recipe, epochs: int, train_data, val_d
     ``workdir``: checkpoint there after every epoch and resume from it (a checkpoint of the
     same model, recipe and settings that already covers ``epochs`` returns at once).
     ``teacher``: a module for distillation (overrides ``settings.teacher``).
-    ``on_epoch_end(epoch, partial_result)``: called after each finished, checkpointed epoch.
-    Divergence or an exception gives ``status="failed"`` with the reason; never raises (but
+    ``on_epoch_end(epoch, partial_result)``: called after each finished, checkpointed epoch; if
+    it has an ``on_resume(epochs_done)`` method, that is called once when the run resumes from
+    its checkpoint (to restore model state the checkpoint does not hold, e.g. QATSchedule's
+    frozen BN statistics). Divergence or an exception gives ``status="failed"`` with the reason; never raises (but
     KeyboardInterrupt and SystemExit pass through).
     """
     result = TrainResult(key=key, status="ok", epochs_planned=int(epochs) if isinstance(epochs, int) else 0)
@@ -378,6 +380,8 @@ def train_model(model: nn.Module, recipe: Recipe, epochs: int, train_data, val_d
 def _train(run: _Run, epochs: int, train_data, val_data, progress: bool, on_epoch_end,
            keep_checkpoint: bool = False) -> None:
     start = _resume(run, epochs, keep_checkpoint)
+    if start and hasattr(on_epoch_end, "on_resume"):
+        on_epoch_end.on_resume(start)
     run.publish(min(start, epochs))
     if start >= epochs:
         return
