@@ -15,7 +15,7 @@ from fbnet_zoo.quantize import (QuantizationError, _quantized_linear_layers, _sq
 import fbnet_zoo.quantize as quantize
 from fbnet_zoo.training import Recipe, TrainConfigError, TrainSettings, cached_datasets, train_model
 from fbnet_zoo.training.final import save_final_checkpoint
-from fbnet_zoo.training.qat import DISTILL_QAT_RECIPE, INT8_NAME, QAT_RESULT_NAME, distill_qat
+from fbnet_zoo.training.qat import DISTILL_QAT_RECIPE, INT8_NAME, QAT_RESULT_NAME, distill_qat, qat_final
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "train.py")
@@ -211,3 +211,27 @@ def test_train_cli_refuses_meaningless_qat_flags(tiny_arch, capsys, flags, messa
                        *SMALL, *flags])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_qat_final_calibrates_on_training_images_without_augmentation(tiny_arch):
+    """The ranges ``tools/train.py --qat`` freezes are the ones PTQ's calibration on the first
+    training images, as the model sees them at test time, chooses (not random crops / flips)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from fbnet_zoo.training import build_datasets
+
+    settings = TrainSettings(embedded_train_size=96, embedded_val_size=32, threads=1, device="cpu")
+    assert settings.augment  # the training set itself is augmented
+    recipe = DISTILL_QAT_RECIPE.replace(resolution=RES, batch_size=32)
+    out, _, _ = qat_final(str(tiny_arch / "tiny.yaml"), str(tiny_arch / "fp32.pth"), recipe, settings,
+                          str(tiny_arch / "calibrated"), 1, calibration_images=32, progress=False)
+    fp32 = fbnet_zoo.build_model(str(tiny_arch / "tiny.yaml"), num_classes=10,
+                                 pretrained=str(tiny_arch / "fp32.pth")).eval()
+    plain = build_datasets(settings.replace(augment=False), RES)[0]
+    want = prepare_qat(fp32, example=torch.zeros(1, 3, RES, RES))
+    calibrate_qat(want, DataLoader(Subset(plain, range(32)), batch_size=32))
+    scales = {k: v for k, v in want.state_dict().items() if k.endswith(".scale") and "weight_fake_quant" not in k}
+    got = out.qat.state_dict()
+    assert scales
+    differ = [k for k, v in scales.items() if not torch.equal(v, got[k])]
+    assert not differ, differ[:3]

@@ -151,7 +151,7 @@ def qat_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], weight
     """``tools/train.py --qat``: ``distill_qat`` of ``arch`` with the trained fp32 ``weights``
     (anything ``build_model(..., pretrained=)`` reads) on ``settings``' data at the recipe's
     resolution, on the CPU (QAT on CUDA is untested here), calibrated on the first
-    ``calibration_images`` training images, BN statistics and ranges frozen from the start; the int8 model saved as TorchScript at ``output``
+    ``calibration_images`` training images (without augmentation), BN statistics and ranges frozen from the start; the int8 model saved as TorchScript at ``output``
     (default ``workdir/model_int8.ts``) and the run's summary at ``workdir/qat_result.json``.
     Returns (the distilled QAT, the TorchScript path, top-1 agreement of int8 with fp32 on the
     validation set)."""
@@ -162,7 +162,10 @@ def qat_final(arch: Union[str, os.PathLike, ArchSpec, Mapping[str, Any]], weight
     model = build_model(spec, num_classes=num_classes, pretrained=weights, dropout=recipe.dropout,
                         drop_path_rate=0.0).eval()
     os.makedirs(workdir, exist_ok=True)
-    head = Subset(train_data, range(min(calibration_images, len(train_data))))
+    # PTQ's calibration set: training images as the model sees them at test time (no random
+    # crops or flips: an ImageNet RandomResizedCrop would calibrate the ranges on zoomed-in images)
+    plain = build_datasets(settings.replace(augment=False), resolution)[0] if settings.augment else train_data
+    head = Subset(plain, range(min(calibration_images, len(plain))))
     calibration = DataLoader(head, batch_size=32, shuffle=False)
     out = distill_qat(model, recipe, epochs, train_data, val_data, settings.replace(device="cpu"),
                       calibration=calibration, backend=backend, reduce_range=reduce_range,
