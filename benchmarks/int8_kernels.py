@@ -75,6 +75,15 @@ def int8_conv(conv: nn.Conv2d, weight_qmax: int) -> nnq.Conv2d:
     return q
 
 
+def on_engine(engine: str, q: nn.Module, xq: torch.Tensor) -> Callable[[], Any]:
+    """A call of int8 module ``q`` on ``xq`` with ``engine`` (process-wide) selected first: the
+    engines are timed round-robin, and each packed ``q``'s weights for its own."""
+    def call():
+        torch.backends.quantized.engine = engine
+        return q(xq)
+    return call
+
+
 def weight_qmax(engine: str) -> int:
     """The quantize_static default bit split's weight range on ``engine``."""
     return 63 if _bit_split(engine, None, "int8_kernels") == "weights" else 127
@@ -94,8 +103,7 @@ def measure(model_name: str, rounds: int, engines: List[str]) -> Dict[str, Any]:
             torch.backends.quantized.engine = engine
             q = int8_conv(conv, weight_qmax(engine))
             xq = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8).contiguous(memory_format=torch.channels_last)
-            fns[f"int8_{engine}"] = (lambda q=q, xq=xq, e=engine: (setattr(torch.backends.quantized, "engine", e),
-                                                                     q(xq)))
+            fns[f"int8_{engine}"] = on_engine(engine, q, xq)
         ms = round_robin_ms(fns, rounds)
         ms["fp32_best"] = min(ms["fp32"], ms["fp32_channels_last"])
         for k, v in ms.items():
@@ -122,7 +130,7 @@ def gemm_peak(rounds: int, engines: List[str], m: int = 256, k: int = 1024, n: i
         q = nnq.Linear(k, n)
         q.set_weight_bias(per_channel_int8(lin.weight.detach(), weight_qmax(engine)), lin.bias.detach())
         xq = torch.quantize_per_tensor(x, 0.02, 128, torch.quint8)
-        fns[f"int8_{engine}"] = lambda q=q, xq=xq, e=engine: (setattr(torch.backends.quantized, "engine", e), q(xq))
+        fns[f"int8_{engine}"] = on_engine(engine, q, xq)
     ms = round_robin_ms(fns, rounds)
     ops = 2 * m * k * n
     return {"shape_mkn": [m, k, n], "ms": {a: round(v, 3) for a, v in ms.items()},

@@ -30,9 +30,8 @@ class Complexity:
     stages: Dict[str, Dict[str, int]] = field(default_factory=dict)  # per stage: flops, params, h, w, channels
 
 
-def _hw(spec: ArchSpec, input_size: InputSize) -> Tuple[int, int]:
-    if input_size is None:
-        return spec.input_size, spec.input_size
+def _hw(input_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+    """(h, w) of an int or (h, w) input size, each checked in [1, MAX_INPUT_SIZE]."""
     if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
         h, w = input_size
     elif isinstance(input_size, int) and not isinstance(input_size, bool):
@@ -50,7 +49,7 @@ def complexity(spec: SpecLike, input_size: InputSize = None, num_classes: int = 
     ``convention``: "fvcore" or "paper" (conventions.py)."""
     spec = load_spec(spec)
     num_classes = check_int("num_classes", num_classes, 0)
-    h, w = _hw(spec, input_size)
+    h, w = _hw(spec.input_size if input_size is None else input_size)
     check_input_size(spec, (h, w))
     cx = Cx(h, w, spec.in_channels, rules=cost_rules(convention))
     stages: Dict[str, Dict[str, int]] = {}
@@ -99,12 +98,7 @@ def fvcore_flops(model: Any, inputs: Any = None, input_size: InputSize = None) -
             if spec is None:
                 raise SpecError("fvcore_flops: give inputs or input_size for a model without a spec")
             input_size = spec.input_size
-        if isinstance(input_size, (tuple, list)) and len(input_size) == 2:
-            h, w = input_size
-        else:
-            h = w = input_size
-        h = check_int("input_size[0]", h, 1, MAX_INPUT_SIZE)
-        w = check_int("input_size[1]", w, 1, MAX_INPUT_SIZE)
+        h, w = _hw(input_size)
         in_ch = getattr(getattr(model, "spec", None), "in_channels", 3)
         inputs = (torch.zeros(1, in_ch, h, w),)
     elif not isinstance(inputs, tuple):

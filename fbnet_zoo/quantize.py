@@ -437,26 +437,46 @@ class _LearnedQParams(ObserverBase):
         return self.scale, self.zero_point
 
 
+def _int8_global_mean(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Global average pooling of fake-quantized ``x`` (step ``scale``) as the int8 kernel for
+    channels_last input (what int8 convs output) computes it: the mean of the centred codes
+    (code - zero point), rounded half to even; straight-through gradient. The float mean,
+    quantized, differs at exact halves (1-2% of the pooled values)."""
+    y = nn.functional.adaptive_avg_pool2d(x, 1)
+    exact = torch.round(torch.round(x.detach() / scale).mean((2, 3), keepdim=True)) * scale
+    return y + (exact - y).detach()
+
+
+def _global_pools_fed_by(graph: torch.fx.GraphModule, modules: Dict[str, nn.Module], quantizer: type
+                         ) -> List[Tuple[torch.fx.Node, nn.Module]]:
+    """(pool node, its input's quantizer) for each global average pool of ``graph`` whose input
+    is the output of a ``quantizer`` module (``modules``: the graph's, duplicates included)."""
+    out = []
+    for node in graph.graph.nodes:
+        pool = modules.get(node.target) if node.op == "call_module" else None
+        if type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1)):
+            continue
+        source = node.args[0]
+        if isinstance(source, torch.fx.Node) and source.op == "call_module" \
+                and isinstance(modules.get(source.target), quantizer):
+            out.append((node, modules[source.target]))
+    return out
+
+
 class _ReconGlobalPool(nn.Module):
-    """Global average pooling as the int8 kernel for channels_last input (what int8 convs
-    output) computes it: the mean of the centred codes (code - zero point), rounded half to
-    even; straight-through gradient. The float mean, quantized, differs at exact halves (1-2%
-    of the pooled values): on the benchmark model the simulation's logits were then 31 dB (SQNR)
-    from the int8 model's, 42 dB with this."""
+    """Global average pooling as int8 computes it (``_int8_global_mean``): on the benchmark model
+    the simulation's logits were 31 dB (SQNR) from the int8 model's with the float mean, 42 dB
+    with this."""
 
     def __init__(self, fake_quant: _ReconFakeQuant):
         super().__init__()
         self.fake_quant = [fake_quant]  # the input's quantizer (a pool keeps its qparams), not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.adaptive_avg_pool2d(x, 1)
         fake_quant = self.fake_quant[0]
         if not fake_quant.state.quantize:
-            return y
-        scale = fake_quant.scale.detach()
-        codes = torch.round(x.detach() / scale)
-        exact = torch.round(codes.mean((2, 3), keepdim=True)) * scale
-        return y + (exact - y).detach()
+            return nn.functional.adaptive_avg_pool2d(x, 1)
+        return _int8_global_mean(x, fake_quant.scale.detach())
 
 
 class _ReconLayer(nn.Module):
@@ -521,13 +541,8 @@ def _recon_simulation(prepared: torch.fx.GraphModule, converted: torch.fx.GraphM
             fake_quant.observers.append(name)
             sim.set_submodule(name, fake_quant)
     modules = dict(sim.named_modules(remove_duplicate=False))
-    for node in sim.graph.nodes:
-        if node.op == "call_module" and type(modules[node.target]) is nn.AdaptiveAvgPool2d \
-                and modules[node.target].output_size in (1, (1, 1)):
-            source = node.args[0]
-            if isinstance(source, torch.fx.Node) and source.op == "call_module" \
-                    and isinstance(modules.get(source.target), _ReconFakeQuant):
-                sim.set_submodule(node.target, _ReconGlobalPool(modules[source.target]))
+    for node, fake_quant in _global_pools_fed_by(sim, modules, _ReconFakeQuant):
+        sim.set_submodule(node.target, _ReconGlobalPool(fake_quant))
     layers = {}
     for name, quantized in _quantized_linear_layers(converted):
         path, module = name, sim.get_submodule(name)
@@ -993,23 +1008,18 @@ _QAT_BACKEND = "fbnet_zoo.quantize.backend"
 
 
 class _QATGlobalPool(nn.AdaptiveAvgPool2d):
-    """A QAT model's global average pool (squeeze-excite, head) as int8 computes it: the mean of
-    the input's centred codes rounded half to even (``_ReconGlobalPool``'s arithmetic; the float
-    mean of fake-quantized values, re-quantized, differs at exact halves), straight-through
-    gradient. ``convert_qat`` puts the plain pool back."""
+    """A QAT model's global average pool (squeeze-excite, head) as int8 computes it
+    (``_int8_global_mean``). ``convert_qat`` puts the plain pool back."""
 
     def __init__(self, fake_quant: nn.Module):
         super().__init__(1)
         self.fake_quant = [fake_quant]  # the input's quantizer (a pool keeps its qparams), not a submodule
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
         fake_quant = self.fake_quant[0]
         if not int(fake_quant.fake_quant_enabled[0]):
-            return y
-        scale = fake_quant.scale.detach()
-        exact = torch.round(torch.round(x.detach() / scale).mean((2, 3), keepdim=True)) * scale
-        return y + (exact - y).detach()
+            return super().forward(x)
+        return _int8_global_mean(x, fake_quant.scale.detach())
 
 
 class _SharedFakeQuant(nn.Module):
@@ -1037,15 +1047,7 @@ def _int8_global_pools(prepared: torch.fx.GraphModule) -> None:
     Measured on the int8_latency benchmark's model: the int8 model was 32.6 dB (logit SQNR) from
     the calibrated QAT model it came from, 99.5% top-1 agreement; see README "int8"."""
     modules = dict(prepared.named_modules(remove_duplicate=False))
-    for node in prepared.graph.nodes:
-        pool = modules.get(node.target) if node.op == "call_module" else None
-        if type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1)):
-            continue
-        source = node.args[0]
-        fake_quant = modules.get(source.target) if isinstance(source, torch.fx.Node) and source.op == "call_module" \
-            else None
-        if not isinstance(fake_quant, Int8StorageFakeQuantize):
-            continue
+    for node, fake_quant in _global_pools_fed_by(prepared, modules, Int8StorageFakeQuantize):
         outputs = [u for u in node.users if u.op == "call_module" and modules.get(u.target) is fake_quant]
         if len(outputs) != len(node.users):
             continue

@@ -401,32 +401,35 @@ def _walk_arch(spec: ArchSpec) -> Tuple[ResolvedBlock, ...]:
     return tuple(out)
 
 
+def _block_without_pixels(spec: "ArchSpec", h: int, w: int) -> Optional[Tuple["ResolvedBlock", int, int]]:
+    """The first block of ``spec`` an h x w input leaves no pixels (with the size it gets), or None."""
+    for b in spec.walk():
+        out_h, out_w = b.output_size(h, w)
+        if out_h < 1 or out_w < 1:
+            return b, h, w
+        h, w = out_h, out_w
+    return None
+
+
 def check_input_size(spec: "ArchSpec", size: Union[int, Tuple[int, int]], path: str = "input_size") -> None:
     """Raise SpecError when an input of ``size`` (an int or (h, w)) runs out of pixels inside
     ``spec`` (a stride-2 or unpadded conv on a map smaller than its kernel): the message names
     the block and the smallest square input the arch takes."""
-    h, w = (size, size) if isinstance(size, int) else size
-    for b in spec.walk():
-        out_h, out_w = b.output_size(h, w)
-        if out_h < 1 or out_w < 1:
-            k = b.row.kernel
-            pad = b.padding[0] if b.padding is not None else k // 2
-            raise SpecError(f"{path}: {size} is too small for {spec.name}: stages[{b.stage}][{b.row_index}] (kernel "
-                            f"{k}, stride {b.stride}, padding {pad}) gets {h}x{w} pixels and leaves none; the smallest "
-                            f"input this arch takes is {min_input_size(spec)}")
-        h, w = out_h, out_w
+    empty = _block_without_pixels(spec, *((size, size) if isinstance(size, int) else size))
+    if empty is not None:
+        b, h, w = empty
+        k = b.row.kernel
+        pad = b.padding[0] if b.padding is not None else k // 2
+        raise SpecError(f"{path}: {size} is too small for {spec.name}: stages[{b.stage}][{b.row_index}] (kernel "
+                        f"{k}, stride {b.stride}, padding {pad}) gets {h}x{w} pixels and leaves none; the smallest "
+                        f"input this arch takes is {min_input_size(spec)}")
 
 
 def min_input_size(spec: "ArchSpec") -> int:
     """The smallest square input size every block of ``spec`` has pixels for (at least 8, the
     smallest ``input_size`` a spec may have)."""
     def fits(n: int) -> bool:
-        h = w = n
-        for b in spec.walk():
-            h, w = b.output_size(h, w)
-            if h < 1 or w < 1:
-                return False
-        return True
+        return _block_without_pixels(spec, n, n) is None
 
     lo, hi = 8, MAX_INPUT_SIZE  # each block's output grows with its input: bisect
     if not fits(hi):
